@@ -1,0 +1,419 @@
+"""Fitting proto-tokens e and m so that a frozen LM rebuilds texts in one forward pass.
+
+The default :class:`FitConfig` is the recipe of PAPERS.md A exactly as published; :func:`preset`
+also offers ``"fast"``, measured in ``bench/fit_speed.py`` to reach the same accuracy sooner.
+
+Several texts fit together in one padded batch. Each text has its own parameters (e_i and m_i, or a
+shared m), so a text that has converged simply leaves the forward pass and the optimiser: its
+parameters get no gradient, and AdamW skips parameters without one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from core.cache import CacheEntry, ProtoCache, entry_key
+from core.models import LoadedModel
+from core.reconstruct import check_layout, scored_logits
+
+PRESETS = ("paper", "fast")
+INITS = ("normal", "embedding")
+MAX_SNAPSHOTS = 200
+
+
+class FitError(RuntimeError):
+    """A fit could not run (bad settings, ...)."""
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Every setting of a fit. Fields that change the result enter the cache key (:meth:`key_dict`)."""
+
+    preset: str = "paper"
+    layout: str = "e+m*N"
+    lr: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.9)
+    weight_decay: float = 0.01
+    max_steps: int = 5000
+    threshold: float = 0.99
+    init: str = "normal"  # "normal": N(0, 1) as in the paper; "embedding": N(0, std of the embedding matrix)
+    init_scale: float = 1.0  # multiplies the init std
+    schedule: str = "constant"  # "constant" or "cosine" (lr decays to 10% over max_steps)
+    seed: int = 0
+    shared_m: bool = False
+    regularizer: object | None = None  # core.teacher.RegularizerConfig
+    snapshot_every: int = 10  # how often reconstructions are recorded for replay; does not change the result
+
+    def __post_init__(self):
+        check_layout(self.layout)
+        if self.init not in INITS:
+            raise FitError(f"Unknown init {self.init!r}; use one of {', '.join(INITS)}.")
+        if self.schedule not in ("constant", "cosine"):
+            raise FitError(f"Unknown schedule {self.schedule!r}; use constant or cosine.")
+        if not (self.max_steps >= 1 and self.lr > 0 and 0 < self.threshold <= 1):
+            raise FitError("max_steps must be >= 1, lr > 0 and threshold in (0, 1].")
+
+    @property
+    def has_regularizer(self) -> bool:
+        return self.regularizer is not None and getattr(self.regularizer, "kind", "none") != "none"
+
+    def key_dict(self) -> dict:
+        """Settings that change the fitted vectors (everything but display options)."""
+        d = asdict(self)
+        d.pop("snapshot_every")
+        d.pop("preset")  # a preset is only a name for a set of values, all of which are here
+        d["betas"] = list(self.betas)
+        d["regularizer"] = self.regularizer.as_dict() if self.has_regularizer else None
+        return d
+
+    def as_dict(self) -> dict:
+        d = self.key_dict()
+        d["preset"] = self.preset
+        return d
+
+
+def preset(name: str = "paper", **overrides) -> FitConfig:
+    """The named preset with any field overridden.
+
+    ``paper``: PAPERS.md A verbatim. ``fast``: embedding-scale init, a larger learning rate with a cosine
+    decay and faster-adapting moments; bench/fit_speed.py measures it against the paper loop.
+    """
+    if name == "paper":
+        base = FitConfig()
+    elif name == "fast":
+        base = FitConfig(preset="fast", init="embedding", init_scale=1.0, lr=0.05, betas=(0.9, 0.95),
+                         weight_decay=0.0, schedule="cosine", max_steps=2000)
+    else:
+        raise FitError(f"Unknown preset {name!r}; use one of {', '.join(PRESETS)}.")
+    return replace(base, **overrides) if overrides else base
+
+
+@dataclass
+class FitProgress:
+    """What a callback sees every few steps; lists are per text, in input order."""
+
+    step: int
+    max_steps: int
+    loss: list[float]
+    accuracy: list[float]
+    best_accuracy: list[float]
+    predictions: list[list[int]]  # current argmax tokens, [n_tokens] per text
+    done: list[bool]
+    elapsed: float
+
+
+@dataclass
+class FitResult:
+    """The fitted vectors of one text and how they were reached."""
+
+    text: str
+    token_ids: list[int]
+    e: torch.Tensor  # [hidden] float32, CPU
+    m: torch.Tensor  # [hidden] float32, CPU
+    accuracy: float  # best token accuracy reached (of the returned vectors)
+    loss: float  # loss of the returned vectors
+    steps: int  # optimisation steps taken for this text
+    converged: bool  # accuracy >= threshold
+    status: str  # "converged", "max_steps", "cancelled" or "diverged"
+    message: str = ""
+    wall_time: float = 0.0
+    history: dict = field(default_factory=lambda: {"step": [], "loss": [], "accuracy": []})
+    snapshots: list = field(default_factory=list)  # [{"step": int, "tokens": [int]}]
+
+
+def text_seed(seed: int, token_ids: Sequence[int]) -> int:
+    """Per-text init seed: the same text gets the same init whether it is fitted alone or in a batch."""
+    digest = hashlib.sha256(f"{seed}:{','.join(map(str, token_ids))}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _init_vector(hidden: int, std: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(hidden, generator=g, dtype=torch.float32) * std
+
+
+def _thin(snapshots: list) -> list:
+    """Halve the replay snapshots once too many pile up, always keeping the latest."""
+    return snapshots[::2] + ([snapshots[-1]] if len(snapshots) % 2 == 0 else [])
+
+
+def fit_texts(
+    lm: LoadedModel,
+    texts: Sequence[str],
+    config: FitConfig | None = None,
+    *,
+    token_ids: Sequence[Sequence[int]] | None = None,
+    callback: Callable[[FitProgress], None] | None = None,
+    callback_every: int = 10,
+    cancel: threading.Event | None = None,
+    teacher_embeddings: torch.Tensor | None = None,
+    init_seeds: Sequence[int] | None = None,
+) -> list[FitResult]:
+    """Fit one (e, m) pair per text in one padded batch.
+
+    texts: the texts (validated against the model's context). token_ids: their targets when already known.
+    teacher_embeddings: [n_texts, d_teacher] for a regulariser (computed with the config's teacher if None).
+    init_seeds: per-text init seeds (default: derived from the config seed and the text's tokens).
+    Returns one :class:`FitResult` per text, in input order. Cancel returns the best vectors so far.
+    """
+    config = config or FitConfig()
+    if not texts:
+        raise FitError("No texts to fit.")
+    targets = [list(t) for t in token_ids] if token_ids is not None else [lm.validate_text(t, config.layout) for t in texts]
+    n_texts, hidden = len(texts), lm.hidden_size
+    lengths = [len(t) for t in targets]
+    std = (lm.embedding_std if config.init == "embedding" else 1.0) * config.init_scale
+    seeds = list(init_seeds) if init_seeds is not None else [text_seed(config.seed, t) for t in targets]
+
+    es = [torch.nn.Parameter(_init_vector(hidden, std, s)) for s in seeds]
+    if config.shared_m:
+        shared = torch.nn.Parameter(_init_vector(hidden, std, text_seed(config.seed + 1, sum(targets, []))))
+        ms = [shared] * n_texts
+    else:
+        ms = [torch.nn.Parameter(_init_vector(hidden, std, s + 1)) for s in seeds]
+    params = es + ([ms[0]] if config.shared_m else ms)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+
+    regularize = config.has_regularizer
+    group_mode = config.shared_m or regularize
+    group_best = [-1.0, math.inf]
+    reg_projection = None
+    if regularize:
+        from core import teacher as teacher_mod
+
+        if teacher_embeddings is None:
+            teacher_embeddings = teacher_mod.embed_texts(teacher_mod.load_teacher(config.regularizer.teacher), list(texts))
+        teacher_embeddings = teacher_embeddings.float().to(lm.device)
+        if config.regularizer.kind == "anchor":
+            reg_projection = teacher_mod.anchor_projection(
+                teacher_embeddings.shape[1], hidden, seed=config.regularizer.projection_seed).to(lm.device)
+
+    device_targets = [torch.tensor(t, device=lm.device) for t in targets]
+    best_acc = [-1.0] * n_texts
+    best_loss = [math.inf] * n_texts
+    best_e = [p.detach().clone() for p in es]
+    best_m = [p.detach().clone() for p in ms]
+    last_loss = [math.nan] * n_texts
+    last_acc = [0.0] * n_texts
+    last_pred: list[list[int]] = [[] for _ in range(n_texts)]
+    steps_taken = [0] * n_texts
+    status = ["max_steps"] * n_texts
+    messages = [""] * n_texts
+    done = [False] * n_texts
+    wall = [0.0] * n_texts
+    histories = [{"step": [], "loss": [], "accuracy": []} for _ in range(n_texts)]
+    snapshots: list[list] = [[] for _ in range(n_texts)]
+    t0 = time.perf_counter()
+    step = 0
+
+    def report(step_now: int) -> None:
+        if callback is not None:
+            callback(FitProgress(
+                step=step_now, max_steps=config.max_steps, loss=list(last_loss), accuracy=list(last_acc),
+                best_accuracy=[max(a, 0.0) for a in best_acc], predictions=[list(p) for p in last_pred],
+                done=list(done), elapsed=time.perf_counter() - t0,
+            ))
+
+    for step in range(1, config.max_steps + 1):
+        if cancel is not None and cancel.is_set():
+            for i in range(n_texts):
+                if not done[i]:
+                    status[i], done[i] = "cancelled", True
+                    messages[i] = f"Stopped by the user at step {step - 1}."
+            step -= 1
+            break
+        active = [i for i in range(n_texts) if not done[i]]
+        if not active:
+            step -= 1
+            break
+        if config.schedule == "cosine":
+            factor = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - 1) / config.max_steps))
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * factor
+
+        e_batch = torch.stack([es[i] for i in active]).to(lm.device)
+        m_batch = torch.stack([ms[i] for i in active]).to(lm.device)
+        active_lengths = [lengths[i] for i in active]
+        logits = scored_logits(lm, e_batch, m_batch, active_lengths, config.layout)  # [A, Nmax, V]
+        per_text_loss = []
+        for row, i in enumerate(active):
+            n = lengths[i]
+            per_text_loss.append(F.cross_entropy(logits[row, :n], device_targets[i]))
+        # Sum, not mean: each text's gradient is what it would be if fitted alone.
+        loss = torch.stack(per_text_loss).sum()
+        if regularize:
+            target_vecs = e_batch if config.regularizer.target == "e" else m_batch
+            from core.teacher import regularizer_loss
+
+            loss = loss + regularizer_loss(config.regularizer, target_vecs, teacher_embeddings[active]) * len(active)
+
+        with torch.no_grad():
+            predictions = logits.argmax(-1)
+            newly_done = []
+            for row, i in enumerate(active):
+                n = lengths[i]
+                pred = predictions[row, :n]
+                acc = float((pred == device_targets[i]).float().mean())
+                loss_i = float(per_text_loss[row])
+                steps_taken[i] = step - 1  # the vectors measured here were produced by step-1 updates
+                last_loss[i], last_acc[i] = loss_i, acc
+                last_pred[i] = pred.tolist()
+                hist = histories[i]
+                hist["step"].append(step - 1)
+                hist["loss"].append(loss_i)
+                hist["accuracy"].append(acc)
+                if not math.isfinite(loss_i):
+                    status[i], done[i] = "diverged", True
+                    messages[i] = f"The loss became {loss_i} at step {step - 1}; kept the best vectors before it."
+                    wall[i] = time.perf_counter() - t0
+                    newly_done.append(i)
+                    continue
+                if not group_mode and (acc > best_acc[i] or (acc == best_acc[i] and loss_i < best_loss[i])):
+                    best_acc[i], best_loss[i] = acc, loss_i
+                    best_e[i] = es[i].detach().clone()
+                    best_m[i] = ms[i].detach().clone()
+                if (step - 1) % config.snapshot_every == 0:
+                    snapshots[i].append({"step": step - 1, "tokens": last_pred[i]})
+                    if len(snapshots[i]) > MAX_SNAPSHOTS:
+                        snapshots[i] = _thin(snapshots[i])
+                if acc >= config.threshold and not group_mode:
+                    status[i], done[i] = "converged", True
+                    wall[i] = time.perf_counter() - t0
+                    newly_done.append(i)
+            if group_mode and not newly_done:
+                # Coupled texts (shared m, batch regulariser) are kept and stopped together: the best
+                # state is the one with the best mean accuracy, so every text returns the same m.
+                mean_acc = sum(last_acc) / n_texts
+                total_loss = sum(last_loss)
+                if mean_acc > group_best[0] or (mean_acc == group_best[0] and total_loss < group_best[1]):
+                    group_best[:] = [mean_acc, total_loss]
+                    for i in range(n_texts):
+                        best_acc[i], best_loss[i] = last_acc[i], last_loss[i]
+                        best_e[i] = es[i].detach().clone()
+                        best_m[i] = ms[i].detach().clone()
+                if all(a >= config.threshold for a in last_acc):
+                    for i in range(n_texts):
+                        status[i], done[i] = "converged", True
+                        wall[i] = time.perf_counter() - t0
+
+        if (step - 1) % callback_every == 0 or all(done):
+            report(step - 1)
+        if all(done):
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for i in newly_done:  # a finished text keeps its vectors: no gradient, so AdamW leaves it alone
+            es[i].grad = None
+            if not config.shared_m:
+                ms[i].grad = None
+        optimizer.step()
+
+    results = []
+    for i in range(n_texts):
+        if status[i] == "max_steps":
+            messages[i] = f"Reached max steps ({config.max_steps}) at accuracy {max(best_acc[i], 0):.3f}."
+            wall[i] = time.perf_counter() - t0
+        if status[i] == "cancelled":
+            wall[i] = time.perf_counter() - t0
+        snaps = snapshots[i]
+        if last_pred[i] and (not snaps or snaps[-1]["step"] != steps_taken[i]):
+            snaps.append({"step": steps_taken[i], "tokens": last_pred[i]})
+        results.append(FitResult(
+            text=texts[i], token_ids=targets[i], e=best_e[i].detach().float().cpu(), m=best_m[i].detach().float().cpu(),
+            accuracy=max(best_acc[i], 0.0), loss=best_loss[i], steps=steps_taken[i],
+            converged=best_acc[i] >= config.threshold, status=status[i], message=messages[i], wall_time=wall[i],
+            history=histories[i], snapshots=snaps,
+        ))
+    report(max(steps_taken) if steps_taken else 0)
+    return results
+
+
+# ---- fitting through the cache ---------------------------------------------------------------------
+
+@dataclass
+class CachedFit:
+    """One text's outcome of :func:`fit_and_cache`."""
+
+    entry: CacheEntry
+    cached: bool  # True when it came from the cache without optimising
+
+
+def coupling_group(config: FitConfig, targets: Sequence[Sequence[int]]) -> str | None:
+    """Texts fitted with shared m or a batch regulariser depend on each other: name their batch."""
+    if not (config.shared_m or config.has_regularizer):
+        return None
+    return hashlib.sha256(repr([list(t) for t in targets]).encode()).hexdigest()[:16]
+
+
+def entry_from_result(lm: LoadedModel, result: FitResult, config: FitConfig, key: str, group: str | None) -> CacheEntry:
+    metrics = {
+        "accuracy": result.accuracy, "loss": result.loss if math.isfinite(result.loss) else None,
+        "steps": result.steps, "converged": result.converged, "status": result.status,
+        "message": result.message, "wall_time": result.wall_time, "n_tokens": len(result.token_ids),
+        "norm_e": float(result.e.norm()), "norm_m": float(result.m.norm()),
+    }
+    return CacheEntry(
+        key=key, model=lm.identity, model_name=lm.name, text=result.text, token_ids=list(result.token_ids),
+        config=config.as_dict(), metrics=metrics, history=result.history, e=result.e, m=result.m,
+        snapshots=result.snapshots, group=group, created=time.time(),
+    )
+
+
+def fit_and_cache(
+    lm: LoadedModel,
+    texts: Sequence[str],
+    config: FitConfig,
+    cache: ProtoCache,
+    *,
+    refit: bool = False,
+    batch_size: int = 8,
+    callback: Callable[[FitProgress, list[int]], None] | None = None,
+    callback_every: int = 10,
+    cancel: threading.Event | None = None,
+    teacher_embeddings: torch.Tensor | None = None,
+) -> list[CachedFit | None]:
+    """Fit the texts that are not cached yet, store each result, return every text's entry in input order.
+
+    Misses are fitted in batches of ``batch_size`` (coupled texts in one batch). The callback receives a
+    batch's progress and the input indices of its rows. A cancelled text is stored too (so nothing fitted
+    is lost) but counts as a miss next time, so a later fit finishes it. Texts a cancel kept from starting
+    are None.
+    """
+    targets = [lm.validate_text(t, config.layout) for t in texts]
+    group = coupling_group(config, targets)
+    keys = [entry_key(lm.identity, t, config.key_dict(), group) for t in targets]
+    outcomes: list[CachedFit | None] = [None] * len(texts)
+    misses = []
+    for i, key in enumerate(keys):
+        entry = None if refit else cache.get(key)
+        if entry is not None and entry.metrics.get("status") != "cancelled":
+            outcomes[i] = CachedFit(entry=entry, cached=True)
+        else:
+            misses.append(i)
+    if group is not None and misses:
+        misses = list(range(len(texts)))  # coupled texts are only meaningful fitted together
+        chunks = [misses]
+    else:
+        chunks = [misses[k : k + batch_size] for k in range(0, len(misses), batch_size)]
+    for chunk in chunks:
+        if cancel is not None and cancel.is_set():
+            break
+        chunk_callback = (lambda p, idx=chunk: callback(p, idx)) if callback else None
+        chunk_teacher = teacher_embeddings[chunk] if teacher_embeddings is not None else None
+        results = fit_texts(
+            lm, [texts[i] for i in chunk], config, token_ids=[targets[i] for i in chunk], callback=chunk_callback,
+            callback_every=callback_every, cancel=cancel, teacher_embeddings=chunk_teacher,
+        )
+        for i, result in zip(chunk, results):
+            entry = entry_from_result(lm, result, config, keys[i], group)
+            cache.put(entry)
+            outcomes[i] = CachedFit(entry=entry, cached=False)
+    return outcomes

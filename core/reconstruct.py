@@ -1,0 +1,120 @@
+"""One forward pass from proto-tokens (e, m) to a text, and the metrics of the papers.
+
+Layouts (PAPERS.md A):
+
+* ``"e+m*N"`` (default): inputs ``[e, m, ..., m]`` of length N+1; e's own output is unscored and the
+  k-th copy of m (position k, 1-based) predicts token k-1 (0-based). Scored positions: ``1 .. N``.
+* ``"e+m*(N-1)"``: inputs ``[e, m, ..., m]`` of length N; e's output predicts the first token.
+  Scored positions: ``0 .. N-1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from core.models import LoadedModel
+
+LAYOUTS = ("e+m*N", "e+m*(N-1)")
+
+
+def check_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"Unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}.")
+    return layout
+
+
+def first_scored_position(layout: str) -> int:
+    """Index of the input position whose output predicts the first token."""
+    return 1 if check_layout(layout) == "e+m*N" else 0
+
+
+def sequence_length(n_tokens: int, layout: str) -> int:
+    """Length of the proto-token input sequence for an ``n_tokens`` text."""
+    return n_tokens + first_scored_position(layout)
+
+
+def build_inputs(
+    e: torch.Tensor, m: torch.Tensor, lengths: list[int], layout: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded proto-token inputs for a batch of texts of different lengths.
+
+    e, m: [batch, hidden] -> inputs_embeds [batch, seq, hidden], attention_mask [batch, seq] (1 = real).
+    Padding is on the right, so with the causal mask no real position ever sees a pad.
+    """
+    batch, hidden = e.shape
+    seq = max(sequence_length(n, layout) for n in lengths)
+    inputs = m[:, None, :].expand(batch, seq, hidden).clone()
+    inputs[:, 0, :] = e
+    mask = torch.zeros(batch, seq, dtype=torch.long, device=e.device)
+    for row, n in enumerate(lengths):
+        mask[row, : sequence_length(n, layout)] = 1
+    return inputs, mask
+
+
+def scored_logits(
+    lm: LoadedModel, e: torch.Tensor, m: torch.Tensor, lengths: list[int], layout: str
+) -> torch.Tensor:
+    """Logits at the scored positions: [batch, max(lengths), vocab], float32.
+
+    Row b, column k is the model's prediction for token k of text b (valid for k < lengths[b]).
+    Gradients flow to e and m when they require grad.
+    """
+    inputs, mask = build_inputs(e, m, lengths, layout)
+    out = lm.model(inputs_embeds=inputs.to(lm.device, lm.dtype), attention_mask=mask.to(lm.device))
+    start = first_scored_position(layout)
+    return out.logits[:, start : start + max(lengths)].float()
+
+
+@torch.no_grad()
+def predict_tokens(lm: LoadedModel, e: torch.Tensor, m: torch.Tensor, n_tokens: int, layout: str) -> torch.Tensor:
+    """Argmax tokens from one forward pass for a batch of proto-token pairs of one text length.
+
+    e, m: [batch, hidden] (or [hidden] for one pair) -> token ids [batch, n_tokens] on the CPU.
+    """
+    e2, m2 = (e[None], m[None]) if e.dim() == 1 else (e, m)
+    logits = scored_logits(lm, e2.to(lm.device), m2.to(lm.device), [n_tokens] * e2.shape[0], layout)
+    return logits.argmax(-1).cpu()
+
+
+@dataclass
+class TokenMetrics:
+    accuracy: float  # share of positions whose argmax equals the target
+    c_tokens: int  # number of such positions (PAPERS.md A)
+    correct_prefix: int  # length of the leading run of correct tokens
+    correct_prefix_rel: float  # correct_prefix / n_tokens
+    n_tokens: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def token_metrics(predicted: torch.Tensor | list[int], target: torch.Tensor | list[int]) -> TokenMetrics:
+    """Metrics for one text: predicted and target are [n_tokens] token ids."""
+    pred = torch.as_tensor(predicted).flatten().cpu()
+    tgt = torch.as_tensor(target).flatten().cpu()
+    if pred.shape != tgt.shape:
+        raise ValueError(f"predicted has {pred.numel()} tokens, target {tgt.numel()}")
+    correct = pred == tgt
+    n = int(tgt.numel())
+    wrong = (~correct).nonzero()
+    prefix = int(wrong[0, 0]) if wrong.numel() else n
+    c_tokens = int(correct.sum())
+    return TokenMetrics(
+        accuracy=c_tokens / n if n else 0.0, c_tokens=c_tokens, correct_prefix=prefix,
+        correct_prefix_rel=prefix / n if n else 0.0, n_tokens=n,
+    )
+
+
+@dataclass
+class Reconstruction:
+    token_ids: list[int]  # [n_tokens] argmax of one forward pass
+    text: str
+    metrics: TokenMetrics
+
+
+def reconstruct(lm: LoadedModel, e: torch.Tensor, m: torch.Tensor, target_ids: list[int], layout: str) -> Reconstruction:
+    """Rebuild a text in one forward pass from e, m: [hidden] and compare with its target tokens."""
+    pred = predict_tokens(lm, e, m, len(target_ids), layout)[0].tolist()
+    return Reconstruction(token_ids=pred, text=lm.decode(pred), metrics=token_metrics(pred, target_ids))
