@@ -1,0 +1,231 @@
+"""Two-dimensional projections, cluster quality and neighbourhoods of fitted vectors.
+
+Used by the semantic-vs-syntactic page (PAPERS.md B item 1: t-SNE with perplexity 15 and the cosine
+metric, silhouette with the source text as label) and by the teacher module's alignment score. Inputs are
+plain numpy arrays [n, d] (rows are e- or m-vectors); torch tensors are accepted and copied to numpy.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+PROJECTION_METHODS = ("pca", "tsne", "umap")
+METRICS = ("cosine", "euclidean")
+
+# Rows shorter than this count as zero vectors when normalising, so a zero row yields similarity 0
+# instead of NaN.
+_NORM_EPS = 1e-12
+# UMAP's spectral initialisation solves an eigenproblem on the neighbour graph that is unreliable on
+# very small graphs; random init works for any size.
+_UMAP_SPECTRAL_MIN_POINTS = 10
+_UMAP_MIN_POINTS = 4
+# Below this many points exact t-SNE is both more faithful and faster than Barnes-Hut (measured: 0.1-0.3 s
+# vs 0.6-2 s for 3-60 points on a busy 2-core machine, where Barnes-Hut's OpenMP threads contend).
+_TSNE_EXACT_MAX_POINTS = 250
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A 2-D embedding of n points.
+
+    coords: [n, 2] float64.
+    method: the method that actually produced coords (may differ from requested_method after a fallback).
+    requested_method: what the caller asked for.
+    note: a human-readable sentence about any fallback or clamped parameter, None when nothing changed.
+    """
+
+    coords: np.ndarray
+    method: str
+    requested_method: str
+    note: str | None = None
+
+
+def _as_matrix(x: Any, name: str = "x") -> np.ndarray:
+    """Copy x to a finite float64 array [n, d]; torch tensors are detached and moved to the CPU."""
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    array = np.asarray(x, dtype=np.float64)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array [n, d], got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return array
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
+
+
+def _l2_normalise_rows(x: np.ndarray) -> np.ndarray:
+    """[n, d] -> [n, d] with unit rows; zero rows stay zero."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, _NORM_EPS)
+
+
+def cosine_similarity_matrix(x: Any) -> np.ndarray:
+    """Pairwise cosine similarities [n, n] of the rows of x [n, d].
+
+    A zero row has similarity 0 with everything (itself included) rather than NaN; values are clipped to
+    [-1, 1] because rounding can push a unit row's self-similarity slightly above 1.
+    """
+    unit = _l2_normalise_rows(_as_matrix(x))
+    return np.clip(unit @ unit.T, -1.0, 1.0)
+
+
+def _pca_2d(x: np.ndarray, metric: str) -> np.ndarray:
+    """[n, d] -> [n, 2]; pads with zero columns when the data has fewer than 2 usable dimensions."""
+    from sklearn.decomposition import PCA
+
+    n, d = x.shape
+    data = _l2_normalise_rows(x) if metric == "cosine" else x
+    n_components = min(2, n, d)
+    # The full SVD is deterministic, so the same vectors always give the same picture.
+    coords = PCA(n_components=n_components, svd_solver="full").fit_transform(data)
+    if n_components < 2:
+        coords = np.hstack([coords, np.zeros((n, 2 - n_components))])
+    return coords
+
+
+def _tsne_2d(x: np.ndarray, metric: str, seed: int, perplexity: float) -> tuple[np.ndarray, str | None]:
+    from sklearn.manifold import TSNE
+
+    n, d = x.shape
+    # sklearn requires perplexity < n; the usual rule of thumb (each point needs about 3 * perplexity
+    # neighbours) gives a tighter bound that keeps tiny sets from collapsing into one blob.
+    limit = max(1.0, (n - 1) / 3.0)
+    used = min(float(perplexity), limit)
+    note = None
+    if used < perplexity:
+        note = f"t-SNE perplexity clamped from {perplexity:g} to {used:.3g} for {n} points"
+    # PCA initialisation needs at least two input dimensions.
+    init = "pca" if d >= 2 else "random"
+    tsne = TSNE(
+        n_components=2,
+        perplexity=used,
+        metric=metric,
+        init=init,
+        random_state=seed,
+        method="exact" if n <= _TSNE_EXACT_MAX_POINTS else "barnes_hut",
+    )
+    return tsne.fit_transform(x), note
+
+
+def _umap_2d(x: np.ndarray, metric: str, seed: int) -> tuple[np.ndarray, str | None]:
+    # Imported here: importing umap compiles numba code and takes seconds.
+    import umap
+
+    n = x.shape[0]
+    n_neighbors = min(15, n - 1)
+    note = None
+    if n_neighbors < 15:
+        note = f"UMAP n_neighbors clamped from 15 to {n_neighbors} for {n} points"
+    init = "spectral" if n >= _UMAP_SPECTRAL_MIN_POINTS else "random"
+    reducer = umap.UMAP(
+        n_components=2, n_neighbors=n_neighbors, metric=metric, init=init, random_state=seed
+    )
+    with warnings.catch_warnings():
+        # A fixed random_state makes UMAP single-threaded and it says so on every call.
+        warnings.filterwarnings("ignore", message=".*n_jobs.*")
+        return reducer.fit_transform(x), note
+
+
+def project_2d(
+    x: Any,
+    method: str = "pca",
+    metric: str = "cosine",
+    seed: int = 0,
+    perplexity: float = 15.0,
+) -> Projection:
+    """Project the rows of x [n, d] to the plane.
+
+    method: "pca", "tsne" or "umap". metric: "cosine" (rows are L2-normalised for PCA) or "euclidean".
+    Works for every n: n = 0 gives [0, 2], n = 1 gives [[0, 0]], and parameters that the libraries
+    reject for small n are clamped (t-SNE perplexity, UMAP n_neighbors). UMAP needs at least 4 points
+    and falls back to PCA below that or when it fails; t-SNE falls back to PCA if it fails. Every
+    change is explained in Projection.note.
+    """
+    if method not in PROJECTION_METHODS:
+        raise ValueError(f"unknown projection method {method!r}; valid methods: {', '.join(PROJECTION_METHODS)}")
+    _check_metric(metric)
+    data = _as_matrix(x)
+    n = data.shape[0]
+    if n <= 1:
+        return Projection(np.zeros((n, 2)), method, method, "fewer than 2 points: nothing to project" if n else None)
+
+    compared = _l2_normalise_rows(data) if metric == "cosine" else data
+    scale = max(1.0, float(np.abs(compared).max()))
+    if float(np.ptp(compared, axis=0).max()) <= 1e-12 * scale:
+        # Every method divides by the spread of the data somewhere and would produce NaN or warnings.
+        return Projection(np.zeros((n, 2)), method, method, "all points coincide: drawn at the origin")
+
+    if method == "pca":
+        return Projection(_pca_2d(data, metric), "pca", method)
+
+    if method == "umap" and n < _UMAP_MIN_POINTS:
+        note = f"UMAP needs at least {_UMAP_MIN_POINTS} points, got {n}: showing PCA instead"
+        return Projection(_pca_2d(data, metric), "pca", method, note)
+
+    try:
+        if method == "tsne":
+            coords, note = _tsne_2d(data, metric, seed, perplexity)
+        else:
+            coords, note = _umap_2d(data, metric, seed)
+        if not np.all(np.isfinite(coords)):
+            raise ValueError("the embedding contains NaN or infinite values")
+    except Exception as error:  # noqa: BLE001 - any library failure should still give the user a picture
+        label = "t-SNE" if method == "tsne" else "UMAP"
+        note = f"{label} failed ({type(error).__name__}: {error}): showing PCA instead"
+        return Projection(_pca_2d(data, metric), "pca", method, note)
+    return Projection(np.asarray(coords, dtype=np.float64), method, method, note)
+
+
+def silhouette_by_group(x: Any, labels: Sequence[Hashable], metric: str = "cosine") -> float | None:
+    """Silhouette score of the rows of x [n, d] grouped by labels [n] (sklearn's silhouette_score).
+
+    Returns None where the score is undefined: fewer than 2 groups, or as many groups as points.
+    """
+    from sklearn.metrics import silhouette_score
+
+    _check_metric(metric)
+    data = _as_matrix(x)
+    label_array = np.asarray(labels)
+    if label_array.shape != (data.shape[0],):
+        raise ValueError(f"labels must have one entry per row: {label_array.shape} vs {data.shape[0]} rows")
+    n_groups = len(set(label_array.tolist()))
+    if not 2 <= n_groups <= data.shape[0] - 1:
+        return None
+    try:
+        return float(silhouette_score(data, label_array, metric=metric))
+    except ValueError:
+        return None
+
+
+def nearest_neighbours(x: Any, index: int, k: int = 5, metric: str = "cosine") -> list[tuple[int, float]]:
+    """The k rows of x [n, d] closest to row `index`, excluding that row.
+
+    Returns (row, cosine similarity) sorted by decreasing similarity for metric "cosine", or
+    (row, euclidean distance) sorted by increasing distance for "euclidean"; ties keep row order.
+    """
+    _check_metric(metric)
+    data = _as_matrix(x)
+    n = data.shape[0]
+    if not -n <= index < n:
+        raise IndexError(f"index {index} out of range for {n} rows")
+    index %= n
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    if metric == "cosine":
+        unit = _l2_normalise_rows(data)
+        scores = np.clip(unit @ unit[index], -1.0, 1.0)
+        order = np.argsort(-scores, kind="stable")
+    else:
+        scores = np.linalg.norm(data - data[index], axis=1)
+        order = np.argsort(scores, kind="stable")
+    others = [int(i) for i in order if i != index][:k]
+    return [(i, float(scores[i])) for i in others]

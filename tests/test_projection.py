@@ -1,0 +1,129 @@
+"""core.projection on random vectors: shapes for tiny sets, fallbacks, silhouette, neighbours."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import silhouette_score
+
+from core.projection import (
+    Projection,
+    cosine_similarity_matrix,
+    nearest_neighbours,
+    project_2d,
+    silhouette_by_group,
+)
+
+
+def _points(n: int, d: int = 16, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, d))
+
+
+@pytest.mark.parametrize("method", ["pca", "tsne"])
+@pytest.mark.parametrize("n", [2, 3, 5, 30])
+def test_projection_shape_for_small_and_normal_sets(method: str, n: int) -> None:
+    projection = project_2d(_points(n), method=method)
+    assert isinstance(projection, Projection)
+    assert projection.coords.shape == (n, 2)
+    assert np.all(np.isfinite(projection.coords))
+    assert projection.requested_method == method
+
+
+def test_umap_shapes_and_fallback_below_four_points() -> None:
+    # One test for UMAP: importing it and the first numba compilation take many seconds.
+    for n in (2, 3):
+        projection = project_2d(_points(n), method="umap")
+        assert projection.coords.shape == (n, 2)
+        assert projection.method == "pca"
+        assert projection.note is not None and "UMAP" in projection.note
+    for n in (5, 30):
+        projection = project_2d(_points(n), method="umap", seed=1)
+        assert projection.coords.shape == (n, 2)
+        assert projection.method == "umap"
+        assert np.all(np.isfinite(projection.coords))
+    assert "n_neighbors" in (project_2d(_points(5), method="umap").note or "")
+
+
+def test_single_point_and_empty_input() -> None:
+    assert project_2d(_points(1), method="tsne").coords.tolist() == [[0.0, 0.0]]
+    assert project_2d(np.zeros((0, 4))).coords.shape == (0, 2)
+
+
+@pytest.mark.parametrize("method", ["pca", "tsne"])
+def test_coinciding_points_are_drawn_at_the_origin(method: str) -> None:
+    projection = project_2d(np.tile([1.0, 2.0, 3.0], (6, 1)) * np.arange(1, 7)[:, None], method=method)
+    assert projection.coords.tolist() == [[0.0, 0.0]] * 6
+    assert "coincide" in (projection.note or "")
+
+
+def test_tsne_perplexity_clamp_is_reported() -> None:
+    assert "perplexity" in (project_2d(_points(10), method="tsne", perplexity=15).note or "")
+    assert project_2d(_points(60), method="tsne", perplexity=15).note is None
+
+
+def test_tsne_is_reproducible_with_a_seed() -> None:
+    x = _points(20)
+    first = project_2d(x, method="tsne", seed=3).coords
+    second = project_2d(x, method="tsne", seed=3).coords
+    np.testing.assert_allclose(first, second)
+
+
+def test_pca_pads_rank_deficient_input() -> None:
+    one_feature = np.arange(5.0)[:, None]
+    projection = project_2d(one_feature, method="pca", metric="euclidean")
+    assert projection.coords.shape == (5, 2)
+    np.testing.assert_allclose(projection.coords[:, 1], 0.0)
+
+
+def test_cosine_pca_ignores_row_scale() -> None:
+    x = _points(8)
+    scaled = x * np.random.default_rng(1).uniform(0.1, 10.0, size=(8, 1))
+    np.testing.assert_allclose(project_2d(x).coords, project_2d(scaled).coords, atol=1e-9)
+
+
+def test_torch_input_is_accepted() -> None:
+    assert project_2d(torch.randn(6, 8)).coords.shape == (6, 2)
+
+
+def test_unknown_method_and_metric_are_rejected() -> None:
+    with pytest.raises(ValueError, match="tsne"):
+        project_2d(_points(4), method="mds")
+    with pytest.raises(ValueError, match="cosine"):
+        project_2d(_points(4), metric="manhattan")
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_silhouette_equals_sklearn(metric: str) -> None:
+    x = _points(30)
+    labels = [f"text {i % 4}" for i in range(30)]
+    expected = silhouette_score(x, labels, metric=metric)
+    assert silhouette_by_group(x, labels, metric=metric) == pytest.approx(expected, abs=1e-12)
+
+
+def test_silhouette_is_none_when_undefined() -> None:
+    x = _points(4)
+    assert silhouette_by_group(x, ["a", "a", "a", "a"]) is None
+    assert silhouette_by_group(x, ["a", "b", "c", "d"]) is None
+    assert silhouette_by_group(x, ["a", "a", "b", "b"]) is not None
+
+
+def test_nearest_neighbours_by_cosine_and_euclidean() -> None:
+    x = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0], [10.0, 0.5]])
+    cosine = nearest_neighbours(x, 0, k=3)
+    # Row 4 is long but almost parallel to row 0: cosine ignores length.
+    assert [row for row, _ in cosine] == [4, 1, 2]
+    assert all(a[1] >= b[1] for a, b in zip(cosine, cosine[1:]))
+    euclidean = nearest_neighbours(x, 0, k=10, metric="euclidean")
+    assert [row for row, _ in euclidean] == [1, 2, 3, 4]
+    assert euclidean[0][1] == pytest.approx(np.hypot(0.1, 0.1))
+
+
+def test_cosine_similarity_matrix_matches_definition() -> None:
+    x = _points(7)
+    sims = cosine_similarity_matrix(x)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    np.testing.assert_allclose(sims, unit @ unit.T, atol=1e-12)
+    np.testing.assert_allclose(np.diag(sims), 1.0)
+    with_zero_row = cosine_similarity_matrix(np.vstack([x, np.zeros(16)]))
+    assert np.all(np.isfinite(with_zero_row)) and np.all(with_zero_row[-1] == 0)
