@@ -191,6 +191,28 @@ def _identity_of_folder(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # an id the hub library rejects is simply not cached
+        return False
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick check, so an offline machine fails in seconds instead of after the hub client's retries."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def load_model(name: str | None = None, device: str | None = "auto", dtype: str | None = None) -> LoadedModel:
     """Load a frozen model by name (see module docstring). Raises :class:`ModelLoadError` on failure."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -217,6 +239,10 @@ def load_model(name: str | None = None, device: str | None = "auto", dtype: str 
             else:
                 source = name
                 identity = f"hf:{name}"
+                if not _in_hub_cache(name) and not _hub_reachable():
+                    raise ModelLoadError(
+                        f"Could not load {name!r}: it is not a local folder, not in the Hugging Face cache, "
+                        "and the Hugging Face hub cannot be reached from this machine.")
             tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(source, dtype=dt, attn_implementation="sdpa", **kwargs)
             revision = getattr(model.config, "_commit_hash", None)

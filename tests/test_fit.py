@@ -1,0 +1,155 @@
+"""core.fit on the tiny random model: layouts, batching, per-text stopping, shared m, cancel, bad input."""
+
+import math
+import threading
+
+import pytest
+import torch
+
+from core.fit import FitConfig, FitError, fit_texts, preset, text_seed
+from core.models import TextError
+from core.reconstruct import build_inputs, first_scored_position, predict_tokens, reconstruct, token_metrics
+
+SHORT = "Hello world"
+OTHER = "Hi there, cat."
+
+
+def test_paper_preset_is_the_published_recipe():
+    c = preset("paper")
+    assert (c.lr, c.betas, c.weight_decay, c.max_steps, c.threshold, c.init, c.layout) == (
+        0.01, (0.9, 0.9), 0.01, 5000, 0.99, "normal", "e+m*N")
+    assert c == FitConfig()
+    with pytest.raises(FitError):
+        preset("nope")
+
+
+@pytest.mark.parametrize("layout,seq_extra", [("e+m*N", 1), ("e+m*(N-1)", 0)])
+def test_layout_shapes_and_alignment(layout, seq_extra):
+    e = torch.full((2, 4), 1.0)
+    m = torch.full((2, 4), 2.0)
+    inputs, mask = build_inputs(e, m, [3, 5], layout)
+    assert inputs.shape == (2, 5 + seq_extra, 4)
+    assert torch.all(inputs[:, 0] == 1.0) and torch.all(inputs[:, 1:] == 2.0)
+    assert mask[0].tolist() == [1] * (3 + seq_extra) + [0] * 2
+    assert mask[1].sum() == 5 + seq_extra
+    assert first_scored_position(layout) == seq_extra
+
+
+@pytest.mark.parametrize("layout", ["e+m*N", "e+m*(N-1)"])
+def test_fit_reaches_full_accuracy_and_reconstructs(tiny_lm, layout):
+    [r] = fit_texts(tiny_lm, [SHORT], preset("paper", max_steps=600, layout=layout))
+    assert r.converged and r.status == "converged" and r.accuracy >= 0.99
+    assert r.e.dtype == torch.float32 and r.e.shape == (tiny_lm.hidden_size,)
+    rec = reconstruct(tiny_lm, r.e, r.m, r.token_ids, layout)
+    assert rec.metrics.accuracy == r.accuracy
+    assert rec.text == SHORT
+    assert r.history["accuracy"][-1] == r.accuracy
+    assert r.snapshots[-1]["tokens"] == r.token_ids
+
+
+def test_batch_matches_single_and_stops_each_text(tiny_lm):
+    cfg = preset("paper", max_steps=600)
+    single = fit_texts(tiny_lm, [SHORT], cfg)[0]
+    batch = fit_texts(tiny_lm, [OTHER, SHORT], cfg)
+    # Same init and an independent gradient per text: the batch follows the single run.
+    assert batch[1].steps == single.steps
+    assert torch.allclose(batch[1].e, single.e, atol=1e-4)
+    # Each text stopped on its own: the two step counts differ and each history ends at its own stop.
+    assert batch[0].steps != batch[1].steps
+    for r in batch:
+        assert r.history["step"][-1] == r.steps
+
+
+def test_converged_text_is_frozen_while_others_continue(tiny_lm):
+    seen = {}
+
+    def callback(p):
+        seen[p.step] = (list(p.done), list(p.best_accuracy))
+
+    results = fit_texts(tiny_lm, [SHORT, OTHER], preset("paper", max_steps=600), callback=callback, callback_every=1)
+    first = min(results, key=lambda r: r.steps)
+    idx = results.index(first)
+    later = [s for s, (done, _) in seen.items() if s > first.steps]
+    assert later, "the other text should still be fitting"
+    assert all(seen[s][0][idx] for s in later)
+    rec = reconstruct(tiny_lm, first.e, first.m, first.token_ids, "e+m*N")
+    assert rec.metrics.accuracy >= 0.99
+
+
+def test_shared_m_returns_one_m(tiny_lm):
+    results = fit_texts(tiny_lm, [SHORT, "Hello cat"], preset("paper", max_steps=400, shared_m=True))
+    assert torch.equal(results[0].m, results[1].m)
+    assert not torch.equal(results[0].e, results[1].e)
+
+
+def test_init_is_seeded_and_scaled(tiny_lm):
+    a = fit_texts(tiny_lm, [SHORT], preset("paper", max_steps=1))[0]
+    b = fit_texts(tiny_lm, [SHORT], preset("paper", max_steps=1))[0]
+    c = fit_texts(tiny_lm, [SHORT], preset("paper", max_steps=1, seed=1))[0]
+    assert torch.equal(a.e, b.e) and not torch.equal(a.e, c.e)
+    emb = fit_texts(tiny_lm, [SHORT], preset("paper", max_steps=1, init="embedding"))[0]
+    ratio = emb.e.std() / a.e.std()
+    assert math.isclose(float(ratio), tiny_lm.embedding_std, rel_tol=0.3)
+    assert text_seed(0, [1, 2]) != text_seed(0, [2, 1])
+
+
+def test_cancel_returns_best_so_far_not_converged(tiny_lm):
+    cancel = threading.Event()
+
+    def callback(p):
+        if p.step >= 20:
+            cancel.set()
+
+    [r] = fit_texts(tiny_lm, [OTHER], preset("paper", max_steps=5000), callback=callback, callback_every=1, cancel=cancel)
+    assert r.status == "cancelled" and not r.converged
+    assert 20 <= r.steps < 30
+    assert r.accuracy == max(r.history["accuracy"])
+    rec = reconstruct(tiny_lm, r.e, r.m, r.token_ids, "e+m*N")
+    assert rec.metrics.accuracy == pytest.approx(r.accuracy)
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_best(tiny_lm, monkeypatch):
+    import core.fit as fit_mod
+
+    real = fit_mod.scored_logits
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        logits = real(*args, **kwargs)
+        return logits * float("nan") if calls["n"] > 5 else logits
+
+    monkeypatch.setattr(fit_mod, "scored_logits", poisoned)
+    [r] = fit_texts(tiny_lm, [OTHER], preset("paper", max_steps=50))
+    assert r.status == "diverged" and "nan" in r.message.lower()
+    assert torch.isfinite(r.e).all() and math.isfinite(r.loss)
+
+
+@pytest.mark.parametrize("text,match", [("", "empty"), ("   \n ", "empty"), ("x" * 300, "tokens")])
+def test_bad_text_is_a_clear_error(tiny_lm, text, match):
+    with pytest.raises(TextError, match=match):
+        fit_texts(tiny_lm, [text], preset("paper", max_steps=5))
+
+
+def test_bad_settings_are_clear_errors():
+    with pytest.raises(FitError):
+        FitConfig(init="zeros")
+    with pytest.raises(ValueError, match="layout"):
+        FitConfig(layout="m+e")
+    with pytest.raises(FitError):
+        FitConfig(max_steps=0)
+
+
+def test_token_metrics():
+    m = token_metrics([1, 2, 9, 4], [1, 2, 3, 4])
+    assert (m.accuracy, m.c_tokens, m.correct_prefix, m.correct_prefix_rel) == (0.75, 3, 2, 0.5)
+    assert token_metrics([1, 2], [1, 2]).correct_prefix == 2
+
+
+def test_predict_tokens_batched_equals_single(tiny_lm):
+    [r] = fit_texts(tiny_lm, [SHORT], preset("paper", max_steps=30))
+    e = torch.stack([r.e, r.e * 0.5])
+    m = torch.stack([r.m, r.m])
+    batched = predict_tokens(tiny_lm, e, m, len(r.token_ids), "e+m*N")
+    assert batched.shape == (2, len(r.token_ids))
+    assert batched[1].tolist() == predict_tokens(tiny_lm, r.e * 0.5, r.m, len(r.token_ids), "e+m*N")[0].tolist()
