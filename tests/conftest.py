@@ -43,3 +43,45 @@ def embedded_fitted(embedded_lm, embedded_cache):
 
     outcomes = fit_and_cache(embedded_lm, EMBEDDED_TEXTS, preset("fast", max_steps=1500), embedded_cache)
     return outcomes
+
+
+# ---- Streamlit AppTest -------------------------------------------------------------------------
+
+APP_TIMEOUT = 120  # seconds; importing torch and transformers alone takes several
+
+
+@pytest.fixture
+def app_cache(tmp_path, monkeypatch):
+    """An empty cache the app uses, with the tiny random model as the app's default model."""
+    monkeypatch.setenv("PROTOTOKENS_CACHE", str(tmp_path / "app-cache"))
+    monkeypatch.setenv("PROTOTOKENS_MODEL", TINY_MODEL)
+    import ui.state
+
+    monkeypatch.setattr(ui.state, "DEFAULT_MODEL_NAME", TINY_MODEL)
+    import ui.sidebar
+
+    monkeypatch.setattr(ui.sidebar, "DEFAULT_MODEL_NAME", TINY_MODEL)
+    return ProtoCache(tmp_path / "app-cache")
+
+
+@pytest.fixture
+def tiny_entry(tiny_lm, app_cache):
+    """A converged entry of the tiny model in the app's cache."""
+    from core.fit import fit_and_cache, preset
+
+    [outcome] = fit_and_cache(tiny_lm, ["Hello world"], preset("paper", max_steps=600), app_cache)
+    return outcome.entry
+
+
+def open_page(page: str, entry_key: str | None = None):
+    """An AppTest of app.py switched to ``page`` (e.g. "pages/noise.py"), run once."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file("app.py", default_timeout=APP_TIMEOUT)
+    if entry_key:
+        at.query_params["entry"] = entry_key
+    at.run()
+    if page != "pages/reconstruct.py":
+        at.switch_page(page)
+        at.run()
+    return at

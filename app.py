@@ -1,0 +1,23 @@
+"""Proto-token lab: the dashboard's entry point (``streamlit run app.py``)."""
+
+import os
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import streamlit as st
+
+from ui.sidebar import render_sidebar
+
+st.set_page_config(page_title="Proto-token lab", page_icon=":material/token:", layout="wide")
+
+PAGES = [
+    st.Page("pages/reconstruct.py", title="Reconstruct", icon=":material/auto_fix_high:", default=True),
+    st.Page("pages/noise.py", title="Noise", icon=":material/grain:"),
+    st.Page("pages/attention.py", title="Attention", icon=":material/visibility:"),
+    st.Page("pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
+    st.Page("pages/regularisers.py", title="Regularisers", icon=":material/tune:"),
+]
+navigation = st.navigation(PAGES)
+render_sidebar()
+navigation.run()

