@@ -353,6 +353,18 @@ def coupling_group(config: FitConfig, targets: Sequence[Sequence[int]]) -> str |
     return hashlib.sha256(repr([list(t) for t in targets]).encode()).hexdigest()[:16]
 
 
+def entry_keys(lm: LoadedModel, targets: Sequence[Sequence[int]], config: FitConfig) -> tuple[list[str], str | None]:
+    """Cache keys of texts (as token ids) fitted together with ``config``, and their coupling group."""
+    group = coupling_group(config, targets)
+    return [entry_key(lm.identity, t, config.key_dict(), group) for t in targets], group
+
+
+def lookup(lm: LoadedModel, texts: Sequence[str], config: FitConfig, cache: ProtoCache) -> list[CacheEntry | None]:
+    """The cached entries these texts would have if fitted together with ``config`` (None where missing)."""
+    keys, _ = entry_keys(lm, [lm.validate_text(t, config.layout) for t in texts], config)
+    return [cache.get(k) for k in keys]
+
+
 def entry_from_result(lm: LoadedModel, result: FitResult, config: FitConfig, key: str, group: str | None) -> CacheEntry:
     metrics = {
         "accuracy": result.accuracy, "loss": result.loss if math.isfinite(result.loss) else None,
@@ -388,8 +400,7 @@ def fit_and_cache(
     are None.
     """
     targets = [lm.validate_text(t, config.layout) for t in texts]
-    group = coupling_group(config, targets)
-    keys = [entry_key(lm.identity, t, config.key_dict(), group) for t in targets]
+    keys, group = entry_keys(lm, targets, config)
     outcomes: list[CachedFit | None] = [None] * len(texts)
     misses = []
     for i, key in enumerate(keys):

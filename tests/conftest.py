@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -47,6 +48,7 @@ def embedded_fitted(embedded_lm, embedded_cache):
 
 # ---- Streamlit AppTest -------------------------------------------------------------------------
 
+REPO = Path(__file__).resolve().parent.parent
 APP_TIMEOUT = 120  # seconds; importing torch and transformers alone takes several
 
 
@@ -77,7 +79,7 @@ def open_page(page: str, entry_key: str | None = None):
     """An AppTest of app.py switched to ``page`` (e.g. "pages/noise.py"), run once."""
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_file("app.py", default_timeout=APP_TIMEOUT)
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=APP_TIMEOUT)
     if entry_key:
         at.query_params["entry"] = entry_key
     at.run()

@@ -1,0 +1,232 @@
+"""Reconstruct: fit e and m for a text and watch the one-pass reconstruction converge."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+from safetensors.torch import save as safetensors_bytes
+
+from core.cache import CacheEntry
+from core.fit import lookup
+from core.models import TextError
+from core.reconstruct import reconstruct, token_metrics
+from core.textsets import load_examples
+from ui import jobs
+from ui.state import current_entry, entry_label, fit_config, get_cache, get_model, set_current_entry
+from ui.widgets import download_csv, download_json, show_tokens
+
+SINGLE, BATCH = "reconstruct-single", "reconstruct-batch"
+
+st.title("Reconstruct")
+st.caption(
+    "Two learned vectors, e and m, fed as [e, m, m, ..., m] make the frozen model rebuild the whole text in "
+    "one forward pass. Fit them here and watch the reconstruction converge; green tokens are right, red wrong."
+)
+
+lm = get_model()
+config = fit_config()
+cache = get_cache()
+if lm is None or config is None:
+    st.stop()
+fitted_here: set = st.session_state.setdefault("fitted_here", set())
+examples = load_examples()
+
+if "text" not in st.session_state:
+    entry = current_entry(cache)
+    st.session_state["text"] = entry.text if entry is not None else examples[0].text
+    # Without a current entry, a cached fit of the prefilled text is shown at once.
+    st.session_state["text_changed"] = entry is None
+
+
+def curves_figure(steps, loss, accuracy, threshold: float) -> go.Figure:
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_scatter(x=steps, y=loss, name="loss", line=dict(color="#7f7f7f"), secondary_y=False)
+    fig.add_scatter(x=steps, y=accuracy, name="token accuracy", line=dict(color="#1f77b4"), secondary_y=True)
+    fig.add_hline(y=threshold, line=dict(dash="dot", color="#1f77b4"), secondary_y=True,
+                  annotation_text=f"stop at {threshold:g}", annotation_position="bottom right")
+    fig.update_yaxes(title_text="cross-entropy (log)", type="log", secondary_y=False)
+    fig.update_yaxes(title_text="accuracy", range=[0, 1.02], secondary_y=True)
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="step",
+                      legend=dict(orientation="h", y=1.15))
+    return fig
+
+
+def show_prediction(predicted: list[int], target: list[int], title: str) -> None:
+    n = min(len(predicted), len(target))
+    show_tokens(lm.token_strings(predicted[:n]), [predicted[i] == target[i] for i in range(n)], title)
+    show_tokens(lm.token_strings(target), None, "target")
+
+
+def finish_single(snap) -> None:
+    outcome = (snap.outcomes or [None])[0]
+    if outcome is not None:
+        fitted_here.add(outcome.entry.key)
+        set_current_entry(outcome.entry.key)
+    if snap.state == "failed":
+        st.session_state["last_error"] = snap.error
+
+
+def render_live(job, snap) -> None:
+    p = snap.progress[0]
+    st.progress(min(snap.step / snap.max_steps, 1.0), text=f"Step {snap.step} / {snap.max_steps} · "
+                f"accuracy {p.accuracy:.3f} (best {p.best_accuracy:.3f}) · {snap.elapsed:.0f} s")
+    if p.curve_step:
+        st.plotly_chart(curves_figure(p.curve_step, p.curve_loss, p.curve_accuracy, config.threshold),
+                        key="live_curves")
+    if p.predictions:
+        show_prediction(p.predictions, lm.encode(snap.texts[0]), f"one-pass reconstruction at step {p.step}")
+
+
+# ---- input -----------------------------------------------------------------------------------------
+tab_one, tab_batch, tab_cached = st.tabs(["One text", "Batch", "Cached entries"])
+
+with tab_one:
+    titles = [ex.title for ex in examples]
+
+    def use_example():
+        chosen = st.session_state["example"]
+        st.session_state["text"] = next(ex.text for ex in examples if ex.title == chosen)
+        st.session_state["text_changed"] = True
+
+    st.selectbox("Example", titles, index=None, placeholder="Pick an example text ...", key="example",
+                 on_change=use_example)
+    text = st.text_area("Text", key="text", height=120,
+                        on_change=lambda: st.session_state.update(text_changed=True))
+    running = jobs.is_running(SINGLE)
+    entry_for_text = None
+    try:
+        n_tokens = len(lm.validate_text(text, config.layout))
+        st.caption(f"{n_tokens} tokens of at most {lm.max_text_tokens(config.layout):,} for this model "
+                   f"(preset {config.preset}, up to {config.max_steps} steps)")
+        entry_for_text = lookup(lm, [text], config, cache)[0]
+        text_ok = True
+    except TextError as exc:
+        st.error(str(exc))
+        text_ok = False
+
+    c1, c2, c3 = st.columns([1, 1, 4])
+    fit_clicked = c1.button("Fit", type="primary", disabled=running or not text_ok)
+    refit_clicked = c2.button("Refit", disabled=running or entry_for_text is None,
+                              help="Fit again even though this text is cached with these settings")
+    if running and c3.button("Stop", help="Stop now and keep the best vectors so far"):
+        jobs.get_job(SINGLE).cancel()
+    if (fit_clicked or refit_clicked) and text_ok:
+        jobs.start_job(SINGLE, lm, [text], config, cache, refit=refit_clicked)
+        running = True
+    if st.session_state.get("last_error"):
+        st.error(f"The fit failed: {st.session_state.pop('last_error')}")
+    jobs.poll(SINGLE, render_live, finish_single)
+    if st.session_state.pop("text_changed", False) and entry_for_text is not None:
+        set_current_entry(entry_for_text.key)  # a text fitted before shows its result at once
+
+with tab_batch:
+    batch_text = st.text_area("Texts, one per line", key="batch_text", height=150,
+                              placeholder="The first text\nThe second text")
+    lines = [line for line in batch_text.splitlines() if line.strip()]
+    batch_running = jobs.is_running(BATCH)
+    if st.button("Fit all", type="primary", disabled=batch_running or not lines, key="fit_batch"):
+        try:
+            for i, line in enumerate(lines, 1):
+                try:
+                    lm.validate_text(line, config.layout)
+                except TextError as exc:
+                    raise TextError(f"Line {i}: {exc}") from None
+            jobs.start_job(BATCH, lm, lines, config, cache)
+        except TextError as exc:
+            st.error(str(exc))
+    job = jobs.get_job(BATCH)
+    if job is not None:
+        jobs.poll(BATCH, jobs.render_set_progress,
+                  lambda snap: fitted_here.update(o.entry.key for o in (snap.outcomes or []) if o and not o.cached))
+        snap = job.snapshot()
+        if snap.finished and snap.outcomes:
+            done = [o for o in snap.outcomes if o is not None]
+            table = pd.DataFrame([{
+                "text": o.entry.text, "tokens": o.entry.n_tokens, "accuracy": o.entry.metrics.get("accuracy"),
+                "steps": o.entry.metrics.get("steps"), "status": "cached" if o.cached else o.entry.metrics.get("status"),
+            } for o in done])
+            st.caption("Select a row to open it in the view below.")
+            picked = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="single-row",
+                                  key="batch_table", width="stretch")
+            rows = picked.selection.rows if picked else []
+            if rows and done[rows[0]].entry.key != st.session_state.get("current_entry"):
+                set_current_entry(done[rows[0]].entry.key)
+
+with tab_cached:
+    metas = cache.list(lm.identity)
+    if not metas:
+        st.info("Nothing cached for this model yet.")
+    else:
+        table = pd.DataFrame([{
+            "text": m["text"], "tokens": len(m["token_ids"]), "accuracy": m["metrics"].get("accuracy"),
+            "steps": m["metrics"].get("steps"), "status": m["metrics"].get("status"),
+            "preset": m["config"].get("preset"), "layout": m["config"].get("layout"),
+            "created": pd.to_datetime(m.get("created", 0), unit="s").strftime("%Y-%m-%d %H:%M"),
+        } for m in metas])
+        st.caption(f"{len(metas)} entries. Select a row to make it the current entry (the other pages analyse it).")
+        picked = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="single-row",
+                              key="cached_table", width="stretch")
+        rows = picked.selection.rows if picked else []
+        if rows:
+            chosen = metas[rows[0]]["key"]
+            if chosen != st.session_state.get("current_entry"):
+                set_current_entry(chosen)
+            if st.button("Delete the selected entry", key="delete_entry"):
+                cache.delete(chosen)
+                set_current_entry(None)
+                st.rerun()
+
+
+# ---- the current entry ---------------------------------------------------------------------------
+def show_entry(entry: CacheEntry) -> None:
+    metrics = entry.metrics
+    origin = "fitted in this session" if entry.key in fitted_here else "from the cache"
+    st.subheader("Current entry")
+    st.caption(f"{entry_label(entry.meta())} · {origin} · preset {entry.config.get('preset')} · "
+               f"layout {entry.layout}")
+    rec = reconstruct(lm, entry.e, entry.m, entry.token_ids, entry.layout)
+    if metrics.get("status") not in (None, "converged"):
+        st.warning(metrics.get("message") or f"Status: {metrics.get('status')}")
+    cols = st.columns(6)
+    cols[0].metric("Token accuracy", f"{rec.metrics.accuracy:.3f}")
+    cols[1].metric("Steps", metrics.get("steps"))
+    cols[2].metric("Wall time", f"{metrics.get('wall_time', 0):.1f} s")
+    cols[3].metric("Correct prefix", f"{rec.metrics.correct_prefix} / {rec.metrics.n_tokens}",
+                   f"{rec.metrics.correct_prefix_rel:.0%}", delta_color="off")
+    cols[4].metric("‖e‖", f"{float(entry.e.norm()):.2f}")
+    cols[5].metric("‖m‖", f"{float(entry.m.norm()):.2f}")
+    show_prediction(rec.token_ids, entry.token_ids, "one-pass reconstruction from the stored e and m")
+    st.markdown(f"**Decoded:** `{json.dumps(rec.text, ensure_ascii=False)[1:-1]}`")
+
+    snapshots = entry.snapshots
+    if len(snapshots) > 1:
+        steps = [s["step"] for s in snapshots]
+        chosen = st.select_slider("Replay: reconstruction at step", steps, value=steps[-1], key=f"replay_{entry.key}")
+        snap = snapshots[steps.index(chosen)]
+        acc = token_metrics(snap["tokens"], entry.token_ids).accuracy
+        show_prediction(snap["tokens"], entry.token_ids, f"step {chosen}: accuracy {acc:.3f}")
+    history = entry.history
+    if history.get("step"):
+        st.plotly_chart(curves_figure(history["step"], history["loss"], history["accuracy"],
+                                      entry.config.get("threshold", 0.99)), key="entry_curves")
+    c1, c2, c3 = st.columns(3)
+    c1.download_button("e and m (safetensors)", safetensors_bytes({"e": entry.e, "m": entry.m}),
+                       f"prototokens-{entry.key[:12]}.safetensors", "application/octet-stream")
+    with c2:
+        download_json({k: v for k, v in entry.meta().items() if k != "snapshots"},
+                      f"prototokens-{entry.key[:12]}.json", "Metrics and history (JSON)")
+    with c3:
+        download_csv(pd.DataFrame(history), f"history-{entry.key[:12]}.csv", "History (CSV)")
+
+
+if not jobs.is_running(SINGLE):
+    entry = current_entry(cache)
+    if entry is not None and entry.model != lm.identity:
+        st.info("The current entry was fitted with another model; choose that model in the sidebar to see it.")
+    elif entry is not None:
+        st.divider()
+        show_entry(entry)

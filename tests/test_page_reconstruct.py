@@ -1,0 +1,56 @@
+"""AppTest of the Reconstruct page with the tiny random model."""
+
+from tests.conftest import open_page
+
+
+def _markdown_text(at) -> str:
+    return "\n".join(str(getattr(el, "value", "")) for el in at.get("html")) + "\n".join(m.value for m in at.markdown)
+
+
+def test_page_renders_with_example(app_cache):
+    at = open_page("pages/reconstruct.py")
+    assert not at.exception
+    assert at.title[0].value == "Reconstruct"
+    assert at.text_area(key="text").value
+    assert any("tokens of at most" in c.value for c in at.caption)
+
+
+def test_fit_short_text_shows_reconstruction(app_cache):
+    at = open_page("pages/reconstruct.py")
+    at.text_area(key="text").set_value("Hello world")
+    at.run()
+    at.button[0].click()  # Fit
+    at.run()
+    job = at.session_state["job::" + "reconstruct-single"]
+    snap = job.wait(120)
+    assert snap.state == "done", snap.error
+    at.run()
+    assert not at.exception
+    assert at.subheader[0].value == "Current entry"
+    assert any(m.label == "Token accuracy" and m.value == "1.000" for m in at.metric)
+    assert "Hello" in _markdown_text(at)
+
+
+def test_cached_entry_renders_without_fitting(tiny_entry, monkeypatch):
+    import core.fit
+
+    def no_fit(*a, **k):
+        raise AssertionError("a cached entry must not be fitted again")
+
+    monkeypatch.setattr(core.fit, "fit_texts", no_fit)
+    at = open_page("pages/reconstruct.py", entry_key=tiny_entry.key)
+    assert not at.exception
+    assert at.text_area(key="text").value == "Hello world"
+    assert any("from the cache" in c.value for c in at.caption)
+    assert any(m.label == "Token accuracy" and m.value == "1.000" for m in at.metric)
+
+
+def test_bad_input_shows_errors(app_cache):
+    at = open_page("pages/reconstruct.py")
+    at.text_area(key="text").set_value("   ")
+    at.run()
+    assert any("empty" in e.value for e in at.error)
+    at.text_area(key="text").set_value("word " * 200)
+    at.run()
+    assert any("tokens" in e.value and "at most" in e.value for e in at.error)
+    assert not at.exception
