@@ -29,6 +29,8 @@ from safetensors.torch import load_file, save_file
 log = logging.getLogger(__name__)
 
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "cache"
+# Pre-fitted entries of the built-in text sets, shipped with the project (read-only; `python -m core prefit`).
+SHIPPED_ROOT = Path(__file__).resolve().parent.parent / "data" / "prefit"
 ENTRY_DIR = "prototokens"
 
 
@@ -104,9 +106,14 @@ def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 class ProtoCache:
     """The cache under one root folder."""
 
-    def __init__(self, root: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike | None = None, shipped: str | os.PathLike | None = None):
+        """root: where entries are written. shipped: a read-only cache consulted after root (default: the
+        pre-fitted built-in sets when using the default root; none for an explicit root)."""
         self.root = Path(root or os.environ.get("PROTOTOKENS_CACHE") or DEFAULT_ROOT)
         self.entries_dir = self.root / ENTRY_DIR
+        if shipped is None and root is None:
+            shipped = os.environ.get("PROTOTOKENS_SHIPPED") or SHIPPED_ROOT
+        self.shipped = ProtoCache(shipped, shipped="") if shipped and Path(shipped) != self.root else None
         self.warnings: list[str] = []  # unreadable files met so far, for the UI to show
 
     # ---- fitted entries -------------------------------------------------------------------------
@@ -139,7 +146,7 @@ class ProtoCache:
         """The entry, or None when missing or unreadable (a warning is logged and kept)."""
         meta_path, tensor_path = self._paths(key)
         if not meta_path.exists():
-            return None
+            return self.shipped.get(key) if self.shipped is not None else None
         meta = self._read_meta(meta_path)
         if meta is None:
             return None
@@ -156,10 +163,17 @@ class ProtoCache:
             group=meta.get("group"), created=meta.get("created", 0.0),
         )
 
-    def list(self, model: str | None = None) -> list[dict]:
-        """Metadata of readable entries (newest first), optionally only those of one model identity."""
+    def list(self, model: str | None = None, include_shipped: bool = True) -> list[dict]:
+        """Metadata of readable entries (newest first), optionally only those of one model identity.
+
+        Shipped entries come after the user's own and carry ``"shipped": True``.
+        """
+        shipped = []
+        if include_shipped and self.shipped is not None:
+            own = {p.stem for p in self.entries_dir.glob("*.json")} if self.entries_dir.exists() else set()
+            shipped = [dict(m, shipped=True) for m in self.shipped.list(model) if m["key"] not in own]
         if not self.entries_dir.exists():
-            return []
+            return shipped
         metas = []
         for meta_path in self.entries_dir.glob("*.json"):
             meta = self._read_meta(meta_path)
@@ -168,7 +182,7 @@ class ProtoCache:
             if not self._paths(meta["key"])[1].exists():
                 continue
             metas.append(meta)
-        return sorted(metas, key=lambda m: m.get("created", 0.0), reverse=True)
+        return sorted(metas, key=lambda m: m.get("created", 0.0), reverse=True) + shipped
 
     def delete(self, key: str) -> bool:
         found = False
@@ -181,7 +195,7 @@ class ProtoCache:
     def clear(self, model: str | None = None) -> int:
         """Delete every entry (of one model identity when given) and the analyses. Returns entries removed."""
         removed = 0
-        for meta in self.list(model):
+        for meta in self.list(model, include_shipped=False):
             removed += self.delete(meta["key"])
         analyses = self.root / "analyses"
         if analyses.exists():
@@ -210,7 +224,7 @@ class ProtoCache:
         """(meta, tensors) of a stored analysis, or None when missing or unreadable."""
         meta_path, tensor_path = self._analysis_paths(kind, key)
         if not meta_path.exists():
-            return None
+            return self.shipped.get_analysis(kind, key, with_tensors) if self.shipped is not None else None
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             tensors = load_file(str(tensor_path)) if with_tensors and tensor_path.exists() else {}

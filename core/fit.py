@@ -63,7 +63,7 @@ class FitConfig:
 
     @property
     def has_regularizer(self) -> bool:
-        return self.regularizer is not None and getattr(self.regularizer, "kind", "none") != "none"
+        return self.regularizer is not None and self.regularizer.active
 
     def key_dict(self) -> dict:
         """Settings that change the fitted vectors (everything but display options)."""
@@ -151,15 +151,19 @@ def fit_texts(
     config: FitConfig | None = None,
     *,
     token_ids: Sequence[Sequence[int]] | None = None,
+    batch_size: int | None = None,
     callback: Callable[[FitProgress], None] | None = None,
     callback_every: int = 10,
     cancel: threading.Event | None = None,
     teacher_embeddings: torch.Tensor | None = None,
     init_seeds: Sequence[int] | None = None,
 ) -> list[FitResult]:
-    """Fit one (e, m) pair per text in one padded batch.
+    """Fit one (e, m) pair per text; texts share padded forward passes.
 
     texts: the texts (validated against the model's context). token_ids: their targets when already known.
+    batch_size: how many texts share a forward pass (None: all). A text that finishes frees its slot for
+    the next waiting one at once (continuous batching), so a slow text never holds the others back.
+    Coupled texts (shared m, a regulariser) always fit all together and stop together.
     teacher_embeddings: [n_texts, d_teacher] for a regulariser (computed with the config's teacher if None).
     init_seeds: per-text init seeds (default: derived from the config seed and the text's tokens).
     Returns one :class:`FitResult` per text, in input order. Cancel returns the best vectors so far.
@@ -173,28 +177,26 @@ def fit_texts(
     std = (lm.embedding_std if config.init == "embedding" else 1.0) * config.init_scale
     seeds = list(init_seeds) if init_seeds is not None else [text_seed(config.seed, t) for t in targets]
 
+    regularize = config.has_regularizer
+    group_mode = config.shared_m or regularize
+    slots = n_texts if (group_mode or not batch_size) else max(1, batch_size)
+
     es = [torch.nn.Parameter(_init_vector(hidden, std, s)) for s in seeds]
     if config.shared_m:
         shared = torch.nn.Parameter(_init_vector(hidden, std, text_seed(config.seed + 1, sum(targets, []))))
         ms = [shared] * n_texts
+        groups = [{"params": es}, {"params": [shared]}]
     else:
         ms = [torch.nn.Parameter(_init_vector(hidden, std, s + 1)) for s in seeds]
-    params = es + ([ms[0]] if config.shared_m else ms)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+        groups = [{"params": [es[i], ms[i]]} for i in range(n_texts)]  # one group per text: its own lr schedule
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
 
-    regularize = config.has_regularizer
-    group_mode = config.shared_m or regularize
-    group_best = [-1.0, math.inf]
-    reg_projection = None
     if regularize:
         from core import teacher as teacher_mod
 
         if teacher_embeddings is None:
             teacher_embeddings = teacher_mod.embed_texts(teacher_mod.load_teacher(config.regularizer.teacher), list(texts))
         teacher_embeddings = teacher_embeddings.float().to(lm.device)
-        if config.regularizer.kind == "anchor":
-            reg_projection = teacher_mod.anchor_projection(
-                teacher_embeddings.shape[1], hidden, seed=config.regularizer.projection_seed).to(lm.device)
 
     device_targets = [torch.tensor(t, device=lm.device) for t in targets]
     best_acc = [-1.0] * n_texts
@@ -204,125 +206,134 @@ def fit_texts(
     last_loss = [math.nan] * n_texts
     last_acc = [0.0] * n_texts
     last_pred: list[list[int]] = [[] for _ in range(n_texts)]
-    steps_taken = [0] * n_texts
+    steps_taken = [0] * n_texts  # updates applied to each text's vectors
     status = ["max_steps"] * n_texts
     messages = [""] * n_texts
     done = [False] * n_texts
     wall = [0.0] * n_texts
+    started = [0.0] * n_texts
     histories = [{"step": [], "loss": [], "accuracy": []} for _ in range(n_texts)]
     snapshots: list[list] = [[] for _ in range(n_texts)]
+    group_best = [-1.0, math.inf]
+    waiting = list(range(n_texts))
+    active: list[int] = []
     t0 = time.perf_counter()
-    step = 0
+    iteration = 0
 
-    def report(step_now: int) -> None:
+    def report() -> None:
         if callback is not None:
             callback(FitProgress(
-                step=step_now, max_steps=config.max_steps, loss=list(last_loss), accuracy=list(last_acc),
+                step=max(steps_taken), max_steps=config.max_steps, loss=list(last_loss), accuracy=list(last_acc),
                 best_accuracy=[max(a, 0.0) for a in best_acc], predictions=[list(p) for p in last_pred],
                 done=list(done), elapsed=time.perf_counter() - t0,
             ))
 
-    for step in range(1, config.max_steps + 1):
+    def finish(i: int, how: str, message: str = "") -> None:
+        status[i], done[i], messages[i] = how, True, message
+        wall[i] = time.perf_counter() - started[i] if started[i] else 0.0
+
+    def lr_factor(step: int) -> float:
+        if config.schedule == "cosine":
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / config.max_steps))
+        return 1.0
+
+    while True:
         if cancel is not None and cancel.is_set():
             for i in range(n_texts):
                 if not done[i]:
-                    status[i], done[i] = "cancelled", True
-                    messages[i] = f"Stopped by the user at step {step - 1}."
-            step -= 1
+                    finish(i, "cancelled", f"Stopped by the user after {steps_taken[i]} steps.")
             break
-        active = [i for i in range(n_texts) if not done[i]]
+        active = [i for i in active if not done[i]]
+        while waiting and len(active) < slots:
+            i = waiting.pop(0)
+            started[i] = time.perf_counter()
+            active.append(i)
         if not active:
-            step -= 1
             break
-        if config.schedule == "cosine":
-            factor = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - 1) / config.max_steps))
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * factor
-
+        iteration += 1
         e_batch = torch.stack([es[i] for i in active]).to(lm.device)
         m_batch = torch.stack([ms[i] for i in active]).to(lm.device)
-        active_lengths = [lengths[i] for i in active]
-        logits = scored_logits(lm, e_batch, m_batch, active_lengths, config.layout)  # [A, Nmax, V]
-        per_text_loss = []
-        for row, i in enumerate(active):
-            n = lengths[i]
-            per_text_loss.append(F.cross_entropy(logits[row, :n], device_targets[i]))
+        logits = scored_logits(lm, e_batch, m_batch, [lengths[i] for i in active], config.layout)  # [A, Nmax, V]
+        per_text_loss = [F.cross_entropy(logits[row, : lengths[i]], device_targets[i]) for row, i in enumerate(active)]
         # Sum, not mean: each text's gradient is what it would be if fitted alone.
         loss = torch.stack(per_text_loss).sum()
         if regularize:
-            target_vecs = e_batch if config.regularizer.target == "e" else m_batch
             from core.teacher import regularizer_loss
 
-            loss = loss + regularizer_loss(config.regularizer, target_vecs, teacher_embeddings[active]) * len(active)
+            vectors = e_batch if config.regularizer.target == "e" else m_batch
+            loss = loss + regularizer_loss(config.regularizer, vectors, teacher_embeddings[active]) * len(active)
 
         with torch.no_grad():
             predictions = logits.argmax(-1)
-            newly_done = []
+            stopping = []  # texts whose measured vectors are final: they get no update this step
             for row, i in enumerate(active):
-                n = lengths[i]
-                pred = predictions[row, :n]
+                pred = predictions[row, : lengths[i]]
                 acc = float((pred == device_targets[i]).float().mean())
                 loss_i = float(per_text_loss[row])
-                steps_taken[i] = step - 1  # the vectors measured here were produced by step-1 updates
-                last_loss[i], last_acc[i] = loss_i, acc
-                last_pred[i] = pred.tolist()
-                hist = histories[i]
-                hist["step"].append(step - 1)
-                hist["loss"].append(loss_i)
-                hist["accuracy"].append(acc)
-                if not math.isfinite(loss_i):
-                    status[i], done[i] = "diverged", True
-                    messages[i] = f"The loss became {loss_i} at step {step - 1}; kept the best vectors before it."
-                    wall[i] = time.perf_counter() - t0
-                    newly_done.append(i)
-                    continue
-                if not group_mode and (acc > best_acc[i] or (acc == best_acc[i] and loss_i < best_loss[i])):
-                    best_acc[i], best_loss[i] = acc, loss_i
-                    best_e[i] = es[i].detach().clone()
-                    best_m[i] = ms[i].detach().clone()
-                if (step - 1) % config.snapshot_every == 0:
-                    snapshots[i].append({"step": step - 1, "tokens": last_pred[i]})
+                step = steps_taken[i]
+                last_loss[i], last_acc[i], last_pred[i] = loss_i, acc, pred.tolist()
+                histories[i]["step"].append(step)
+                histories[i]["loss"].append(loss_i)
+                histories[i]["accuracy"].append(acc)
+                if step % config.snapshot_every == 0:
+                    snapshots[i].append({"step": step, "tokens": last_pred[i]})
                     if len(snapshots[i]) > MAX_SNAPSHOTS:
                         snapshots[i] = _thin(snapshots[i])
-                if acc >= config.threshold and not group_mode:
-                    status[i], done[i] = "converged", True
-                    wall[i] = time.perf_counter() - t0
-                    newly_done.append(i)
-            if group_mode and not newly_done:
-                # Coupled texts (shared m, batch regulariser) are kept and stopped together: the best
-                # state is the one with the best mean accuracy, so every text returns the same m.
-                mean_acc = sum(last_acc) / n_texts
-                total_loss = sum(last_loss)
+                if not math.isfinite(loss_i):
+                    finish(i, "diverged", f"The loss became {loss_i} at step {step}; kept the best vectors before it.")
+                    stopping.append(i)
+                    continue
+                if not group_mode:
+                    if acc > best_acc[i] or (acc == best_acc[i] and loss_i < best_loss[i]):
+                        best_acc[i], best_loss[i] = acc, loss_i
+                        best_e[i], best_m[i] = es[i].detach().clone(), ms[i].detach().clone()
+                    if acc >= config.threshold:
+                        finish(i, "converged")
+                        stopping.append(i)
+                    elif step >= config.max_steps:
+                        finish(i, "max_steps", f"Reached max steps ({config.max_steps}) at accuracy {best_acc[i]:.3f}.")
+                        stopping.append(i)
+            if group_mode and not stopping:
+                # Coupled texts are kept and stopped together: the best state is the one with the best mean
+                # accuracy, so every text returns the same m (and the batch relation the regulariser saw).
+                mean_acc = sum(last_acc[i] for i in active) / len(active)
+                total_loss = sum(last_loss[i] for i in active)
                 if mean_acc > group_best[0] or (mean_acc == group_best[0] and total_loss < group_best[1]):
                     group_best[:] = [mean_acc, total_loss]
-                    for i in range(n_texts):
+                    for i in active:
                         best_acc[i], best_loss[i] = last_acc[i], last_loss[i]
-                        best_e[i] = es[i].detach().clone()
-                        best_m[i] = ms[i].detach().clone()
-                if all(a >= config.threshold for a in last_acc):
-                    for i in range(n_texts):
-                        status[i], done[i] = "converged", True
-                        wall[i] = time.perf_counter() - t0
+                        best_e[i], best_m[i] = es[i].detach().clone(), ms[i].detach().clone()
+                if all(last_acc[i] >= config.threshold for i in active):
+                    for i in active:
+                        finish(i, "converged")
+                elif max(steps_taken[i] for i in active) >= config.max_steps:
+                    for i in active:
+                        finish(i, "max_steps", f"Reached max steps ({config.max_steps}) at accuracy {best_acc[i]:.3f}.")
 
-        if (step - 1) % callback_every == 0 or all(done):
-            report(step - 1)
-        if all(done):
-            break
+        if iteration % callback_every == 1 or callback_every == 1 or all(done):
+            report()
+        updating = [i for i in active if not done[i]]
+        if not updating:
+            continue
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        for i in newly_done:  # a finished text keeps its vectors: no gradient, so AdamW leaves it alone
-            es[i].grad = None
-            if not config.shared_m:
-                ms[i].grad = None
+        for i in active:  # a finished text keeps its vectors: no gradient, so AdamW leaves it alone
+            if done[i]:
+                es[i].grad = None
+                if not config.shared_m:
+                    ms[i].grad = None
+        if not config.shared_m:
+            for i in updating:
+                optimizer.param_groups[i]["lr"] = config.lr * lr_factor(steps_taken[i])
+        else:
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * lr_factor(steps_taken[updating[0]])
         optimizer.step()
+        for i in updating:
+            steps_taken[i] += 1
 
     results = []
     for i in range(n_texts):
-        if status[i] == "max_steps":
-            messages[i] = f"Reached max steps ({config.max_steps}) at accuracy {max(best_acc[i], 0):.3f}."
-            wall[i] = time.perf_counter() - t0
-        if status[i] == "cancelled":
-            wall[i] = time.perf_counter() - t0
         snaps = snapshots[i]
         if last_pred[i] and (not snaps or snaps[-1]["step"] != steps_taken[i]):
             snaps.append({"step": steps_taken[i], "tokens": last_pred[i]})
@@ -332,7 +343,7 @@ def fit_texts(
             converged=best_acc[i] >= config.threshold, status=status[i], message=messages[i], wall_time=wall[i],
             history=histories[i], snapshots=snaps,
         ))
-    report(max(steps_taken) if steps_taken else 0)
+    report()
     return results
 
 
@@ -394,10 +405,10 @@ def fit_and_cache(
 ) -> list[CachedFit | None]:
     """Fit the texts that are not cached yet, store each result, return every text's entry in input order.
 
-    Misses are fitted in batches of ``batch_size`` (coupled texts in one batch). The callback receives a
-    batch's progress and the input indices of its rows. A cancelled text is stored too (so nothing fitted
-    is lost) but counts as a miss next time, so a later fit finishes it. Texts a cancel kept from starting
-    are None.
+    Misses share forward passes, ``batch_size`` at a time (coupled texts all together). The callback
+    receives the fit's progress and the input indices of its rows. A cancelled text is stored too (so
+    nothing fitted is lost) but counts as a miss next time, so a later fit finishes it. Texts a cancel kept
+    from starting are None.
     """
     targets = [lm.validate_text(t, config.layout) for t in texts]
     keys, group = entry_keys(lm, targets, config)
@@ -411,19 +422,15 @@ def fit_and_cache(
             misses.append(i)
     if group is not None and misses:
         misses = list(range(len(texts)))  # coupled texts are only meaningful fitted together
-        chunks = [misses]
-    else:
-        chunks = [misses[k : k + batch_size] for k in range(0, len(misses), batch_size)]
-    for chunk in chunks:
-        if cancel is not None and cancel.is_set():
-            break
-        chunk_callback = (lambda p, idx=chunk: callback(p, idx)) if callback else None
-        chunk_teacher = teacher_embeddings[chunk] if teacher_embeddings is not None else None
+    if misses and not (cancel is not None and cancel.is_set()):
         results = fit_texts(
-            lm, [texts[i] for i in chunk], config, token_ids=[targets[i] for i in chunk], callback=chunk_callback,
-            callback_every=callback_every, cancel=cancel, teacher_embeddings=chunk_teacher,
+            lm, [texts[i] for i in misses], config, token_ids=[targets[i] for i in misses], batch_size=batch_size,
+            callback=(lambda p: callback(p, misses)) if callback else None, callback_every=callback_every,
+            cancel=cancel, teacher_embeddings=teacher_embeddings[misses] if teacher_embeddings is not None else None,
         )
-        for i, result in zip(chunk, results):
+        for i, result in zip(misses, results):
+            if result.status == "cancelled" and not result.history["step"]:
+                continue  # never started: nothing to keep
             entry = entry_from_result(lm, result, config, keys[i], group)
             cache.put(entry)
             outcomes[i] = CachedFit(entry=entry, cached=False)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from core.cache import CacheEntry, ProtoCache
+from core.cache import SHIPPED_ROOT, CacheEntry, ProtoCache
 from core.fit import FitConfig, FitError, preset
 from core.models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model
 
@@ -48,7 +48,7 @@ def get_model() -> LoadedModel | None:
 
 
 def get_cache() -> ProtoCache:
-    return ProtoCache(os.environ.get("PROTOTOKENS_CACHE") or None)
+    return ProtoCache(os.environ.get("PROTOTOKENS_CACHE") or None, shipped=SHIPPED_ROOT)
 
 
 def fit_config() -> FitConfig | None:
