@@ -153,3 +153,17 @@ def test_predict_tokens_batched_equals_single(tiny_lm):
     batched = predict_tokens(tiny_lm, e, m, len(r.token_ids), "e+m*N")
     assert batched.shape == (2, len(r.token_ids))
     assert batched[1].tolist() == predict_tokens(tiny_lm, r.e * 0.5, r.m, len(r.token_ids), "e+m*N")[0].tolist()
+
+
+def test_restarts_return_the_first_converged_restart(tiny_lm):
+    single = fit_texts(tiny_lm, [SHORT], preset("paper", max_steps=600))[0]
+    seen = []
+    multi = fit_texts(tiny_lm, [SHORT, OTHER], preset("paper", max_steps=600, restarts=3),
+                      callback=lambda p: seen.append(p), callback_every=1)
+    assert len(multi) == 2 and multi[0].text == SHORT
+    assert multi[0].converged and multi[0].steps <= single.steps  # restart 0 is the single run's init
+    rec = reconstruct(tiny_lm, multi[0].e, multi[0].m, multi[0].token_ids, "e+m*N")
+    assert rec.metrics.accuracy >= 0.99
+    assert all(len(p.accuracy) == 2 for p in seen)  # progress is reported per text, not per restart
+    with pytest.raises(FitError, match="Restarts"):
+        preset("paper", restarts=2, shared_m=True)
