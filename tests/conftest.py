@@ -14,7 +14,8 @@ from core.cache import ProtoCache
 from core.models import TINY_MODEL, load_model
 
 # Short texts the embedded model fits in a few hundred steps; used by every integration test.
-EMBEDDED_TEXTS = ["The cat sat quietly on the warm mat.", "Rain fell on the old bridge."]
+EMBEDDED_TEXTS = ["The cat sat quietly on the warm mat by the door.", "Rain fell on the old bridge."]
+EMBEDDED_CONFIG_OVERRIDES = dict(max_steps=1500)
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +43,7 @@ def embedded_fitted(embedded_lm, embedded_cache):
     """EMBEDDED_TEXTS fitted once per test session (fast preset), with the cache that holds them."""
     from core.fit import fit_and_cache, preset
 
-    outcomes = fit_and_cache(embedded_lm, EMBEDDED_TEXTS, preset("fast", max_steps=1500), embedded_cache)
-    return outcomes
+    return fit_and_cache(embedded_lm, EMBEDDED_TEXTS, preset("fast", **EMBEDDED_CONFIG_OVERRIDES), embedded_cache)
 
 
 # ---- Streamlit AppTest -------------------------------------------------------------------------
