@@ -108,7 +108,7 @@ with tab_one:
         st.error(str(exc))
         text_ok = False
 
-    c1, c2, c3 = st.columns([1, 1, 4])
+    c1, c2, c3, _ = st.columns([1, 1, 1, 5])
     fit_clicked = c1.button("Fit", type="primary", disabled=running or not text_ok)
     refit_clicked = c2.button("Refit", disabled=running or entry_for_text is None,
                               help="Fit again even though this text is cached with these settings")
@@ -230,3 +230,6 @@ if not jobs.is_running(SINGLE):
     elif entry is not None:
         st.divider()
         show_entry(entry)
+    else:
+        st.info("Press **Fit** to find e and m for this text. The **fast** preset in the sidebar converges "
+                "sooner; **paper** is the published recipe.")

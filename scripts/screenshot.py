@@ -1,0 +1,54 @@
+"""Screenshot a page of a running dashboard in headless Chromium, once the page shows a given text.
+
+Usage: python scripts/screenshot.py URL OUT.png [--wait-for TEXT] [--timeout 300] [--height 2000]
+Used to look at pages while developing and to make the README's pictures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("url")
+    parser.add_argument("out")
+    parser.add_argument("--wait-for", default=None, help="text that must be on the page first")
+    parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--width", type=int, default=1400)
+    parser.add_argument("--height", type=int, default=2000)
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds to wait after the text appears")
+    args = parser.parse_args()
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    os.environ.setdefault("SE_OFFLINE", "true")
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage",
+                 f"--window-size={args.width},{args.height}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        driver.get(args.url)
+        if args.wait_for:
+            WebDriverWait(driver, args.timeout).until(
+                lambda d: args.wait_for in d.find_element(By.TAG_NAME, "body").text)
+        # Streamlit shows a "running" indicator while the script runs; wait until it is gone.
+        deadline = time.time() + args.timeout
+        while time.time() < deadline and driver.find_elements(By.CSS_SELECTOR, "[data-testid='stStatusWidget']"):
+            time.sleep(0.5)
+        time.sleep(args.settle)
+        driver.save_screenshot(args.out)
+    finally:
+        driver.quit()
+
+
+if __name__ == "__main__":
+    main()
