@@ -6,17 +6,28 @@ seeded through a torch.Generator: the same seed gives the same noise, and becaus
 does not depend on alpha, a sweep over alphas with one seed moves along the same directions (common
 random numbers), which keeps accuracy-vs-alpha curves from jittering between grid points.
 
-The sweep over cached entries lives elsewhere; it is expected to call `noisy_pair(e, m, spec)` for every
-NoiseSpec of its grid and reconstruct from each row.
+`noise_sweep` runs the paper's experiment over cached entries: for every (entry, type, alpha) it draws
+all noisy copies with `noisy_pair` and decodes them in one batched forward pass, and returns a tidy table
+(one row per draw) that `summarize_sweep` and `flip_rates` turn into what the Noise page plots.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import pandas as pd
 import torch
+
+from core.cache import CacheEntry, ProtoCache, cache_key
+from core.models import LoadedModel
+from core.reconstruct import predict_tokens, token_metrics
+
+log = logging.getLogger(__name__)
 
 NOISE_TYPES = ("gaussian", "uniform", "signed_exponential", "sinusoidal")
 NOISE_TARGETS = ("e", "m", "both")
@@ -175,3 +186,305 @@ def noisy_pair(e: torch.Tensor, m: torch.Tensor, spec: NoiseSpec) -> tuple[torch
         # A derived seed keeps m's noise independent of e's while staying reproducible.
         noisy_m = noisy_copies(m, spec.kind, spec.alpha, spec.draws, spec.seed + 1_000_003)
     return noisy_e, noisy_m
+
+
+# ---- sweeps over cached entries ----------------------------------------------------------------
+
+# Seed paper, Llama-3.2-1B, ~130 texts fitted to >= 0.9, noise on e (PAPERS.md B item 2).
+PAPER_ACCURACY: dict[float, float] = {0.0: 0.92, 0.05: 0.86, 0.1: 0.82, 0.2: 0.73, 0.5: 0.51, 1.0: 0.32}
+# Only the two ends of the relative correct-prefix curve are reported there.
+PAPER_PREFIX_REL: dict[float, float] = {0.0: 0.64, 1.0: 0.08}
+PAPER_MODEL = "Llama-3.2-1B"
+
+ANALYSIS_KIND = "noise"
+# Part of every cache key: bump it when the table's meaning or columns change.
+SWEEP_VERSION = "noise-sweep-v1"
+SWEEP_COLUMNS = (
+    "entry", "type", "alpha", "draw", "accuracy", "c_tokens", "correct_prefix", "correct_prefix_rel",
+    "n_tokens", "tokens",
+)
+_INT_COLUMNS = ("draw", "c_tokens", "correct_prefix", "n_tokens")
+_FLOAT_COLUMNS = ("alpha", "accuracy", "correct_prefix_rel")
+# A grid longer than this is a typo (say a pasted list), not an experiment anyone waits for.
+MAX_ALPHAS = 50
+MAX_DRAWS = 256
+
+ProgressCallback = Callable[[float], None]
+
+
+def parse_alphas(text: str) -> tuple[float, ...]:
+    """Alphas typed as a list ("0, 0.05, 0.1" or "0 0.05 0.1") -> sorted unique floats.
+
+    Raises ValueError with a message meant for the user (which item is wrong and why).
+    """
+    items = [item for item in re.split(r"[\s,;]+", text.strip()) if item]
+    if not items:
+        raise ValueError("Enter at least one alpha, e.g. 0, 0.05, 0.1, 0.2, 0.5, 1.0.")
+    values = []
+    for item in items:
+        try:
+            value = float(item)
+        except ValueError:
+            raise ValueError(f"{item!r} is not a number; separate alphas with commas, e.g. 0, 0.1, 0.5.") from None
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"alpha {item} is out of range: every alpha must be a finite number >= 0.")
+        values.append(value)
+    alphas = tuple(sorted(set(values)))
+    if len(alphas) > MAX_ALPHAS:
+        raise ValueError(f"{len(alphas)} alphas given; at most {MAX_ALPHAS}.")
+    return alphas
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """The grid of one noise sweep; normalised (types deduplicated, alphas sorted) so equal grids hash equal.
+
+    as_dict() is JSON-ready and enters the cache key of every entry's table.
+    """
+
+    kinds: tuple[str, ...] = NOISE_TYPES
+    alphas: tuple[float, ...] = PAPER_ALPHAS
+    draws: int = 8
+    target: NoiseTarget = "e"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        kinds = tuple(dict.fromkeys(self.kinds))
+        if not kinds:
+            raise ValueError("choose at least one noise type")
+        for kind in kinds:
+            _check_kind(kind)
+        alphas = tuple(sorted({float(a) for a in self.alphas}))
+        if not alphas:
+            raise ValueError("give at least one alpha")
+        for alpha in alphas:
+            _check_alpha(alpha)
+        if len(alphas) > MAX_ALPHAS:
+            raise ValueError(f"{len(alphas)} alphas given; at most {MAX_ALPHAS}")
+        if not 1 <= int(self.draws) <= MAX_DRAWS:
+            raise ValueError(f"draws must be between 1 and {MAX_DRAWS}, got {self.draws}")
+        if self.target not in NOISE_TARGETS:
+            raise ValueError(f"unknown noise target {self.target!r}; valid targets: {', '.join(NOISE_TARGETS)}")
+        object.__setattr__(self, "kinds", kinds)
+        object.__setattr__(self, "alphas", alphas)
+        object.__setattr__(self, "draws", int(self.draws))
+        object.__setattr__(self, "seed", int(self.seed))
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["kinds"], d["alphas"] = list(self.kinds), list(self.alphas)
+        return d
+
+    @property
+    def rows_per_entry(self) -> int:
+        return len(self.kinds) * len(self.alphas) * self.draws
+
+    @property
+    def passes_per_entry(self) -> int:
+        """Batched forward passes per entry: one per (type, alpha > 0), plus one clean pass shared by alpha 0."""
+        return len(self.kinds) * sum(alpha > 0 for alpha in self.alphas) + (0.0 in self.alphas)
+
+
+def entry_seed(seed: int, key: str) -> int:
+    """The noise seed of one entry: derived from its key so that entries get independent directions (an
+    average over texts then averages over directions too) while each stays reproducible and independent
+    of which other entries share the sweep."""
+    return int(cache_key("noise-seed", int(seed), key)[:8], 16)
+
+
+def sweep_key(lm: LoadedModel, entry: CacheEntry, settings: SweepSettings) -> str:
+    """Cache key of one entry's sweep table: the entry, the model it runs on and every grid setting."""
+    # The device type enters because CPU and GPU kernels may round differently and flip a near-tie.
+    return cache_key(SWEEP_VERSION, lm.identity, lm.device.type, entry.key, settings.as_dict())
+
+
+def _check_entry(lm: LoadedModel, entry: CacheEntry) -> None:
+    if entry.model != lm.identity:
+        raise ValueError(
+            f"entry {entry.key[:8]} was fitted on {entry.model_name or entry.model!r}, not on {lm.name!r}; "
+            "proto-tokens only mean something to the model they were fitted for")
+    if entry.e.shape != (lm.hidden_size,) or entry.m.shape != (lm.hidden_size,):
+        raise ValueError(f"entry {entry.key[:8]} has width {tuple(entry.e.shape)}, the model {lm.hidden_size}")
+
+
+def _decode_draws(lm: LoadedModel, entry: CacheEntry, noisy_e: torch.Tensor, noisy_m: torch.Tensor,
+                  batched: bool) -> torch.Tensor:
+    """noisy_e, noisy_m [draws, hidden] -> argmax tokens [draws, n_tokens] (CPU).
+
+    batched=False is the reference (one forward pass per draw) that the tests and the benchmark compare with.
+    """
+    if batched:
+        return predict_tokens(lm, noisy_e, noisy_m, entry.n_tokens, entry.layout)
+    rows = [predict_tokens(lm, noisy_e[i], noisy_m[i], entry.n_tokens, entry.layout) for i in range(noisy_e.shape[0])]
+    return torch.cat(rows)
+
+
+def _entry_rows(lm: LoadedModel, entry: CacheEntry, settings: SweepSettings, batched: bool,
+                tick: Callable[[], None]) -> list[dict[str, Any]]:
+    """All rows of one entry's sweep; tick() after every (type, alpha)."""
+    seed = entry_seed(settings.seed, entry.key)
+    target = torch.tensor(entry.token_ids)
+    clean: torch.Tensor | None = None  # [1, n_tokens], decoded once: alpha 0 is the same for every type and draw
+    rows: list[dict[str, Any]] = []
+    for kind in settings.kinds:
+        for alpha in settings.alphas:
+            if alpha == 0:
+                if clean is None:
+                    clean = predict_tokens(lm, entry.e, entry.m, entry.n_tokens, entry.layout)
+                predicted = clean.expand(settings.draws, -1)
+            else:
+                spec = NoiseSpec(kind=kind, alpha=alpha, draws=settings.draws, seed=seed, target=settings.target)
+                predicted = _decode_draws(lm, entry, *noisy_pair(entry.e, entry.m, spec), batched=batched)
+            for draw, tokens in enumerate(predicted):
+                metrics = token_metrics(tokens, target)
+                rows.append({
+                    "entry": entry.key, "type": kind, "alpha": float(alpha), "draw": draw,
+                    "accuracy": metrics.accuracy, "c_tokens": metrics.c_tokens,
+                    "correct_prefix": metrics.correct_prefix, "correct_prefix_rel": metrics.correct_prefix_rel,
+                    "n_tokens": metrics.n_tokens, "tokens": [int(t) for t in tokens],
+                })
+            tick()
+    return rows
+
+
+def _table(rows: list[dict[str, Any]] | dict[str, list]) -> pd.DataFrame:
+    """The sweep table with fixed column order and dtypes, so a table read back from JSON equals the original."""
+    df = pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
+    for column in _INT_COLUMNS:
+        df[column] = df[column].astype("int64")
+    for column in _FLOAT_COLUMNS:
+        df[column] = df[column].astype("float64")
+    for column in ("entry", "type"):
+        df[column] = df[column].astype(object)
+    return df
+
+
+def _table_from_meta(meta: dict) -> pd.DataFrame | None:
+    columns = meta.get("columns")
+    if not isinstance(columns, dict) or set(columns) != set(SWEEP_COLUMNS):
+        return None
+    try:
+        return _table(columns)
+    except (TypeError, ValueError):
+        return None
+
+
+def _load_entry_table(cache: ProtoCache, key: str) -> pd.DataFrame | None:
+    stored = cache.get_analysis(ANALYSIS_KIND, key)
+    if stored is None:
+        return None
+    table = _table_from_meta(stored[0])
+    if table is None:
+        log.warning("Ignoring malformed noise sweep %s in the cache", key[:8])
+    return table
+
+
+def _store_entry_table(cache: ProtoCache, key: str, entry: CacheEntry, settings: SweepSettings,
+                       table: pd.DataFrame) -> None:
+    meta = {"version": SWEEP_VERSION, "entry": entry.key, "settings": settings.as_dict(),
+            "columns": {column: table[column].tolist() for column in SWEEP_COLUMNS}}
+    try:
+        cache.put_analysis(ANALYSIS_KIND, key, meta)
+    except OSError as exc:  # a full or read-only disk costs the next visit a recompute, not this result
+        log.warning("Could not store noise sweep %s: %s", key[:8], exc)
+
+
+def cached_sweep(lm: LoadedModel, entries: Sequence[CacheEntry], settings: SweepSettings,
+                 cache: ProtoCache) -> pd.DataFrame | None:
+    """The sweep table when every entry's part is already cached (no forward pass), else None."""
+    if not entries:
+        return None
+    tables = []
+    for entry in entries:
+        table = _load_entry_table(cache, sweep_key(lm, entry, settings))
+        if table is None:
+            return None
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)
+
+
+def noise_sweep(
+    lm: LoadedModel,
+    entries: Sequence[CacheEntry],
+    kinds: Sequence[str] = NOISE_TYPES,
+    alphas: Sequence[float] = PAPER_ALPHAS,
+    draws: int = 8,
+    target: NoiseTarget = "e",
+    seed: int = 0,
+    progress: ProgressCallback | None = None,
+    cache: ProtoCache | None = None,
+    *,
+    batched: bool = True,
+) -> pd.DataFrame:
+    """Noisy reconstructions of every entry for every noise type x alpha x draw: one row per draw.
+
+    Columns: entry (key), type, alpha, draw, accuracy, c_tokens, correct_prefix, correct_prefix_rel, n_tokens,
+    tokens (list of [n_tokens] ids). Rows: len(entries) x len(kinds) x len(alphas) x draws, in that order.
+    All draws of one (entry, type, alpha) are decoded in one forward pass of batch `draws` (batched=False:
+    one pass per draw, the reference for tests and benchmarks). Alpha 0 rows are the entry's own
+    reconstruction. The same seed gives the same table. progress(fraction in [0, 1]) is called after
+    every (entry, type, alpha). With a cache, each entry's part is read from it when there and stored after.
+    """
+    settings = SweepSettings(kinds=tuple(kinds), alphas=tuple(alphas), draws=draws, target=target, seed=seed)
+    if not entries:
+        raise ValueError("no entries to sweep: choose at least one fitted entry")
+    for entry in entries:
+        _check_entry(lm, entry)
+    units_per_entry = len(settings.kinds) * len(settings.alphas)
+    total = len(entries) * units_per_entry
+    done = 0
+
+    def tick(units: int = 1) -> None:
+        nonlocal done
+        done += units
+        if progress is not None:
+            progress(min(done / total, 1.0))
+
+    tables = []
+    for entry in entries:
+        key = sweep_key(lm, entry, settings)
+        table = _load_entry_table(cache, key) if cache is not None else None
+        if table is not None:
+            tick(units_per_entry)
+        else:
+            table = _table(_entry_rows(lm, entry, settings, batched, tick))
+            if cache is not None:
+                _store_entry_table(cache, key, entry, settings, table)
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)
+
+
+def summarize_sweep(df: pd.DataFrame, by: Sequence[str] = ("type", "alpha")) -> pd.DataFrame:
+    """Mean, std, min and max of accuracy and correct_prefix_rel per group (default type x alpha).
+
+    The statistics run over every row of a group, i.e. over draws and entries together; std is the
+    population std (ddof 0), so a single draw gives 0 rather than NaN. Columns: the `by` columns, then
+    accuracy_mean, accuracy_std, accuracy_min, accuracy_max, the same for correct_prefix_rel, and rows.
+    """
+    by = list(by)
+    stats = ("mean", "std", "min", "max")
+    grouped = df.groupby(by, sort=True)
+    out = grouped[["accuracy", "correct_prefix_rel"]].agg(["mean", lambda s: s.std(ddof=0), "min", "max"])
+    out.columns = [f"{metric}_{stat}" for metric in ("accuracy", "correct_prefix_rel") for stat in stats]
+    out["rows"] = grouped.size()
+    return out.reset_index()
+
+
+def flip_rates(df: pd.DataFrame, entry: CacheEntry, kinds: Sequence[str] | None = None) -> pd.DataFrame:
+    """How often each token of one entry is wrong, per alpha: [position x alpha], values in [0, 1].
+
+    A token "flips" when the noisy reconstruction differs from the entry's target token at that position;
+    the share runs over the draws (and the noise types in `kinds`, all by default). The alpha-0 column shows
+    the entry's own errors, the baseline the other columns start from. Index: position 0..n_tokens-1.
+    """
+    rows = df[df["entry"] == entry.key]
+    if kinds is not None:
+        rows = rows[rows["type"].isin(list(kinds))]
+    target = torch.tensor(entry.token_ids)
+    columns: dict[float, list[float]] = {}
+    for alpha, group in rows.groupby("alpha", sort=True):
+        predicted = torch.tensor(group["tokens"].tolist())  # [rows, n_tokens]
+        columns[float(alpha)] = (predicted != target).float().mean(0).tolist()
+    rates = pd.DataFrame(columns, index=pd.RangeIndex(entry.n_tokens, name="position"), dtype="float64")
+    rates.columns.name = "alpha"
+    return rates

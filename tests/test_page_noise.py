@@ -1,0 +1,92 @@
+"""The Noise page through streamlit's AppTest, on an entry fitted with the tiny model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from core.cache import ENTRY_DIR, CacheEntry, ProtoCache
+from core.fit import fit_and_cache, preset
+from tests.conftest import open_page
+
+PAGE = "pages/noise.py"
+
+
+@pytest.fixture(scope="module")
+def fitted_root(tiny_lm, tmp_path_factory):
+    """Like the conftest's tiny_entry, but fitted once per module, with the fast preset (converges in ~80 steps)."""
+    root = tmp_path_factory.mktemp("noise-page-fit")
+    fit_and_cache(tiny_lm, ["Hello world"], preset("fast", max_steps=300), ProtoCache(root))
+    return root
+
+
+@pytest.fixture
+def tiny_entry(fitted_root, app_cache) -> CacheEntry:
+    """The module's fitted entry, copied into this test's fresh app cache."""
+    shutil.copytree(fitted_root / ENTRY_DIR, app_cache.root / ENTRY_DIR)
+    [meta] = app_cache.list()
+    return app_cache.get(meta["key"])
+
+
+def _texts(elements) -> list[str]:
+    return [element.value for element in elements]
+
+
+def _figure(chart) -> dict:
+    return json.loads(chart.proto.spec)
+
+
+def test_run_draws_the_charts_and_the_table_then_revisits_from_the_cache(tiny_entry):
+    at = open_page(PAGE, tiny_entry.key)
+    assert not at.exception
+    assert any("Run sweep" in text for text in _texts(at.info))
+    assert not at.get("plotly_chart")
+
+    at.number_input(key="noise_draws").set_value(2)
+    at.text_input(key="noise_alphas").set_value("0, 0.2, 1")
+    at.button(key="noise_run").click().run()
+    assert not at.exception, at.exception
+    charts = at.get("plotly_chart")
+    assert len(charts) == 3  # accuracy, relative prefix, flip heatmap
+    accuracy = _figure(charts[0])
+    names = [trace.get("name") for trace in accuracy["data"]]
+    assert "gaussian" in names and any("seed paper" in str(name) for name in names)
+    reference = next(t for t in accuracy["data"] if "seed paper" in str(t.get("name")))
+    assert reference["line"]["dash"] == "dash"
+    heatmap = _figure(charts[2])["data"][0]
+    assert heatmap["type"] == "heatmap" and len(heatmap["x"]) == tiny_entry.n_tokens
+    assert heatmap["y"] == ["0", "0.2", "1"] and heatmap["x"][0].startswith("0:")
+    assert len(at.dataframe) >= 1
+    assert at.get("download_button")
+
+    # A fresh session with the same settings reads the table from the cache without pressing Run.
+    again = open_page(PAGE, tiny_entry.key)
+    again.number_input(key="noise_draws").set_value(2)
+    again.text_input(key="noise_alphas").set_value("1, 0.2, 0").run()
+    assert not again.exception
+    assert len(again.get("plotly_chart")) == 3
+
+
+def test_empty_cache_says_what_to_do(app_cache):
+    at = open_page(PAGE)
+    assert not at.exception
+    assert any("Nothing fitted yet" in text for text in _texts(at.info))
+    assert not at.get("plotly_chart")
+
+
+def test_invalid_alpha_text_shows_an_error(tiny_entry):
+    at = open_page(PAGE, tiny_entry.key)
+    at.text_input(key="noise_alphas").set_value("0, 0.1, lots").run()
+    assert not at.exception
+    errors = _texts(at.error)
+    assert any("Invalid alphas" in text and "'lots' is not a number" in text for text in errors)
+    assert not at.get("button") or all(b.key != "noise_run" for b in at.button)
+
+
+def test_no_noise_type_is_a_warning_not_a_crash(tiny_entry):
+    at = open_page(PAGE, tiny_entry.key)
+    at.multiselect(key="noise_kinds").set_value([]).run()
+    assert not at.exception
+    assert any("noise type" in text for text in _texts(at.warning))
