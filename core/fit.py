@@ -159,6 +159,7 @@ def _fit_items(
     token_ids: Sequence[Sequence[int]] | None = None,
     owners: Sequence[int] | None = None,
     batch_size: int | None = None,
+    on_done: Callable[[int, FitResult], None] | None = None,
     callback: Callable[[FitProgress], None] | None = None,
     callback_every: int = 10,
     cancel: threading.Event | None = None,
@@ -236,6 +237,28 @@ def _fit_items(
             for j in range(n_texts):
                 if owners[j] == owners[i] and not done[j]:
                     finish(j, "superseded")
+
+    def make_result(i: int) -> FitResult:
+        snaps = snapshots[i]
+        if last_pred[i] and (not snaps or snaps[-1]["step"] != steps_taken[i]):
+            snaps.append({"step": steps_taken[i], "tokens": last_pred[i]})
+        return FitResult(
+            text=texts[i], token_ids=targets[i], e=best_e[i].detach().float().cpu(), m=best_m[i].detach().float().cpu(),
+            accuracy=max(best_acc[i], 0.0), loss=best_loss[i], steps=steps_taken[i],
+            converged=best_acc[i] >= config.threshold, status=status[i], message=messages[i], wall_time=wall[i],
+            history=histories[i], snapshots=snaps,
+        )
+
+    announced: set[int] = set()
+
+    def announce() -> None:
+        """Hand each finished text to on_done as soon as it finishes, so a caller can store it at once."""
+        if on_done is None:
+            return
+        for i in range(n_texts):
+            if done[i] and i not in announced:
+                announced.add(i)
+                on_done(i, make_result(i))
 
     def lr_factor(step: int) -> float:
         if config.schedule == "cosine":
@@ -315,6 +338,7 @@ def _fit_items(
                     for i in active:
                         finish(i, "max_steps", f"Reached max steps ({config.max_steps}) at accuracy {best_acc[i]:.3f}.")
 
+        announce()
         if iteration % callback_every == 1 or callback_every == 1 or all(done):
             report()
         updating = [i for i in active if not done[i]]
@@ -337,17 +361,8 @@ def _fit_items(
         for i in updating:
             steps_taken[i] += 1
 
-    results = []
-    for i in range(n_texts):
-        snaps = snapshots[i]
-        if last_pred[i] and (not snaps or snaps[-1]["step"] != steps_taken[i]):
-            snaps.append({"step": steps_taken[i], "tokens": last_pred[i]})
-        results.append(FitResult(
-            text=texts[i], token_ids=targets[i], e=best_e[i].detach().float().cpu(), m=best_m[i].detach().float().cpu(),
-            accuracy=max(best_acc[i], 0.0), loss=best_loss[i], steps=steps_taken[i],
-            converged=best_acc[i] >= config.threshold, status=status[i], message=messages[i], wall_time=wall[i],
-            history=histories[i], snapshots=snaps,
-        ))
+    results = [make_result(i) for i in range(n_texts)]
+    announce()
     report()
     return results
 
@@ -364,6 +379,7 @@ def fit_texts(
     cancel: threading.Event | None = None,
     teacher_embeddings: torch.Tensor | None = None,
     init_seeds: Sequence[int] | None = None,
+    on_done: Callable[[int, FitResult], None] | None = None,
 ) -> list[FitResult]:
     """Fit one (e, m) pair per text; texts share padded forward passes.
 
@@ -375,6 +391,7 @@ def fit_texts(
     restart to converge stops the others and its vectors are returned.
     teacher_embeddings: [n_texts, d_teacher] for a regulariser (computed with the config's teacher if None).
     init_seeds: per-text init seeds (default: derived from the config seed and the text's tokens).
+    on_done(index, result): called as soon as a text is finished, before the others are.
     Returns one :class:`FitResult` per text, in input order. Cancel returns the best vectors so far.
     """
     config = config or FitConfig()
@@ -382,7 +399,7 @@ def fit_texts(
     if restarts == 1 or not texts:
         return _fit_items(lm, texts, config, token_ids=token_ids, batch_size=batch_size, callback=callback,
                           callback_every=callback_every, cancel=cancel, teacher_embeddings=teacher_embeddings,
-                          init_seeds=init_seeds)
+                          init_seeds=init_seeds, on_done=on_done)
     targets = [list(t) for t in token_ids] if token_ids is not None else [lm.validate_text(t, config.layout) for t in texts]
     base_seeds = list(init_seeds) if init_seeds is not None else [text_seed(config.seed, t) for t in targets]
     owners = [i for i in range(len(texts)) for _ in range(restarts)]
@@ -406,12 +423,22 @@ def fit_texts(
             elapsed=progress.elapsed,
         ))
 
+    def pick(results: Sequence[FitResult], i: int) -> FitResult:
+        accuracy = [r.accuracy + (1.0 if r.converged else 0.0) if r else -1.0 for r in results]  # converged wins
+        return winner(results, i, accuracy, [r.loss if r else math.inf for r in results])
+
+    finished: list[FitResult | None] = [None] * len(owners)
+
+    def item_done(j: int, result: FitResult) -> None:
+        finished[j] = result
+        i = owners[j]
+        if on_done is not None and all(finished[k] is not None for k, o in enumerate(owners) if o == i):
+            on_done(i, pick(finished, i))
+
     items = _fit_items(lm, [texts[o] for o in owners], config, token_ids=[targets[o] for o in owners], owners=owners,
                        batch_size=batch_size, callback=per_text if callback else None, callback_every=callback_every,
-                       cancel=cancel, init_seeds=seeds)
-    accuracy = [r.accuracy + (1.0 if r.converged else 0.0) for r in items]  # a converged restart always wins
-    loss = [r.loss for r in items]
-    return [winner(items, i, accuracy, loss) for i in range(len(texts))]
+                       cancel=cancel, init_seeds=seeds, on_done=item_done)
+    return [pick(items, i) for i in range(len(texts))]
 
 
 # ---- fitting through the cache ---------------------------------------------------------------------
@@ -489,16 +516,20 @@ def fit_and_cache(
             misses.append(i)
     if group is not None and misses:
         misses = list(range(len(texts)))  # coupled texts are only meaningful fitted together
+    def store(row: int, result: FitResult) -> None:
+        i = misses[row]
+        if result.status == "cancelled" and not result.history["step"]:
+            return  # never started: nothing to keep
+        entry = entry_from_result(lm, result, config, keys[i], group)
+        cache.put(entry)
+        outcomes[i] = CachedFit(entry=entry, cached=False)
+
     if misses and not (cancel is not None and cancel.is_set()):
-        results = fit_texts(
+        # Each text is stored the moment it finishes, so a stop or a crash keeps everything finished so far.
+        fit_texts(
             lm, [texts[i] for i in misses], config, token_ids=[targets[i] for i in misses], batch_size=batch_size,
             callback=(lambda p: callback(p, misses)) if callback else None, callback_every=callback_every,
             cancel=cancel, teacher_embeddings=teacher_embeddings[misses] if teacher_embeddings is not None else None,
+            on_done=store,
         )
-        for i, result in zip(misses, results):
-            if result.status == "cancelled" and not result.history["step"]:
-                continue  # never started: nothing to keep
-            entry = entry_from_result(lm, result, config, keys[i], group)
-            cache.put(entry)
-            outcomes[i] = CachedFit(entry=entry, cached=False)
     return outcomes

@@ -115,3 +115,14 @@ def test_delete_clear_and_analyses(tmp_cache):
 def test_env_var_sets_root(monkeypatch, tmp_path):
     monkeypatch.setenv("PROTOTOKENS_CACHE", str(tmp_path / "x"))
     assert ProtoCache().root == tmp_path / "x"
+
+
+def test_finished_texts_are_stored_before_the_fit_ends(tiny_lm, tmp_cache):
+    stored_during_fit = []
+
+    def watch(progress, indices):
+        stored_during_fit.append(len(list(tmp_cache.entries_dir.glob("*.safetensors"))) if tmp_cache.entries_dir.exists() else 0)
+
+    fit_and_cache(tiny_lm, ["Hello world", "Hi there, cat."], preset("paper", max_steps=600), tmp_cache,
+                  batch_size=1, callback=watch, callback_every=1)
+    assert 1 in stored_during_fit  # the first text was on disk while the second was still fitting

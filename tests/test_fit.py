@@ -167,3 +167,11 @@ def test_restarts_return_the_first_converged_restart(tiny_lm):
     assert all(len(p.accuracy) == 2 for p in seen)  # progress is reported per text, not per restart
     with pytest.raises(FitError, match="Restarts"):
         preset("paper", restarts=2, shared_m=True)
+
+
+def test_each_text_is_handed_over_when_it_finishes(tiny_lm):
+    order = []
+    results = fit_texts(tiny_lm, [OTHER, SHORT], preset("paper", max_steps=600), batch_size=1,
+                        on_done=lambda i, r: order.append((i, r.steps, r.status)))
+    assert [i for i, _, _ in order] == [0, 1]  # batch of one: strictly one after the other
+    assert [(r.steps, r.status) for r in results] == [(s, st) for _, s, st in order]
