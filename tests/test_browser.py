@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-TEXT = "Rain fell on the old bridge."
+TEXT = "Rain fell softly at dawn."
 
 pytestmark = [
     pytest.mark.browser,
@@ -109,10 +109,14 @@ def test_fit_in_the_browser_rebuilds_the_text(server, browser, tmp_path):
     wait.until(EC.element_to_be_clickable((By.XPATH, "//button[.//p[text()='Fit']]"))).click()
     # The live view appears while the job runs ...
     WebDriverWait(browser, 60).until(EC.presence_of_element_located((By.XPATH, "//*[contains(text(), 'Step ')]")))
-    # ... and the finished entry shows the reconstruction, decoded, with full accuracy.
-    WebDriverWait(browser, 420).until(EC.presence_of_element_located((By.XPATH, "//h3[contains(., 'Current entry')]")))
-    time.sleep(1.0)
-    browser.save_screenshot(str(_screenshot_dir(tmp_path) / "reconstruct.png"))
+    # ... and the finished entry shows the reconstruction, decoded, with full accuracy. A few seconds on
+    # an idle machine; the long timeout only allows for a machine busy with other work.
+    try:
+        WebDriverWait(browser, 900).until(
+            EC.presence_of_element_located((By.XPATH, "//h3[contains(., 'Current entry')]")))
+        time.sleep(1.0)
+    finally:
+        browser.save_screenshot(str(_screenshot_dir(tmp_path) / "reconstruct.png"))
     page = browser.find_element(By.TAG_NAME, "body").text
     assert "1.000" in page, page[:2000]
     assert TEXT in page
