@@ -11,17 +11,13 @@ from ui.sidebar import render_sidebar
 
 st.set_page_config(page_title="Proto-token lab", page_icon=":material/token:", layout="wide")
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-PAGES = [  # (file, title, icon)
-    ("pages/reconstruct.py", "Reconstruct", ":material/auto_fix_high:"),
-    ("pages/noise.py", "Noise", ":material/grain:"),
-    ("pages/attention.py", "Attention", ":material/visibility:"),
-    ("pages/embeddings.py", "Embeddings", ":material/scatter_plot:"),
-    ("pages/regularisers.py", "Regularisers", ":material/tune:"),
+PAGES = [
+    st.Page("pages/reconstruct.py", title="Reconstruct", icon=":material/auto_fix_high:", default=True),
+    st.Page("pages/noise.py", title="Noise", icon=":material/grain:"),
+    st.Page("pages/attention.py", title="Attention", icon=":material/visibility:"),
+    st.Page("pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
+    st.Page("pages/regularisers.py", title="Regularisers", icon=":material/tune:"),
 ]
-navigation = st.navigation([
-    st.Page(path, title=title, icon=icon, default=(i == 0))
-    for i, (path, title, icon) in enumerate(PAGES) if os.path.exists(os.path.join(HERE, path))
-])
+navigation = st.navigation(PAGES)
 render_sidebar()
 navigation.run()

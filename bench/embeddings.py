@@ -1,0 +1,145 @@
+"""Benchmark: fitting the built-in text sets, and drawing the Embeddings page from the cache.
+
+    .venv/bin/python bench/embeddings.py [--set variants] [--repeats 3]
+
+Fit time: read from data/prefit/manifest.json, where `python -m core prefit` records for every set the
+wall time of the runs that fitted it, how many texts that time covers, and the steps they took (the fit
+itself takes hours on a shared 2-core CPU, so it is not repeated here).
+
+Draw time: the page run by streamlit's AppTest for one pre-fitted set with the embedded model: the first
+run (imports, model load, teacher embeddings from the shipped cache, projections) and warm reruns with
+each projection method (every method computed fresh once, then served from st.cache_data), plus the
+core computations alone (entries, teacher, assembling, silhouettes, projections). Also the silhouettes
+seen per space. Writes bench/results/embeddings.json and prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from core import embeddings as emb  # noqa: E402
+from core.cache import SHIPPED_ROOT, ProtoCache  # noqa: E402
+from core.fit import preset  # noqa: E402
+from core.prefit import load_manifest  # noqa: E402
+from core.textsets import builtin_set  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+METHOD_LABELS = {"tsne": "t-SNE", "pca": "PCA", "umap": "UMAP"}
+
+
+def fit_times() -> dict:
+    """Per pre-fitted set: fitting wall time, texts it covers, seconds per text, steps, accuracy."""
+    rows = {}
+    for name, record in load_manifest().items():
+        rows[name] = {
+            "texts": len(record.texts), "fitted": record.n_fitted, "converged": record.n_converged,
+            "mean_accuracy": record.mean_accuracy, "wall_time_s": record.wall_time_s,
+            "texts_timed": record.n_timed,
+            "seconds_per_text": round(record.wall_time_s / record.n_timed, 1) if record.n_timed else None,
+            "mean_steps": round(record.total_steps / record.n_fitted, 1) if record.n_fitted else None,
+            "batch_size": record.batch_size, "config": record.config,
+        }
+    return rows
+
+
+def core_timings(set_name: str, repeats: int) -> tuple[dict, dict]:
+    """Median seconds of each core step for the set (warm: model loaded, files in the page cache)."""
+    from core.models import load_model
+
+    lm = load_model()
+    cache = ProtoCache(Path(os.environ.get("PROTOTOKENS_CACHE", REPO / "cache")), shipped=SHIPPED_ROOT)
+    frame = builtin_set(set_name)
+    texts = frame["text"].tolist()
+    choice = emb.config_choices(lm, set_name, preset("paper"), False)[0]
+    steps: dict[str, list[float]] = {}
+
+    def timed(label, fn):
+        start = time.perf_counter()
+        value = fn()
+        steps.setdefault(label, []).append(time.perf_counter() - start)
+        return value
+
+    silhouettes = {}
+    for _ in range(repeats):
+        entries = timed("entries from the cache", lambda: emb.set_entries(lm, texts, choice, cache))
+        teacher = timed("teacher embeddings (cached)", lambda: emb.teacher_embeddings(texts, cache))
+        vectors = timed("assemble", lambda: emb.assemble_set(frame, entries, min_accuracy=0.9, teacher=teacher))
+        scores = timed("silhouettes (4 spaces x subsets)", lambda: emb.silhouette_table(vectors))
+        for method in ("pca", "tsne", "umap"):
+            timed(f"{METHOD_LABELS[method]} of every space",
+                  lambda: emb.project_spaces(vectors, vectors.spaces, method=method))
+    for row in scores.itertuples():
+        silhouettes.setdefault(row.subset, {})[row.space] = None if row.silhouette != row.silhouette else round(
+            row.silhouette, 3)
+    summary = {label: round(statistics.median(values), 3) for label, values in steps.items()}
+    summary["points"] = vectors.n
+    summary["excluded_below_0.9"] = vectors.n_below
+    summary["unfitted"] = vectors.n_unfitted
+    return summary, silhouettes
+
+
+def page_timings(set_name: str) -> dict:
+    """Seconds of AppTest runs of the page: cold first run, then each projection method (fresh, then cached)."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=900)
+    at.run()
+    at.switch_page("pages/embeddings.py")
+    start = time.perf_counter()
+    at.run()
+    result = {"first run (imports done, model loaded by the app's first page)": time.perf_counter() - start}
+    at.selectbox(key="emb_set").set_value(set_name)
+    for label in ("t-SNE", "PCA", "UMAP", "t-SNE"):
+        at.radio(key="emb_method").set_value(label)
+        start = time.perf_counter()
+        at.run()
+        seen = f"rerun with {label}" + (" (cached)" if f"rerun with {label}" in result else "")
+        result[seen] = time.perf_counter() - start
+        if at.exception:
+            raise RuntimeError(f"page failed: {at.exception[0].message}")
+    result["charts drawn"] = len(at.get("plotly_chart"))
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in result.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", default="variants", help="pre-fitted set to draw (default: variants)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=str(RESULTS / "embeddings.json"))
+    parser.add_argument("--no-page", action="store_true", help="skip the AppTest timing")
+    args = parser.parse_args(argv)
+
+    fits = fit_times()
+    core, silhouettes = core_timings(args.set, args.repeats)
+    page = {} if args.no_page else page_timings(args.set)
+    import torch
+
+    result = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "load_average": os.getloadavg()},
+        "fit_builtin_sets": fits,
+        "draw_set": args.set,
+        "core_seconds": core,
+        "page_seconds": page,
+        "silhouette_cosine_by_group": silhouettes,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    print(json.dumps(result, indent=1, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Wall time to token accuracy >= 0.99 on the embedded model, on this machine's CPU.
+
+(a) a plain loop written straight from the paper, like the authors' scripts: batch 1, eager attention,
+    [e, m x N] with e's output unscored, AdamW(0.01, (0.9, 0.9), 0.01), e, m ~ N(0, 1);
+(b) core.fit with the paper preset (the same recipe through the library: sdpa attention);
+(c) core.fit with the fast preset.
+Then texts per minute for 8 texts fitted in one batch vs one by one (core.fit, fast preset with one
+restart, so both do the same work per text).
+
+Methods run interleaved per (text, seed), so a busy machine slows them alike. Writes
+bench/results/fit_speed.json. Usage: python bench/fit_speed.py [--seeds 3] [--cap 800]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.fit import fit_texts, preset  # noqa: E402
+from core.models import load_model  # noqa: E402
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Rain fell softly on the old stone bridge while the town slept under a grey sky.",
+]
+BATCH_TEXTS = [  # short, so the one-by-one baseline finishes in minutes
+    "Bread rises when yeast eats sugar and breathes out gas.",
+    "The museum opens at nine and closes at five on weekdays.",
+    "Owls can turn their heads almost all the way around.",
+    "She planted tomatoes along the fence in early May.",
+    "The train to the coast was late because of snow.",
+    "Water boils at a lower temperature on a high mountain.",
+    "He tuned the old guitar before the evening concert.",
+    "Comets grow bright tails as they approach the sun.",
+]
+
+
+def paper_loop(lm, text: str, seed: int, cap: int) -> dict:
+    """The authors' recipe as a plain loop (no library code): batch 1, eager attention."""
+    ids = torch.tensor(lm.encode(text))
+    n, hidden = len(ids), lm.hidden_size
+    torch.manual_seed(seed)
+    e = torch.randn(1, 1, hidden, requires_grad=True)
+    m = torch.randn(1, 1, hidden, requires_grad=True)
+    optimizer = torch.optim.AdamW([e, m], lr=0.01, betas=(0.9, 0.9), weight_decay=0.01)
+    t0 = time.perf_counter()
+    with lm.eager_attention() as model:
+        for step in range(cap + 1):
+            inputs = torch.cat([e, m.expand(1, n, hidden)], dim=1)
+            logits = model(inputs_embeds=inputs).logits[0, 1:]
+            loss = F.cross_entropy(logits, ids)
+            accuracy = float((logits.argmax(-1) == ids).float().mean())
+            if accuracy >= 0.99:
+                return {"steps": step, "seconds": time.perf_counter() - t0, "converged": True}
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return {"steps": cap, "seconds": time.perf_counter() - t0, "converged": False}
+
+
+def library_fit(lm, text: str, config) -> dict:
+    t0 = time.perf_counter()
+    [r] = fit_texts(lm, [text], config)
+    return {"steps": r.steps, "seconds": time.perf_counter() - t0, "converged": r.converged}
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--texts", type=int, default=len(TEXTS))
+    parser.add_argument("--cap", type=int, default=800, help="step cap for (a) and (b)")
+    parser.add_argument("--skip-batch", action="store_true")
+    args = parser.parse_args()
+    lm = load_model()
+    runs = []
+    for text in TEXTS[: args.texts]:
+        n_tokens = len(lm.encode(text))
+        for seed in range(args.seeds):
+            for method, run in (
+                ("a_paper_loop", lambda: paper_loop(lm, text, seed, args.cap)),
+                ("b_core_paper", lambda: library_fit(lm, text, preset("paper", seed=seed, max_steps=args.cap))),
+                ("c_core_fast", lambda: library_fit(lm, text, preset("fast", seed=seed))),
+            ):
+                row = {"method": method, "n_tokens": n_tokens, "seed": seed, **run()}
+                runs.append(row)
+                print(json.dumps(row), flush=True)
+    summary = {}
+    for method in ("a_paper_loop", "b_core_paper", "c_core_fast"):
+        rows = [r for r in runs if r["method"] == method]
+        summary[method] = {"seconds": spread([r["seconds"] for r in rows]), "steps": spread([r["steps"] for r in rows]),
+                           "converged": f"{sum(r['converged'] for r in rows)}/{len(rows)}"}
+    a, c = summary["a_paper_loop"]["seconds"]["median"], summary["c_core_fast"]["seconds"]["median"]
+    summary["fast_speedup_vs_paper_loop_median"] = a / c
+    ratios = [ra["seconds"] / rc["seconds"] for ra, rc in zip(
+        [r for r in runs if r["method"] == "a_paper_loop"], [r for r in runs if r["method"] == "c_core_fast"])]
+    summary["fast_speedup_per_run"] = spread(ratios)
+
+    if not args.skip_batch:
+        config = preset("fast", restarts=1)
+        t0 = time.perf_counter()
+        one_by_one = [fit_texts(lm, [t], config)[0] for t in BATCH_TEXTS]
+        t_single = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        batched = fit_texts(lm, BATCH_TEXTS, config, batch_size=8)
+        t_batch = time.perf_counter() - t0
+        summary["batching"] = {
+            "texts": len(BATCH_TEXTS),
+            "one_by_one_seconds": t_single, "batched_seconds": t_batch,
+            "one_by_one_texts_per_minute": 60 * len(BATCH_TEXTS) / t_single,
+            "batched_texts_per_minute": 60 * len(BATCH_TEXTS) / t_batch,
+            "speedup": t_single / t_batch,
+            "one_by_one_steps": [r.steps for r in one_by_one], "batched_steps": [r.steps for r in batched],
+            "converged": f"{sum(r.converged for r in batched)}/{len(batched)} batched, "
+                         f"{sum(r.converged for r in one_by_one)}/{len(one_by_one)} one by one",
+        }
+    out = {"model": lm.identity, "device": str(lm.device), "torch_threads": torch.get_num_threads(),
+           "runs": runs, "summary": summary}
+    path = Path(__file__).resolve().parent / "results" / "fit_speed.json"
+    path.write_text(json.dumps(out, indent=1))
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Benchmark: the Noise page's default sweep, batched vs one forward pass per draw.
+
+    .venv/bin/python bench/noise_sweep.py [--repeats 3] [--model NAME] [--draws 8]
+
+Fits (or reuses) one ~32-token entry of the embedded model with the fast preset, then times
+core.noise.noise_sweep over the default grid (4 types x 6 alphas x 8 draws) with batched=True (all draws
+of one (type, alpha) in one forward pass) and batched=False (one pass per draw). The two modes alternate
+within each repeat so that load from other processes hits both alike; medians are reported. Writes
+bench/results/noise_sweep.json and prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from core.cache import ProtoCache  # noqa: E402
+from core.fit import fit_and_cache, preset  # noqa: E402
+from core.models import describe, load_model  # noqa: E402
+from core.noise import NOISE_TYPES, PAPER_ALPHAS, SweepSettings, noise_sweep, summarize_sweep  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# 32 tokens with the SmolLM2 tokenizer (checked at run time and reported).
+DEFAULT_TEXT = ("The lighthouse keeper climbed the spiral stairs each evening, lit the lamp with a long match, and "
+                "watched the small fishing boats come slowly home across the grey water.")
+
+
+def time_sweep(lm, entry, args, batched: bool) -> tuple[float, object]:
+    start = time.perf_counter()
+    table = noise_sweep(lm, [entry], args.kinds, args.alphas, args.draws, args.target, seed=0, batched=batched)
+    return time.perf_counter() - start, table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="model name (default: the embedded SmolLM2-135M)")
+    parser.add_argument("--text", default=DEFAULT_TEXT)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--draws", type=int, default=8)
+    parser.add_argument("--kinds", nargs="+", default=list(NOISE_TYPES))
+    parser.add_argument("--alphas", nargs="+", type=float, default=list(PAPER_ALPHAS))
+    parser.add_argument("--target", default="e", choices=["e", "m", "both"])
+    parser.add_argument("--cache", default=str(RESULTS / "cache"))
+    parser.add_argument("--out", default=str(RESULTS / "noise_sweep.json"))
+    args = parser.parse_args(argv)
+
+    lm = load_model(args.model)
+    cache = ProtoCache(args.cache)
+    fit_start = time.perf_counter()
+    [outcome] = fit_and_cache(lm, [args.text], preset("fast"), cache)
+    entry = outcome.entry
+    fit_seconds = time.perf_counter() - fit_start
+    print(f"entry {entry.key[:12]}: {entry.n_tokens} tokens, accuracy {entry.metrics['accuracy']:.3f}, "
+          f"{'cached' if outcome.cached else f'fitted in {fit_seconds:.0f} s'}", file=sys.stderr)
+
+    # Warm-up: the first forward passes pay for lazy initialisation in torch and transformers.
+    noise_sweep(lm, [entry], args.kinds[:1], args.alphas[-1:], 2, args.target, batched=True)
+    noise_sweep(lm, [entry], args.kinds[:1], args.alphas[-1:], 2, args.target, batched=False)
+
+    times: dict[str, list[float]] = {"batched": [], "per_draw": []}
+    tables = {}
+    load_before = os.getloadavg()
+    for repeat in range(args.repeats):
+        # Alternate which mode goes first so a burst of outside load does not always land on the same one.
+        order = [True, False] if repeat % 2 == 0 else [False, True]
+        for batched in order:
+            seconds, table = time_sweep(lm, entry, args, batched)
+            name = "batched" if batched else "per_draw"
+            times[name].append(seconds)
+            tables[name] = table
+            print(f"repeat {repeat + 1}/{args.repeats} {name:8s} {seconds:7.2f} s", file=sys.stderr)
+    load_after = os.getloadavg()
+
+    agree = sum(a == b for a, b in zip(tables["batched"]["tokens"], tables["per_draw"]["tokens"]))
+    rows = len(tables["batched"])
+    settings = SweepSettings(tuple(args.kinds), tuple(args.alphas), args.draws, args.target)
+    nonzero = sum(a > 0 for a in settings.alphas)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    summary = summarize_sweep(tables["batched"])
+    result = {
+        "benchmark": "noise_sweep",
+        "model": describe(lm),
+        "entry": {"key": entry.key, "text": entry.text, "n_tokens": entry.n_tokens,
+                  "accuracy": entry.metrics.get("accuracy"), "steps": entry.metrics.get("steps")},
+        "grid": {"kinds": args.kinds, "alphas": args.alphas, "draws": args.draws, "target": args.target},
+        "rows": rows,
+        # Alpha 0 is one clean pass in both modes: without noise every draw is the same.
+        "forward_passes": {"batched": settings.passes_per_entry,
+                           "per_draw": len(settings.kinds) * nonzero * settings.draws + (0.0 in settings.alphas)},
+        "repeats": args.repeats,
+        "seconds": times,
+        "median_seconds": medians,
+        "speedup_batched_over_per_draw": medians["per_draw"] / medians["batched"],
+        "rows_identical_between_modes": f"{agree}/{rows}",
+        "mean_accuracy_by_alpha": {f"{a:g}": float(v) for a, v in
+                                   summary.groupby("alpha")["accuracy_mean"].mean().items()},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "loadavg_before": load_before, "loadavg_after": load_after},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+
+    print(f"Noise sweep, {lm.name} on {lm.device.type} ({os.cpu_count()} CPUs, load {load_before[0]:.1f}), "
+          f"{entry.n_tokens}-token entry, {len(args.kinds)} types x {len(args.alphas)} alphas x {args.draws} draws "
+          f"= {rows} rows")
+    for name in ("batched", "per_draw"):
+        passes = result["forward_passes"][name]
+        print(f"  {name:8s}: median {medians[name]:6.2f} s over {args.repeats} repeats "
+              f"({', '.join(f'{t:.2f}' for t in times[name])}), {passes} forward passes")
+    print(f"  speed-up of batched over one-pass-per-draw: {result['speedup_batched_over_per_draw']:.2f}x; "
+          f"identical rows {agree}/{rows}")
+    print(f"  mean accuracy by alpha: {result['mean_accuracy_by_alpha']}")
+    print(f"  written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

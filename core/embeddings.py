@@ -1,0 +1,278 @@
+"""What do e and m encode? The computations behind the Embeddings page (PAPERS.md B item 1).
+
+A text set (core.textsets: columns text, group, kind) is matched to its fitted cache entries; the rows
+that are fitted well enough become row-aligned matrices in four spaces:
+
+- "e" and "m": the proto-tokens, [n, hidden] each;
+- "e‖m": their concatenation, [n, 2 * hidden] (each half L2-normalised first, so neither dominates
+  the cosine merely by its norm);
+- "teacher": the sentence embedding of the same texts by a sentence-embedding model, [n, d_teacher],
+  the reference for what "semantic" clustering looks like.
+
+Each space gets a cosine silhouette score with the group (source text or syntax category) as label,
+also on the subsets "original + lexical" and "original + semantic" where a set has those kinds: the
+paper's finding is that m clusters paraphrases of the same source more strongly than e does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from core.cache import CacheEntry, ProtoCache, cache_key
+from core.fit import FitConfig, lookup
+from core.models import LoadedModel, TextError
+from core.projection import Projection, nearest_neighbours, project_2d, silhouette_by_group
+from core.textsets import TextSetError
+
+CONCAT = "e‖m"
+SPACES: tuple[str, ...] = ("e", "m", CONCAT, "teacher")
+SPACE_LABELS: dict[str, str] = {
+    "e": "e (first proto-token)",
+    "m": "m (repeated proto-token)",
+    CONCAT: "e‖m (both, concatenated)",
+    "teacher": "teacher sentence embedding",
+}
+TEACHER_ANALYSIS = "teacher-embeddings"
+DEFAULT_MIN_ACCURACY = 0.9  # the paper keeps texts fitted to >= 0.9
+ALL = "all"
+SUBSETS: dict[str, tuple[str, ...]] = {
+    "original + lexical": ("original", "lexical"),
+    "original + semantic": ("original", "semantic"),
+}
+
+
+# ---- matching a set to its fitted entries -----------------------------------------------------------
+
+def validate_set(lm: LoadedModel, texts: Sequence[str], layout: str) -> list[list[int]]:
+    """Token ids of every text [n][n_tokens]; a TextSetError names the first text the model cannot fit."""
+    targets = []
+    for row, text in enumerate(texts, start=1):
+        try:
+            targets.append(lm.validate_text(text, layout))
+        except TextError as error:
+            short = text if len(text) <= 50 else text[:47] + "..."
+            raise TextSetError(f"text {row} ({short!r}): {error}") from None
+    return targets
+
+
+@dataclass(frozen=True)
+class ConfigChoice:
+    """A fit configuration the page can show a set with: a label for people and the config itself."""
+
+    label: str
+    config: FitConfig
+    shipped: bool = False  # the pre-fitted configuration of a built-in set
+    # text -> cache key recorded by the pre-fit: found even if a later FitConfig field changes the key
+    keys: dict[str, str] = field(default_factory=dict)
+
+
+def config_choices(lm: LoadedModel, set_name: str | None, sidebar: FitConfig, shared_m: bool,
+                   manifest: dict | None = None) -> list[ConfigChoice]:
+    """Configurations to look a set up with, the shipped pre-fit first when it exists for this model.
+
+    The shipped entries of a built-in set were fitted with one fixed configuration (data/prefit/manifest.json);
+    offering it by name means the page finds them whatever preset the sidebar shows.
+    """
+    from core.prefit import config_from_dict, load_manifest
+
+    def with_sharing(config: FitConfig) -> FitConfig:
+        # Restarts pick the best of several independent inits per text, which a shared m cannot do.
+        return replace(config, shared_m=True, restarts=1) if shared_m else config
+
+    choices = []
+    manifest = load_manifest() if manifest is None else manifest
+    prefit = manifest.get(set_name) if set_name else None
+    if prefit is not None and prefit.model == lm.identity:
+        shipped = with_sharing(config_from_dict(prefit.config))
+        keys = {} if shared_m else dict(zip(prefit.texts, prefit.keys))
+        choices.append(ConfigChoice(
+            f"pre-fitted settings (preset {shipped.preset}, up to {shipped.max_steps} steps)", shipped, True, keys))
+    own = with_sharing(sidebar)
+    if not choices or own.key_dict() != choices[0].config.key_dict():
+        choices.append(ConfigChoice(f"sidebar settings (preset {own.preset}, up to {own.max_steps} steps)", own))
+    return choices
+
+
+def set_entries(lm: LoadedModel, texts: Sequence[str], choice: ConfigChoice, cache: ProtoCache
+                ) -> list[CacheEntry | None]:
+    """The cached entry of each text fitted with the choice's config (None where missing)."""
+    entries = lookup(lm, texts, choice.config, cache)
+    for i, text in enumerate(texts):
+        if entries[i] is None and text in choice.keys:
+            entries[i] = cache.get(choice.keys[text])
+    return entries
+
+
+# ---- teacher embeddings ----------------------------------------------------------------------------
+
+def teacher_key(texts: Sequence[str], teacher_name: str | None = None) -> str:
+    from core.teacher import _canonical_name
+
+    return cache_key("teacher-embeddings-v1", _canonical_name(teacher_name), list(texts))
+
+
+def teacher_embeddings(texts: Sequence[str], cache: ProtoCache, teacher_name: str | None = None) -> np.ndarray:
+    """Sentence embeddings [n, d_teacher] of the texts, computed once per text list and kept in the cache.
+
+    Keyed by the whole list (the page always asks for a whole set), so a set costs one small file; the
+    pre-fit ships those of the built-in sets, which makes the page instant without loading the teacher.
+    """
+    key = teacher_key(texts, teacher_name)
+    stored = cache.get_analysis(TEACHER_ANALYSIS, key, with_tensors=True)
+    if stored is not None and "embeddings" in stored[1] and stored[1]["embeddings"].shape[0] == len(texts):
+        return stored[1]["embeddings"].float().numpy().astype(np.float64)
+    from core.teacher import _canonical_name, embed_texts, load_teacher
+
+    embeddings = embed_texts(load_teacher(teacher_name), list(texts))
+    cache.put_analysis(TEACHER_ANALYSIS, key, {"teacher": _canonical_name(teacher_name), "n_texts": len(texts)},
+                       {"embeddings": embeddings.contiguous()})
+    return embeddings.numpy().astype(np.float64)
+
+
+# ---- assembling a set's vectors --------------------------------------------------------------------
+
+@dataclass
+class SetVectors:
+    """The fitted texts of a set that pass the accuracy threshold, as row-aligned matrices.
+
+    table: one row per kept text: text, group, kind, accuracy, n_tokens, key, row (its row in the set).
+    e, m: [n, hidden]. teacher: [n, d_teacher] or None. shared_m: every row has the same m.
+    n_total: texts in the set; n_unfitted: without an entry; n_below: fitted but below min_accuracy.
+    """
+
+    table: pd.DataFrame
+    e: np.ndarray
+    m: np.ndarray
+    teacher: np.ndarray | None
+    min_accuracy: float
+    n_total: int
+    n_unfitted: int
+    n_below: int
+    shared_m: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.table)
+
+    @property
+    def spaces(self) -> tuple[str, ...]:
+        """The spaces worth drawing: m (and so e‖m) says nothing when it is shared by every text."""
+        spaces = ("e",) if self.shared_m else ("e", "m", CONCAT)
+        return spaces + (("teacher",) if self.teacher is not None else ())
+
+    def matrix(self, space: str) -> np.ndarray:
+        """[n, d] rows of `space` (one of SPACES)."""
+        if space == "e":
+            return self.e
+        if space == "m":
+            return self.m
+        if space == CONCAT:
+            return np.hstack([_unit_rows(self.e), _unit_rows(self.m)])
+        if space == "teacher":
+            if self.teacher is None:
+                raise ValueError("no teacher embeddings were assembled for this set")
+            return self.teacher
+        raise ValueError(f"unknown space {space!r}; use one of {', '.join(SPACES)}")
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def assemble_set(frame: pd.DataFrame, entries: Sequence[CacheEntry | None], *, min_accuracy: float = 0.0,
+                 teacher: np.ndarray | None = None, shared_m: bool = False) -> SetVectors:
+    """Row-aligned matrices of the set's fitted texts with accuracy >= min_accuracy.
+
+    frame: the set (columns text, group, kind), n_total rows. entries: one per row (None = not fitted).
+    teacher: [n_total, d_teacher] embeddings of every row of the set (rows are picked here), or None.
+    """
+    if len(entries) != len(frame):
+        raise ValueError(f"{len(entries)} entries for a set of {len(frame)} texts")
+    if teacher is not None and teacher.shape[0] != len(frame):
+        raise ValueError(f"{teacher.shape[0]} teacher embeddings for a set of {len(frame)} texts")
+    rows, kept, n_unfitted, n_below = [], [], 0, 0
+    for row, (record, entry) in enumerate(zip(frame.itertuples(index=False), entries)):
+        if entry is None:
+            n_unfitted += 1
+            continue
+        accuracy = float(entry.metrics.get("accuracy", 0.0))
+        if accuracy < min_accuracy:
+            n_below += 1
+            continue
+        kept.append(entry)
+        rows.append({"row": row, "text": record.text, "group": record.group, "kind": record.kind,
+                     "accuracy": accuracy, "n_tokens": entry.n_tokens, "key": entry.key})
+    table = pd.DataFrame(rows, columns=["row", "text", "group", "kind", "accuracy", "n_tokens", "key"])
+    hidden = kept[0].e.numel() if kept else 0
+    e = np.stack([x.e.float().numpy() for x in kept]).astype(np.float64) if kept else np.zeros((0, hidden))
+    m = np.stack([x.m.float().numpy() for x in kept]).astype(np.float64) if kept else np.zeros((0, hidden))
+    picked = teacher[table["row"].to_numpy(dtype=int)] if teacher is not None else None
+    return SetVectors(table=table, e=e, m=m, teacher=picked, min_accuracy=min_accuracy, n_total=len(frame),
+                      n_unfitted=n_unfitted, n_below=n_below, shared_m=shared_m)
+
+
+# ---- scores, projections, neighbours ---------------------------------------------------------------
+
+def silhouette_table(vectors: SetVectors, metric: str = "cosine") -> pd.DataFrame:
+    """Silhouette by group of every space, on all kept texts and on the kind subsets the set has.
+
+    Columns: space, subset, silhouette (NaN where undefined: < 2 groups or a group per point), points,
+    groups. Rows in SPACES order, "all" first within a space.
+    """
+    kinds = vectors.table["kind"].to_numpy()
+    subsets = {ALL: np.ones(vectors.n, dtype=bool)}
+    for name, wanted in SUBSETS.items():
+        mask = np.isin(kinds, wanted)
+        if all((kinds == k).any() for k in wanted):
+            subsets[name] = mask
+    groups = vectors.table["group"].to_numpy()
+    rows = []
+    for space in vectors.spaces:
+        x = vectors.matrix(space)
+        for subset, mask in subsets.items():
+            score = silhouette_by_group(x[mask], groups[mask], metric=metric) if mask.sum() else None
+            rows.append({"space": space, "subset": subset, "silhouette": np.nan if score is None else score,
+                         "points": int(mask.sum()), "groups": len(set(groups[mask].tolist()))})
+    return pd.DataFrame(rows, columns=["space", "subset", "silhouette", "points", "groups"])
+
+
+def project_spaces(vectors: SetVectors, spaces: Sequence[str], method: str = "tsne", metric: str = "cosine",
+                   seed: int = 0, perplexity: float = 15.0) -> dict[str, Projection]:
+    """A 2-D projection (coords [n, 2]) of each requested space."""
+    return {space: project_2d(vectors.matrix(space), method=method, metric=metric, seed=seed,
+                              perplexity=perplexity) for space in spaces}
+
+
+def coordinates_frame(vectors: SetVectors, projections: dict[str, Projection]) -> pd.DataFrame:
+    """Long table of the 2-D maps: space, method, text, group, kind, accuracy, x, y (one row per point and space)."""
+    parts = []
+    for space, projection in projections.items():
+        part = vectors.table[["text", "group", "kind", "accuracy"]].copy()
+        part.insert(0, "method", projection.method)
+        part.insert(0, "space", space)
+        part["x"], part["y"] = projection.coords[:, 0], projection.coords[:, 1]
+        parts.append(part)
+    columns = ["space", "method", "text", "group", "kind", "accuracy", "x", "y"]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+
+
+def neighbours_table(vectors: SetVectors, index: int, k: int = 5, metric: str = "cosine",
+                     spaces: Sequence[str] | None = None) -> pd.DataFrame:
+    """The k nearest texts to kept row `index` in each space.
+
+    Columns: space, rank (1 = nearest), text, group, kind, score (cosine similarity, or euclidean
+    distance for that metric), same_group.
+    """
+    rows = []
+    group = vectors.table["group"].iloc[index]
+    for space in spaces or vectors.spaces:
+        for rank, (j, score) in enumerate(nearest_neighbours(vectors.matrix(space), index, k, metric), start=1):
+            other = vectors.table.iloc[j]
+            rows.append({"space": space, "rank": rank, "text": other["text"], "group": other["group"],
+                         "kind": other["kind"], "score": score, "same_group": other["group"] == group})
+    return pd.DataFrame(rows, columns=["space", "rank", "text", "group", "kind", "score", "same_group"])

@@ -1,0 +1,259 @@
+"""The pre-fitted cache of the built-in text sets, shipped in data/prefit (``python -m core prefit``).
+
+Fitting 200 texts takes the better part of an hour on a 2-core CPU, so the project ships the proto-tokens
+of the built-in sets (core.textsets.PREFIT_SETS) for the embedded model, fitted with the "fast" preset.
+Each entry is compacted (no replay snapshots, a thinned history) so the folder stays a few MB.
+
+``data/prefit/manifest.json`` records, per set, the model identity, the exact FitConfig and the cache
+key of every text, so the Embeddings page finds a set's entries whatever preset the sidebar shows::
+
+    {"sets": {"variants": {"model": ..., "model_name": ..., "config": FitConfig.as_dict(), "texts": [...],
+                           "keys": [...], "teacher_key": ..., "wall_time_s": ..., ...}, ...}}
+
+A run resumes: texts already in the folder are skipped, and the manifest is rewritten after every chunk.
+Delete data/prefit to regenerate it from scratch (after the fast preset changes, say).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import pandas as pd
+
+from core.cache import SHIPPED_ROOT, CacheEntry, ProtoCache, _write_json
+from core.fit import FitConfig, FitProgress, entry_keys, fit_and_cache, preset
+from core.models import LoadedModel
+from core.textsets import PREFIT_SETS, builtin_set
+
+MANIFEST = "manifest.json"
+PREFIT_PRESET = "fast"
+# A text still below the threshold after this many steps is left as it is (the page excludes entries
+# under 0.9 anyway), so one stubborn text cannot eat the time budget of the whole pre-fit.
+PREFIT_MAX_STEPS = 600
+# On a CPU a forward pass costs in proportion to its rows, so the fast preset's 4 restarts per text cost
+# 4x per step; filling the batch with other texts instead gets more texts done per hour.
+PREFIT_RESTARTS = 1
+# Measured on the shared 2-core machine under load: 4.5 s per step of 8 rows with 1 torch thread,
+# 16-57 s with 2 (OpenMP threads wait on each other whenever one is descheduled).
+PREFIT_THREADS = int(os.environ.get("PROTOTOKENS_PREFIT_THREADS", "1"))
+MAX_HISTORY_POINTS = 40
+# Entries are written after each chunk, so a stopped pre-fit loses at most one chunk's work.
+CHUNK = 24
+
+
+@dataclass(frozen=True)
+class PrefitSet:
+    """One set of the manifest: what was fitted, with what, and how long it took."""
+
+    name: str
+    model: str  # model identity (LoadedModel.identity)
+    model_name: str
+    config: dict  # FitConfig.as_dict()
+    texts: list[str]
+    keys: list[str]  # cache key of each text, same order
+    teacher_key: str | None = None  # analysis key of the set's teacher embeddings
+    wall_time_s: float = 0.0  # fitting time summed over the runs that fitted this set's texts
+    n_timed: int = 0  # texts fitted within wall_time_s (those fitted earlier for another set are not)
+    n_fitted: int = 0  # entries present
+    n_converged: int = 0
+    mean_accuracy: float | None = None
+    total_steps: int = 0
+    batch_size: int = 8
+    updated: float = 0.0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("name")
+        return d
+
+
+def config_from_dict(d: Mapping) -> FitConfig:
+    """The FitConfig of FitConfig.as_dict() (unknown keys ignored; a stored regulariser is not rebuilt)."""
+    names = {f.name for f in fields(FitConfig)}
+    values = {k: v for k, v in d.items() if k in names and k != "regularizer"}
+    if "betas" in values:
+        values["betas"] = tuple(values["betas"])
+    if d.get("regularizer"):
+        from core.teacher import RegularizerConfig
+
+        values["regularizer"] = RegularizerConfig(**d["regularizer"])
+    return FitConfig(**values)
+
+
+def load_manifest(root: str | os.PathLike | None = None) -> dict[str, PrefitSet]:
+    """Set name -> PrefitSet of the manifest under root (default SHIPPED_ROOT); {} when there is none or it
+    is unreadable."""
+    path = Path(root or SHIPPED_ROOT) / MANIFEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {name: PrefitSet(name=name, **{k: v for k, v in item.items() if k in _PREFIT_FIELDS})
+                for name, item in data.get("sets", {}).items()}
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+_PREFIT_FIELDS = {f.name for f in fields(PrefitSet)} - {"name"}
+
+
+def _write_manifest(root: Path, record: PrefitSet) -> dict[str, PrefitSet]:
+    """Store one set's record, keeping the others as they are on disk now (another process may be
+    pre-fitting another set into the same folder)."""
+    sets = load_manifest(root)
+    sets[record.name] = record
+    _write_json(root / MANIFEST, {
+        "about": "Pre-fitted proto-tokens of the built-in text sets; regenerate with `python -m core prefit`.",
+        "sets": {name: s.as_dict() for name, s in sets.items()},
+    })
+    return sets
+
+
+def thin_history(history: Mapping[str, list], max_points: int = MAX_HISTORY_POINTS) -> dict[str, list]:
+    """At most max_points evenly spaced points of each curve, first and last always kept."""
+    n = len(history.get("step", []))
+    if n <= max_points:
+        return {k: list(v) for k, v in history.items()}
+    picks = sorted({round(i * (n - 1) / (max_points - 1)) for i in range(max_points)})
+    return {k: [v[i] for i in picks] if len(v) == n else list(v) for k, v in history.items()}
+
+
+def compact_entry(entry: CacheEntry, max_points: int = MAX_HISTORY_POINTS) -> CacheEntry:
+    """The entry without replay snapshots and with a thinned history: what the shipped cache keeps."""
+    return replace(entry, snapshots=[], history=thin_history(entry.history, max_points))
+
+
+def _fmt_seconds(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.0f} s"
+
+
+def prefit_builtin(
+    quiet: bool = False,
+    root: str | os.PathLike = SHIPPED_ROOT,
+    *,
+    sets: Sequence[str] | Mapping[str, pd.DataFrame] = PREFIT_SETS,
+    lm: LoadedModel | None = None,
+    config: FitConfig | None = None,
+    batch_size: int = 8,
+    chunk: int = CHUNK,
+    teacher: bool = True,
+    sweep: bool = True,
+) -> dict[str, PrefitSet]:
+    """Fit the built-in sets into the shipped cache under root and write its manifest.
+
+    sets: built-in set names, or name -> frame (tests pass their own small sets). lm: the model (default:
+    the embedded one). config: default preset("fast", max_steps=600, restarts=1). teacher: also store each
+    set's teacher embeddings there. sweep: then run the Regularisers page's default sweep (core.sweeps) if
+    it exists. Returns the manifest's sets.
+    """
+    root = Path(root)
+    if lm is None:
+        from core.models import load_model
+
+        lm = load_model()
+    config = config or preset(PREFIT_PRESET, max_steps=PREFIT_MAX_STEPS, restarts=PREFIT_RESTARTS)
+    import torch
+
+    threads = torch.get_num_threads()
+    if PREFIT_THREADS > 0:
+        torch.set_num_threads(PREFIT_THREADS)
+    try:
+        return _prefit(lm, config, root, sets, quiet, batch_size, chunk, teacher, sweep)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _prefit(lm: LoadedModel, config: FitConfig, root: Path, sets: Sequence[str] | Mapping[str, pd.DataFrame],
+            quiet: bool, batch_size: int, chunk: int, teacher: bool, sweep: bool) -> dict[str, PrefitSet]:
+    cache = ProtoCache(root, shipped="")
+    frames = dict(sets) if isinstance(sets, Mapping) else {name: builtin_set(name) for name in sets}
+    manifest = load_manifest(root)
+
+    def say(message: str) -> None:
+        if not quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    say(f"Pre-fitting {', '.join(f'{n} ({len(f)} texts)' for n, f in frames.items())} for {lm.name} "
+        f"with preset {config.preset} (max {config.max_steps} steps, batch {batch_size}) into {root}")
+    t_all = time.perf_counter()
+    for name, frame in frames.items():
+        texts = frame["text"].tolist()
+        targets = [lm.validate_text(t, config.layout) for t in texts]
+        keys, _ = entry_keys(lm, targets, config)
+        previous = manifest.get(name)
+        same = previous is not None and previous.keys == keys
+        wall = previous.wall_time_s if same else 0.0
+        timed = previous.n_timed if same else 0
+        t_set = time.perf_counter()
+        entries: list[CacheEntry | None] = [None] * len(texts)
+        for start in range(0, len(texts), chunk):
+            part = list(range(start, min(start + chunk, len(texts))))
+            t_chunk = time.perf_counter()
+            last_report = [0.0]
+
+            def progress(p: FitProgress, indices: list[int], part=part) -> None:
+                now = time.perf_counter()
+                if not quiet and now - last_report[0] > 30:
+                    last_report[0] = now
+                    say(f"  [{name}] texts {part[0] + 1}-{part[-1] + 1}: step {p.step}, {sum(p.done)}/{len(p.done)} "
+                        f"done, min best accuracy {min(p.best_accuracy):.2f}, {_fmt_seconds(p.elapsed)}")
+
+            outcomes = fit_and_cache(lm, [texts[i] for i in part], config, cache, batch_size=batch_size,
+                                     callback=progress)
+            fitted_now = 0
+            for i, outcome in zip(part, outcomes):
+                if outcome is None:
+                    continue
+                entry = compact_entry(outcome.entry)
+                if not outcome.cached or entry.history != outcome.entry.history or outcome.entry.snapshots:
+                    cache.put(entry)
+                fitted_now += not outcome.cached
+                entries[i] = entry
+            if fitted_now:
+                wall += time.perf_counter() - t_chunk
+                timed += fitted_now
+            record = _set_record(name, lm, config, texts, keys, entries, wall, timed, batch_size)
+            manifest = _write_manifest(root, record)
+            say(f"  [{name}] {min(part[-1] + 1, len(texts))}/{len(texts)} texts ({fitted_now} fitted now), "
+                f"set time {_fmt_seconds(wall)}")
+        if teacher:
+            from core.embeddings import teacher_embeddings, teacher_key
+
+            teacher_embeddings(texts, cache)
+            manifest = _write_manifest(root, replace(manifest[name], teacher_key=teacher_key(texts)))
+        record = manifest[name]
+        say(f"[{name}] done: {record.n_converged}/{len(texts)} converged, "
+            f"mean accuracy {record.mean_accuracy or 0:.3f}, fitting time {_fmt_seconds(record.wall_time_s)} (this run {_fmt_seconds(time.perf_counter() - t_set)})")
+    say(f"All sets done in {_fmt_seconds(time.perf_counter() - t_all)}; {_size_mb(root):.1f} MB in {root}")
+
+    if sweep:
+        try:
+            from core.sweeps import prefit_default_sweep
+        except ImportError as error:
+            say(f"note: no default regulariser sweep pre-fitted ({error})")
+        else:
+            prefit_default_sweep(cache, quiet=quiet)
+            say(f"Regulariser sweep done; {_size_mb(root):.1f} MB in {root}")
+    return manifest
+
+
+def _set_record(name: str, lm: LoadedModel, config: FitConfig, texts: list[str], keys: list[str],
+                entries: Sequence[CacheEntry | None], wall: float, timed: int, batch_size: int) -> PrefitSet:
+    present = [e for e in entries if e is not None]
+    accuracies = [float(e.metrics.get("accuracy", 0.0)) for e in present]
+    return PrefitSet(
+        name=name, model=lm.identity, model_name=lm.name, config=config.as_dict(), texts=texts, keys=keys,
+        wall_time_s=round(wall, 1), n_timed=timed, n_fitted=len(present),
+        n_converged=sum(bool(e.metrics.get("converged")) for e in present),
+        mean_accuracy=round(sum(accuracies) / len(accuracies), 4) if accuracies else None,
+        total_steps=sum(int(e.metrics.get("steps", 0)) for e in present), batch_size=batch_size,
+        updated=time.time(),
+    )
+
+
+def _size_mb(root: Path) -> float:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 1e6 if root.exists() else 0.0

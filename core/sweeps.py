@@ -1,0 +1,668 @@
+"""Regulariser sweeps: what a sentence-embedding teacher does to e, and what it costs (PAPERS.md B item 4).
+
+A sweep fits one text set once per :class:`SweepSetting` (no regulariser, anchor or relational loss at
+weight lambda, on e or on m). Every regularised setting is one coupled fit (all texts in one batch, stopped
+together: the losses relate the texts of a batch) through ``core.fit.fit_and_cache``, so settings already
+in the cache are skipped and a Stop keeps every setting finished before it. Each finished setting gets
+
+- accuracy: mean token accuracy of its texts (reconstruction quality),
+- alignment of e (and of m): Spearman correlation between the pairwise cosine similarities of the vectors
+  and of the teacher embeddings of the same texts (``core.teacher.semantic_alignment``),
+- silhouette of e (and of m): cosine silhouette with the text's group (its source text) as label,
+
+stored as a small JSON analysis per setting, so a sweep that was run once is shown at once next time.
+``prefit_default_sweep`` writes the default sweep of the embedded model into the shipped cache together
+with a manifest analysis, which the Regularisers page reads whatever preset the sidebar shows.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core.cache import CacheEntry, ProtoCache, cache_key
+from core.fit import FitConfig, FitProgress, entry_keys, fit_and_cache, preset
+from core.models import LoadedModel
+from core.projection import silhouette_by_group
+from core.teacher import (
+    REGULARIZER_TARGETS,
+    RegularizerConfig,
+    RegularizerKind,
+    RegularizerTarget,
+    _canonical_name,
+    semantic_alignment,
+)
+from core.textsets import COLUMNS
+
+SWEEP_VERSION = "regularizer-sweep-v1"
+SWEEP_ANALYSIS = "regularizer-sweep"  # one JSON per finished setting: its metrics
+MANIFEST_ANALYSIS = "regularizer-sweep-manifest"  # the shipped default sweep: what was fitted and how long
+MANIFEST_KEY = "default"
+SWEEP_KINDS: tuple[RegularizerKind, ...] = ("anchor", "relational")
+MAX_LAMBDAS = 8
+MAX_SWEEP_TEXTS = 64  # a regularised setting fits all texts in ONE batch: memory and step time grow with it
+
+# The default sweep, pre-fitted for the embedded model and shipped in data/prefit. A regularised setting is
+# one coupled fit that runs until its slowest text converges, and a step costs about the sum of its texts'
+# tokens, so on a busy 2-core CPU (bench/regularisers.py measures it) the set must be small and its texts
+# short: the built-in sources of data/texts.json are 20-30 tokens each, too long for the budget, so the sweep
+# has its own short texts (written for this project), each source with two paraphrases, giving the silhouette
+# groups to measure and the teacher clear semantic relations to transfer.
+DEFAULT_SET_NAME = "regulariser demo"
+SHORT_SOURCES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("rain", ("Heavy rain flooded the village road.", "The village street was flooded by heavy rain.",
+              "A downpour left the road through the village under water.")),
+    ("cat", ("The old cat slept by the fire.", "By the fireplace, the elderly cat was asleep.",
+             "An aged cat dozed next to the fire.")),
+    ("train", ("Our train to the coast was late.", "The train we took to the seaside was delayed.",
+               "We reached the coast late because the train was slow.")),
+    ("bread", ("She baked fresh bread every morning.", "Each morning she made a new loaf of bread.",
+               "Every day at dawn, she baked bread.")),
+    ("football", ("The home team won the match easily.", "The local side had an easy victory.",
+                  "Playing at home, the team won without trouble.")),
+    ("rocket", ("The rocket lifted off into a clear sky.", "Into a cloudless sky, the rocket took off.",
+                "The launch went up through a clear sky.")),
+)
+# Measured under a load average of 12 on the 2 cores (one torch thread): a coupled step of these 8 texts takes
+# about 2 s, and a coupled setting runs to its step cap unless every text converges at once, so the sweep costs
+# about 4 x 300 x 2 s plus the baseline; the cap is where most texts of the baseline have converged.
+DEFAULT_SET_SOURCES = 4
+DEFAULT_SET_PARAPHRASES = 1
+DEFAULT_LAMBDAS: tuple[float, ...] = (0.1, 1.0)  # 0.1 is the authors' weight
+DEFAULT_PRESET = "fast"
+DEFAULT_MAX_STEPS = 300
+
+
+class SweepError(ValueError):
+    """A sweep cannot run as asked; the message is one line meant for the user."""
+
+
+# ---- settings -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SweepSetting:
+    """One point of a sweep: a regulariser kind at weight lambda on e or m ("none" or lambda 0: no regulariser)."""
+
+    kind: RegularizerKind = "none"
+    weight: float = 0.0
+    target: RegularizerTarget = "e"
+
+    def __post_init__(self) -> None:
+        # RegularizerConfig validates kind, weight and target with user-facing messages.
+        RegularizerConfig(kind=self.kind, weight=self.weight, target=self.target)
+
+    @property
+    def active(self) -> bool:
+        return self.kind != "none" and self.weight > 0
+
+    def regularizer(self, teacher: str | None = None) -> RegularizerConfig | None:
+        """The RegularizerConfig to fit with; None for no regulariser (the same cache key as a plain fit)."""
+        if not self.active:
+            return None
+        return RegularizerConfig(kind=self.kind, weight=float(self.weight), target=self.target, teacher=teacher)
+
+    @property
+    def label(self) -> str:
+        if not self.active:
+            return "none"
+        return f"{self.kind} λ={self.weight:g}" + (" on m" if self.target == "m" else "")
+
+    def normalised(self) -> "SweepSetting":
+        """Inactive settings all become the plain "none", so they deduplicate."""
+        return self if self.active else SweepSetting()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "weight": float(self.weight), "target": self.target}
+
+
+def default_settings(kinds: Sequence[str] = SWEEP_KINDS, lambdas: Sequence[float] = DEFAULT_LAMBDAS,
+                     target: RegularizerTarget = "e") -> list[SweepSetting]:
+    """"none" first, then every kind at every lambda (kinds outer, lambdas ascending), duplicates removed."""
+    settings = [SweepSetting()]
+    for kind in kinds:
+        for weight in sorted(lambdas):
+            settings.append(SweepSetting(kind, float(weight), target).normalised())  # type: ignore[arg-type]
+    return list(dict.fromkeys(settings))
+
+
+def parse_lambdas(text: str) -> tuple[float, ...]:
+    """Lambdas typed as "0.1, 1" or "0.1 1" -> sorted unique floats > 0.
+
+    Raises SweepError with a message naming the wrong item and why.
+    """
+    items = [item for item in re.split(r"[\s,;]+", text.strip()) if item]
+    if not items:
+        raise SweepError("Enter at least one λ, e.g. 0.1, 1 (the authors used 0.1).")
+    values = []
+    for item in items:
+        try:
+            value = float(item)
+        except ValueError:
+            raise SweepError(f"{item!r} is not a number; separate the λ values with commas, e.g. 0.1, 1.") from None
+        if not math.isfinite(value) or value <= 0:
+            raise SweepError(f"λ = {item} is out of range: every λ must be a finite number > 0 "
+                             "(the run without a regulariser is always included).")
+        values.append(value)
+    lambdas = tuple(sorted(set(values)))
+    if len(lambdas) > MAX_LAMBDAS:
+        raise SweepError(f"{len(lambdas)} λ values given; at most {MAX_LAMBDAS} (each one is a full fit of the set).")
+    return lambdas
+
+
+def default_sweep_set(n_sources: int = DEFAULT_SET_SOURCES, n_paraphrases: int = DEFAULT_SET_PARAPHRASES
+                      ) -> pd.DataFrame:
+    """The default sweep's short texts: n_sources sources of SHORT_SOURCES, each with n_paraphrases paraphrases
+    (columns text, group, kind as in core.textsets; group = the source)."""
+    rows = []
+    for group, (original, *paraphrases) in SHORT_SOURCES[:n_sources]:
+        rows.append((original, group, "original"))
+        rows.extend((p, group, "semantic") for p in paraphrases[:n_paraphrases])
+    return pd.DataFrame(rows, columns=list(COLUMNS), dtype=str)
+
+
+def sweep_config(config: FitConfig) -> FitConfig:
+    """The config a sweep fits with: ``config`` with a single init per text and no regulariser of its own.
+
+    Restarts (the fast preset fits 4 inits side by side) need independently fitted texts, which a
+    regulariser's batch is not; the baseline gets a single init too, so every setting starts from the same
+    vectors and differs only by its loss.
+    """
+    return replace(config, restarts=1, regularizer=None)
+
+
+def default_base_config() -> FitConfig:
+    return sweep_config(preset(DEFAULT_PRESET, max_steps=DEFAULT_MAX_STEPS))
+
+
+# ---- results ------------------------------------------------------------------------------------------
+
+@dataclass
+class SettingResult:
+    """A finished setting of a sweep.
+
+    keys: cache keys of its entries, in text order. e, m: [n_texts, hidden] float32 fitted vectors.
+    accuracy: mean token accuracy; converged: texts at or above the threshold; steps: the fit's steps.
+    alignment_*: Spearman of pairwise cosines with the teacher (NaN when undefined).
+    silhouette_*: cosine silhouette by group (None when undefined: one group, or one text per group).
+    wall_time: seconds the fit took (None when unknown: fitted outside a sweep). cached: nothing fitted now.
+    """
+
+    setting: SweepSetting
+    keys: list[str]
+    e: np.ndarray
+    m: np.ndarray
+    accuracy: float
+    converged: int
+    steps: int
+    alignment_e: float
+    alignment_m: float
+    silhouette_e: float | None
+    silhouette_m: float | None
+    wall_time: float | None
+    cached: bool
+
+    @property
+    def n_texts(self) -> int:
+        return len(self.keys)
+
+
+@dataclass
+class SweepResult:
+    """The settings of a sweep that are finished (in the order asked) and those that are not (yet).
+
+    texts, groups: the set, row-aligned with every result's e and m. config: the base FitConfig.as_dict().
+    teacher: the canonical teacher name. stopped: a Stop ended the sweep early.
+    """
+
+    model: str
+    texts: list[str]
+    groups: list[str]
+    config: dict
+    teacher: str
+    settings: list[SweepSetting]
+    results: list[SettingResult] = field(default_factory=list)
+    stopped: bool = False
+
+    @property
+    def missing(self) -> list[SweepSetting]:
+        done = {r.setting for r in self.results}
+        return [s for s in self.settings if s not in done]
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    def result_for(self, setting: SweepSetting) -> SettingResult | None:
+        return next((r for r in self.results if r.setting == setting), None)
+
+
+def summarize(result: SweepResult) -> pd.DataFrame:
+    """One row per finished setting: its label, lambda, accuracy, alignment, silhouette, steps, wall time."""
+    rows = []
+    for r in result.results:
+        rows.append({
+            "setting": r.setting.label, "kind": r.setting.kind if r.setting.active else "none",
+            "lambda": r.setting.weight if r.setting.active else 0.0, "target": r.setting.target,
+            "accuracy": r.accuracy, "converged": r.converged, "n_texts": r.n_texts, "steps": r.steps,
+            "alignment_e": r.alignment_e, "alignment_m": r.alignment_m,
+            "silhouette_e": np.nan if r.silhouette_e is None else r.silhouette_e,
+            "silhouette_m": np.nan if r.silhouette_m is None else r.silhouette_m,
+            "wall_time_s": np.nan if r.wall_time is None else r.wall_time, "cached": r.cached,
+        })
+    columns = ["setting", "kind", "lambda", "target", "accuracy", "converged", "n_texts", "steps", "alignment_e",
+               "alignment_m", "silhouette_e", "silhouette_m", "wall_time_s", "cached"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+# ---- running ------------------------------------------------------------------------------------------
+
+@dataclass
+class SweepProgress:
+    """What a sweep's progress callback sees: which setting runs and, while it fits, the fit's progress."""
+
+    index: int  # of the setting now running, in SweepResult.settings
+    n_settings: int
+    setting: SweepSetting
+    fit: FitProgress | None  # None when the setting starts or came from the cache
+    finished: list[SweepSetting]  # settings done so far (fitted now or cached)
+    elapsed: float
+
+
+def _setting_config(base: FitConfig, setting: SweepSetting, teacher: str | None) -> FitConfig:
+    return replace(base, regularizer=setting.regularizer(teacher))
+
+
+def setting_key(entry_keys_: Sequence[str], groups: Sequence[str], teacher: str) -> str:
+    """Analysis key of one setting's metrics: the entries (which pin model, texts and every fit setting),
+    the groups (silhouette labels) and the teacher the alignment is measured against."""
+    return cache_key(SWEEP_VERSION, list(entry_keys_), list(groups), teacher)
+
+
+def _check_inputs(lm: LoadedModel, texts: Sequence[str], groups: Sequence[str], settings: Sequence[SweepSetting],
+                  layout: str) -> list[list[int]]:
+    if not texts:
+        raise SweepError("The set has no texts.")
+    if len(groups) != len(texts):
+        raise SweepError(f"{len(texts)} texts but {len(groups)} groups; give one group per text.")
+    if len(set(texts)) != len(texts):
+        raise SweepError("The set repeats a text; every text must be unique.")
+    if not settings:
+        raise SweepError("No settings to fit.")
+    if len(texts) > MAX_SWEEP_TEXTS:
+        raise SweepError(f"{len(texts)} texts; a regularised fit puts every text in one batch, so at most "
+                         f"{MAX_SWEEP_TEXTS} texts per sweep.")
+    return [lm.validate_text(t, layout) for t in texts]
+
+
+def _teacher_matrix(texts: Sequence[str], cache: ProtoCache, teacher: str | None) -> np.ndarray:
+    """[n, d_teacher] teacher embeddings, cached per text list (shared with the Embeddings page)."""
+    from core.embeddings import teacher_embeddings
+
+    return teacher_embeddings(list(texts), cache, teacher)
+
+
+def _metrics(entries: Sequence[CacheEntry], groups: Sequence[str], teacher_emb: np.ndarray) -> dict[str, Any]:
+    e = np.stack([entry.e.numpy() for entry in entries])
+    m = np.stack([entry.m.numpy() for entry in entries])
+    return {
+        "accuracy": float(np.mean([entry.metrics.get("accuracy", 0.0) for entry in entries])),
+        "converged": int(sum(bool(entry.metrics.get("converged")) for entry in entries)),
+        "steps": int(max(int(entry.metrics.get("steps", 0)) for entry in entries)),
+        "alignment_e": semantic_alignment(e, teacher_emb),
+        "alignment_m": semantic_alignment(m, teacher_emb),
+        "silhouette_e": silhouette_by_group(e, list(groups)),
+        "silhouette_m": silhouette_by_group(m, list(groups)),
+    }
+
+
+def _json_float(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _result(setting: SweepSetting, keys: list[str], entries: Sequence[CacheEntry], meta: dict,
+            cached: bool) -> SettingResult:
+    def number(name: str) -> float:
+        value = meta.get(name)
+        return float("nan") if value is None else float(value)
+
+    wall = meta.get("wall_time_s")
+    return SettingResult(
+        setting=setting, keys=keys,
+        e=np.stack([entry.e.numpy() for entry in entries]).astype(np.float32),
+        m=np.stack([entry.m.numpy() for entry in entries]).astype(np.float32),
+        accuracy=float(meta["accuracy"]), converged=int(meta["converged"]), steps=int(meta["steps"]),
+        alignment_e=number("alignment_e"), alignment_m=number("alignment_m"),
+        silhouette_e=meta.get("silhouette_e"), silhouette_m=meta.get("silhouette_m"),
+        wall_time=None if wall is None else float(wall), cached=cached,
+    )
+
+
+def run_sweep(
+    lm: LoadedModel,
+    texts: Sequence[str],
+    groups: Sequence[str],
+    settings: Sequence[SweepSetting],
+    base_config: FitConfig,
+    cache: ProtoCache,
+    progress: Callable[[SweepProgress], None] | None = None,
+    cancel: threading.Event | None = None,
+    *,
+    teacher: str | None = None,
+    teacher_emb: np.ndarray | torch.Tensor | None = None,
+    fit: bool = True,
+    batch_size: int = 8,
+    callback_every: int = 5,
+) -> SweepResult:
+    """Fit texts once per setting (cached settings skipped), then measure each setting.
+
+    texts [n] with groups [n] (the silhouette labels). settings: deduplicated. base_config: the fit settings
+    shared by all, through :func:`sweep_config` (one init per text; each setting's own regulariser).
+    teacher: teacher name (None: the embedded all-MiniLM-L6-v2), used by the losses and to measure alignment.
+    teacher_emb: [n, d_teacher] teacher embeddings when already known (otherwise computed once and cached).
+    fit=False only collects
+    what is cached (nothing is fitted). A set cancel event stops after the running setting's best state is
+    stored; that setting counts as unfinished (its entries are refitted next time).
+    """
+    texts, groups = list(texts), [str(g) for g in groups]
+    base_config = sweep_config(base_config)
+    settings = list(dict.fromkeys(s.normalised() for s in settings))
+    targets = _check_inputs(lm, texts, groups, settings, base_config.layout)
+    teacher_name = _canonical_name(teacher)
+    result = SweepResult(model=lm.identity, texts=texts, groups=groups, config=base_config.as_dict(),
+                         teacher=teacher_name, settings=settings)
+    t0 = time.perf_counter()
+    emb: np.ndarray | None = None if teacher_emb is None else np.asarray(
+        teacher_emb.detach().cpu().float().numpy() if isinstance(teacher_emb, torch.Tensor) else teacher_emb,
+        dtype=np.float64)
+    if emb is not None and emb.shape[0] != len(texts):
+        raise SweepError(f"{emb.shape[0]} teacher embeddings for {len(texts)} texts.")
+
+    def teacher_matrix() -> np.ndarray:
+        nonlocal emb
+        if emb is None:
+            emb = _teacher_matrix(texts, cache, teacher)
+        return emb
+
+    def tell(index: int, fit_progress: FitProgress | None = None) -> None:
+        if progress is not None:
+            progress(SweepProgress(index=index, n_settings=len(settings), setting=settings[index], fit=fit_progress,
+                                   finished=[r.setting for r in result.results], elapsed=time.perf_counter() - t0))
+
+    for index, setting in enumerate(settings):
+        if cancel is not None and cancel.is_set():
+            result.stopped = True
+            break
+        config = _setting_config(base_config, setting, teacher)
+        keys, _ = entry_keys(lm, targets, config)
+        analysis_key = setting_key(keys, groups, teacher_name)
+        tell(index)
+        entries = [cache.get(k) for k in keys]
+        have_all = all(e is not None and e.metrics.get("status") != "cancelled" for e in entries)
+        stored = cache.get_analysis(SWEEP_ANALYSIS, analysis_key)
+        if have_all and stored is not None:
+            result.results.append(_result(setting, keys, entries, stored[0], cached=True))
+            continue
+        wall: float | None = None
+        cached = True
+        if not have_all:
+            if not fit:
+                continue
+            started = time.perf_counter()
+            emb_tensor = torch.from_numpy(teacher_matrix()).float() if setting.active else None
+            outcomes = fit_and_cache(
+                lm, texts, config, cache, batch_size=batch_size, callback_every=callback_every, cancel=cancel,
+                callback=(lambda p, _indices, index=index: tell(index, p)), teacher_embeddings=emb_tensor)
+            wall = time.perf_counter() - started
+            if any(o is None or o.entry.metrics.get("status") == "cancelled" for o in outcomes):
+                result.stopped = True
+                break
+            entries = [o.entry for o in outcomes]  # type: ignore[union-attr]
+            cached = all(o.cached for o in outcomes)  # type: ignore[union-attr]
+            if cached:
+                wall = None
+        if wall is None:
+            # Fitted outside a sweep (another page, the pre-fit): the coupled fit's own wall time when known.
+            walls = [e.metrics.get("wall_time") for e in entries]  # type: ignore[union-attr]
+            wall = max(walls) if setting.active and all(w is not None for w in walls) else None
+        metrics = _metrics(entries, groups, teacher_matrix())  # type: ignore[arg-type]
+        meta = {key: _json_float(value) if isinstance(value, float) else value for key, value in metrics.items()}
+        meta.update(setting=setting.as_dict(), label=setting.label, model=lm.identity, keys=keys, groups=groups,
+                    teacher=teacher_name, config=config.as_dict(), wall_time_s=_json_float(wall))
+        cache.put_analysis(SWEEP_ANALYSIS, analysis_key, meta)
+        result.results.append(_result(setting, keys, entries, meta, cached=cached))  # type: ignore[arg-type]
+    return result
+
+
+def load_sweep(lm: LoadedModel, texts: Sequence[str], groups: Sequence[str], settings: Sequence[SweepSetting],
+               base_config: FitConfig, cache: ProtoCache, *, teacher: str | None = None) -> SweepResult:
+    """The settings of a sweep already in the cache (the shipped one included); fits nothing.
+
+    A setting whose entries are cached but not yet measured is measured now (that may load the teacher).
+    """
+    return run_sweep(lm, texts, groups, settings, base_config, cache, teacher=teacher, fit=False)
+
+
+# ---- a sweep in a background thread ------------------------------------------------------------------
+
+@dataclass
+class SweepSnapshot:
+    """A consistent copy of a sweep job's state; ``finished`` once it is done, stopped or failed."""
+
+    state: str  # "running", "done", "cancelled", "failed"
+    labels: list[str]  # one per setting
+    status: list[str]  # per setting: "waiting", "running", "done"
+    index: int  # setting now running
+    step: int
+    max_steps: int
+    mean_accuracy: float
+    elapsed: float
+    error: str | None = None
+    result: SweepResult | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state != "running"
+
+    @property
+    def fraction(self) -> float:
+        """Share of the sweep done, counting the running setting by its steps."""
+        done = sum(s == "done" for s in self.status)
+        running = self.step / max(self.max_steps, 1) if self.state == "running" and self.index < len(self.status) \
+            and self.status[self.index] == "running" else 0.0
+        return min(1.0, (done + min(running, 1.0)) / max(len(self.status), 1))
+
+
+class SweepJob:
+    """run_sweep in a daemon thread (the pattern of core.jobs.FitJob): start, snapshot, cancel, wait."""
+
+    def __init__(self, lm: LoadedModel, texts: Sequence[str], groups: Sequence[str],
+                 settings: Sequence[SweepSetting], base_config: FitConfig, cache: ProtoCache, *,
+                 teacher: str | None = None):
+        self.lm, self.texts, self.groups, self.base_config, self.cache = lm, list(texts), list(groups), base_config, cache
+        self.settings = list(dict.fromkeys(s.normalised() for s in settings))
+        self.teacher = teacher
+        self.cancel_event = threading.Event()
+        self._lock = threading.Lock()
+        self._status = ["waiting"] * len(self.settings)
+        self._index, self._step, self._accuracy = 0, 0, 0.0
+        self._state, self._error = "running", None
+        self._result: SweepResult | None = None
+        self._t0, self._t_end = time.perf_counter(), None
+        self._thread = threading.Thread(target=self._run, name="regulariser-sweep", daemon=True)
+
+    def start(self) -> "SweepJob":
+        self._thread.start()
+        return self
+
+    def cancel(self) -> None:
+        """Stop after storing the running setting's best state; finished settings stay in the cache."""
+        self.cancel_event.set()
+
+    def wait(self, timeout: float | None = None) -> SweepSnapshot:
+        self._thread.join(timeout)
+        return self.snapshot()
+
+    def _on_progress(self, p: SweepProgress) -> None:
+        with self._lock:
+            finished = set(p.finished)
+            self._status = ["done" if s in finished else ("running" if i == p.index else "waiting")
+                            for i, s in enumerate(self.settings)]
+            self._index = p.index
+            if p.fit is None:
+                self._step, self._accuracy = 0, 0.0
+            else:
+                self._step = p.fit.step
+                self._accuracy = float(np.mean(p.fit.best_accuracy)) if p.fit.best_accuracy else 0.0
+
+    def _run(self) -> None:
+        try:
+            result = run_sweep(self.lm, self.texts, self.groups, self.settings, self.base_config, self.cache,
+                               progress=self._on_progress, cancel=self.cancel_event, teacher=self.teacher)
+            with self._lock:
+                self._result = result
+                done = {r.setting for r in result.results}
+                self._status = ["done" if s in done else "waiting" for s in self.settings]
+                self._state = "cancelled" if result.stopped else "done"
+        except Exception as exc:  # the page shows the message; the thread must never die silently
+            with self._lock:
+                self._error = str(exc) or type(exc).__name__
+                self._state = "failed"
+            traceback.print_exc()
+        finally:
+            with self._lock:
+                self._t_end = time.perf_counter()
+
+    def snapshot(self) -> SweepSnapshot:
+        with self._lock:
+            end = self._t_end if self._t_end is not None else time.perf_counter()
+            return SweepSnapshot(
+                state=self._state, labels=[s.label for s in self.settings], status=list(self._status),
+                index=self._index, step=self._step, max_steps=self.base_config.max_steps,
+                mean_accuracy=self._accuracy, elapsed=end - self._t0, error=self._error, result=self._result)
+
+
+# ---- the shipped default sweep -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SweepManifest:
+    """The shipped default sweep: enough to rebuild its settings and find its entries with any sidebar."""
+
+    model: str
+    model_name: str
+    set_name: str
+    texts: list[str]
+    groups: list[str]
+    config: dict  # FitConfig.as_dict() of the base config
+    teacher: str
+    settings: list[dict]  # SweepSetting.as_dict() each
+    wall_time_s: dict[str, float | None]  # setting label -> seconds the fit took on the machine that made it
+    total_wall_time_s: float
+    torch_threads: int
+    created: float
+    cpus: int = 0  # CPU cores of the machine that made it
+
+    def sweep_settings(self) -> list[SweepSetting]:
+        return [SweepSetting(**s) for s in self.settings]
+
+    def base_config(self) -> FitConfig:
+        from core.prefit import config_from_dict
+
+        return config_from_dict(self.config)
+
+
+def load_manifest(cache: ProtoCache) -> SweepManifest | None:
+    """The default sweep's manifest from the cache (or its shipped fallback); None when absent or unreadable."""
+    stored = cache.get_analysis(MANIFEST_ANALYSIS, MANIFEST_KEY)
+    if stored is None:
+        return None
+    meta = stored[0]
+    try:
+        return SweepManifest(**{f: meta[f] for f in SweepManifest.__dataclass_fields__ if f in meta})
+    except TypeError:  # a required field missing or of the wrong kind
+        return None
+
+
+def prefit_default_sweep(cache: ProtoCache, quiet: bool = False, *, lm: LoadedModel | None = None,
+                         frame: pd.DataFrame | None = None, settings: Sequence[SweepSetting] | None = None,
+                         base_config: FitConfig | None = None) -> SweepResult:
+    """Fit the default sweep into ``cache`` (the shipped one: ProtoCache(SHIPPED_ROOT, shipped="")), compact
+    its entries and write the manifest. Idempotent: settings already there are skipped.
+
+    lm, frame, settings, base_config: default the embedded model, default_sweep_set(), default_settings()
+    and preset("fast", max_steps=600); tests pass small ones.
+    """
+    from core.prefit import compact_entry
+
+    if lm is None:
+        from core.models import load_model
+
+        lm = load_model()
+    frame = default_sweep_set() if frame is None else frame
+    settings = default_settings() if settings is None else list(settings)
+    base_config = base_config or default_base_config()
+    texts, groups = frame["text"].tolist(), frame["group"].astype(str).tolist()
+    last = [0.0]
+
+    def say(message: str) -> None:
+        if not quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    def on_progress(p: SweepProgress) -> None:
+        now = time.perf_counter()
+        if p.fit is None:
+            say(f"  [sweep] setting {p.index + 1}/{p.n_settings}: {p.setting.label}")
+        elif now - last[0] > 30:
+            last[0] = now
+            say(f"  [sweep] {p.setting.label}: step {p.fit.step}/{p.fit.max_steps}, mean accuracy "
+                f"{np.mean(p.fit.accuracy):.3f}, {p.fit.elapsed:.0f} s")
+
+    say(f"Regulariser sweep: {len(texts)} texts x {len(settings)} settings "
+        f"({', '.join(s.label for s in settings)}), preset {base_config.preset}, max {base_config.max_steps} steps, "
+        f"{torch.get_num_threads()} torch threads")
+    result = run_sweep(lm, texts, groups, settings, base_config, cache, progress=on_progress)
+    for r in result.results:
+        for key in r.keys:
+            entry = cache.get(key)
+            if entry is not None and (entry.snapshots or len(entry.history.get("step", [])) > 40):
+                cache.put(compact_entry(entry))
+        say(f"  [sweep] {r.setting.label}: accuracy {r.accuracy:.3f} ({r.converged}/{r.n_texts} converged, "
+            f"{r.steps} steps), alignment e {r.alignment_e:+.3f}, silhouette e "
+            f"{'n/a' if r.silhouette_e is None else f'{r.silhouette_e:+.3f}'}, "
+            f"{'cached' if r.cached else f'{r.wall_time:.0f} s'}")
+    walls = {r.setting.label: r.wall_time for r in result.results}
+    manifest = SweepManifest(
+        model=lm.identity, model_name=lm.name, set_name=DEFAULT_SET_NAME, texts=texts, groups=groups,
+        config=base_config.as_dict(), teacher=result.teacher, settings=[s.as_dict() for s in result.settings],
+        wall_time_s=walls, total_wall_time_s=round(sum(w for w in walls.values() if w is not None), 1),
+        torch_threads=torch.get_num_threads(), created=time.time(), cpus=os.cpu_count() or 0)
+    cache.put_analysis(MANIFEST_ANALYSIS, MANIFEST_KEY, asdict(manifest))
+    return result
+
+
+def shipped_sweep(lm: LoadedModel, cache: ProtoCache) -> tuple[SweepManifest, SweepResult] | None:
+    """The default sweep as shipped (or as fitted since), when there is a manifest for this model."""
+    manifest = load_manifest(cache)
+    if manifest is None or manifest.model != lm.identity:
+        return None
+    result = load_sweep(lm, manifest.texts, manifest.groups, manifest.sweep_settings(), manifest.base_config(),
+                        cache, teacher=None if manifest.teacher == _canonical_name(None) else manifest.teacher)
+    return manifest, result
+
+
+__all__ = [
+    "DEFAULT_LAMBDAS", "DEFAULT_SET_NAME", "MANIFEST_ANALYSIS", "REGULARIZER_TARGETS", "SWEEP_ANALYSIS", "SWEEP_KINDS",
+    "SettingResult", "SweepError", "SweepJob", "SweepManifest", "SweepProgress", "SweepResult", "SweepSetting",
+    "SweepSnapshot", "default_base_config", "default_settings", "default_sweep_set", "load_manifest", "load_sweep",
+    "parse_lambdas", "prefit_default_sweep", "run_sweep", "shipped_sweep", "summarize",
+]

@@ -1,0 +1,269 @@
+"""Embeddings: what do e and m encode? 2-D maps, silhouettes and neighbours of a text set's proto-tokens."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from core import embeddings as emb
+from core.projection import METRICS
+from core.textsets import BUILTIN_SETS, KINDS, TextSetError, builtin_set, parse_text_set
+from ui import jobs
+from ui.state import fit_config, get_cache, get_model
+from ui.widgets import download_csv, download_figure
+
+JOB = "embeddings-set"
+METHODS = {"t-SNE": "tsne", "PCA": "pca", "UMAP": "umap"}
+KIND_SYMBOLS = {"original": "star", "lexical": "x", "semantic": "circle", "syntax": "diamond"}
+PALETTE = [  # 20 distinguishable colours (plotly's Dark24 without the near-greys)
+    "#2E91E5", "#E15F99", "#1CA71C", "#FB0D0D", "#DA16FF", "#B68100", "#750D86", "#EB663B", "#511CFB",
+    "#00A08B", "#FB00D1", "#FC0080", "#B2828D", "#6C7C32", "#778AAE", "#862A16", "#A777F1", "#620042",
+    "#1616A7", "#DA60CA",
+]
+SPACE_COLOURS = {"e": "#1f77b4", "m": "#d62728", emb.CONCAT: "#9467bd", "teacher": "#7f7f7f"}
+
+st.title("Embeddings")
+st.caption(
+    "What do e and m encode? Every text of a set gets its own e and m, fitted so the frozen model rebuilds it "
+    "in one pass. If texts that *mean* the same get nearby vectors, the vectors carry meaning; if only texts "
+    "that are *spelled* alike do, they carry the surface. The built-in **variants** set has source texts with "
+    "hand-written paraphrases (same meaning, other words) and lexical variants (typos); **syntax** has "
+    "grammar-made sentences of seven sentence types. Compare how each group clusters in e, m, both, and in a "
+    "sentence-embedding model (the *teacher*, a semantic reference). Silhouette: 1 = groups cleanly "
+    "separated, 0 = no group structure. The seed paper found m more semantic than e."
+)
+
+lm = get_model()
+sidebar_config = fit_config()
+cache = get_cache()
+if lm is None or sidebar_config is None:
+    st.stop()
+
+
+@st.cache_data(show_spinner=False)
+def _builtin(name: str) -> pd.DataFrame:
+    return builtin_set(name)
+
+
+# ---- the set -----------------------------------------------------------------------------------------
+c_source, c_set = st.columns([1, 3])
+source = c_source.radio("Text set", ["Built-in", "Upload"], horizontal=True, key="emb_source")
+set_name: str | None = None
+if source == "Built-in":
+    set_name = c_set.selectbox("Built-in set", list(BUILTIN_SETS), key="emb_set",
+                               format_func=lambda n: f"{n}: {BUILTIN_SETS[n]}")
+    frame = _builtin(set_name)
+else:
+    upload = c_set.file_uploader(
+        "CSV or JSONL with columns text, group, kind", type=["csv", "jsonl", "json", "txt"], key="emb_upload",
+        help=f"text is required; group (colour and silhouette label) and kind ({', '.join(KINDS)}; the marker) "
+             "are optional. CSV needs a header row; JSONL has one object per line.")
+    if upload is None:
+        st.info("Upload a file to see its texts here, or pick a built-in set.")
+        st.stop()
+    try:
+        frame = parse_text_set(upload.getvalue(), upload.name)
+    except TextSetError as exc:
+        st.error(f"Cannot read this file: {exc}")
+        st.stop()
+
+c_shared, c_choice = st.columns([1, 3])
+shared_m = c_shared.checkbox(
+    "Shared m", key="emb_shared_m",
+    help="Fit one m for the whole set (one coupled batch) and an e per text: then only e differs between texts.")
+try:
+    emb.validate_set(lm, frame["text"].tolist(), sidebar_config.layout)
+except TextSetError as exc:
+    st.error(f"This set cannot be fitted with {lm.name}: {exc}")
+    st.stop()
+choices = emb.config_choices(lm, set_name, sidebar_config, shared_m)
+if len(choices) > 1:
+    picked = c_choice.radio("Proto-tokens fitted with", range(len(choices)), key="emb_config",
+                            format_func=lambda i: choices[i].label, horizontal=True)
+else:
+    picked = 0
+    c_choice.caption(f"Proto-tokens fitted with the {choices[0].label}.")
+config = choices[picked].config
+
+texts = frame["text"].tolist()
+entries = emb.set_entries(lm, texts, choices[picked], cache)
+n_fitted = sum(e is not None for e in entries)
+missing = [t for t, e in zip(texts, entries) if e is None]
+running = jobs.is_running(JOB)
+st.caption(f"**{len(frame)} texts** in {len(set(frame['group']))} groups · **{n_fitted} fitted** for {lm.name} "
+           f"with these settings · {len(missing)} to fit")
+if missing:
+    if n_fitted == 0:
+        st.info(f"This set needs fitting for {lm.name} with these settings: nothing of it is in the cache yet. "
+                "Fitting runs in the background, a batch at a time; Stop keeps every text finished so far.")
+    what = "the whole set (shared m: one coupled batch)" if shared_m else f"the {len(missing)} missing texts"
+    if st.button(f"Fit {what}", type="primary", disabled=running, key="emb_fit"):
+        # A shared m couples the whole set, so every text goes in; otherwise the cache skips the fitted ones.
+        jobs.start_job(JOB, lm, texts if shared_m else missing, config, cache, batch_size=8)
+if jobs.get_job(JOB) is not None:
+    jobs.poll(JOB, jobs.render_set_progress)
+if n_fitted == 0:
+    st.stop()
+
+# ---- vectors -----------------------------------------------------------------------------------------
+c_thr, c_method, c_metric, c_perp = st.columns([2, 2, 1, 1])
+min_accuracy = c_thr.slider("Keep texts reconstructed to at least", 0.0, 1.0, emb.DEFAULT_MIN_ACCURACY, 0.01,
+                            key="emb_min_acc", help="Token accuracy of the fitted vectors; the paper keeps >= 0.9.")
+method = METHODS[c_method.radio("2-D map", list(METHODS), horizontal=True, key="emb_method")]
+metric = c_metric.selectbox("Metric", METRICS, key="emb_metric")
+perplexity = c_perp.number_input("Perplexity", 2.0, 100.0, 15.0, 1.0, key="emb_perplexity",
+                                 disabled=method != "tsne", help="t-SNE only; clamped below the number of points.")
+
+teacher = None
+try:
+    with st.spinner("Embedding the texts with the teacher (once per set) ..."):
+        teacher = emb.teacher_embeddings(texts, cache)
+except Exception as exc:  # the maps of e and m are still worth showing without the reference
+    st.warning(f"No teacher reference: {exc}")
+vectors = emb.assemble_set(frame, entries, min_accuracy=min_accuracy, teacher=teacher, shared_m=shared_m)
+st.caption(f"Showing **{vectors.n}** of {vectors.n_total} texts: {vectors.n_below} below {min_accuracy:.2f} "
+           f"accuracy excluded, {vectors.n_unfitted} not fitted."
+           + (" m is shared by every text, so only e and the teacher are drawn." if shared_m else ""))
+if vectors.n < 2:
+    st.warning("Fewer than 2 texts pass the threshold: nothing to compare. Lower the threshold or fit more.")
+    st.stop()
+
+cache_id = (tuple(vectors.table["key"]), teacher is not None, shared_m)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _projections(_vectors: emb.SetVectors, ident: tuple, method: str, metric: str, perplexity: float):
+    return emb.project_spaces(_vectors, _vectors.spaces, method=method, metric=metric, perplexity=perplexity)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _silhouettes(_vectors: emb.SetVectors, ident: tuple, metric: str) -> pd.DataFrame:
+    return emb.silhouette_table(_vectors, metric)
+
+
+with st.spinner(f"Projecting {vectors.n} points ..."):
+    projections = _projections(vectors, cache_id, method, metric, float(perplexity))
+scores = _silhouettes(vectors, cache_id, metric)
+coords = emb.coordinates_frame(vectors, projections)
+
+table = vectors.table
+if st.session_state.get("emb_focus") not in set(table["text"]):
+    st.session_state["emb_focus"] = table["text"].iloc[0]
+focus = int(np.flatnonzero(table["text"].to_numpy() == st.session_state["emb_focus"])[0])
+
+
+def _hover_text(text: str) -> str:
+    return "<br>".join(textwrap.wrap(text, 60))
+
+
+def maps_figure() -> go.Figure:
+    spaces = list(projections)
+    n_cols = 2 if len(spaces) > 1 else 1
+    n_rows = (len(spaces) + n_cols - 1) // n_cols
+    titles = []
+    for s in spaces:
+        score = scores[(scores["space"] == s) & (scores["subset"] == emb.ALL)]["silhouette"].iloc[0]
+        titles.append(f"{emb.SPACE_LABELS[s]} · silhouette {score:.2f}" if score == score else emb.SPACE_LABELS[s])
+    fig = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=titles, horizontal_spacing=0.05,
+                        vertical_spacing=0.08)
+    groups = list(dict.fromkeys(table["group"]))
+    colours = {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(groups)}
+    hover = [_hover_text(t) for t in table["text"]]
+    for k, space in enumerate(spaces):
+        row, col = k // n_cols + 1, k % n_cols + 1
+        xy = projections[space].coords
+        for group in groups:
+            rows = np.flatnonzero(table["group"].to_numpy() == group)
+            fig.add_scatter(
+                x=xy[rows, 0], y=xy[rows, 1], mode="markers", name=str(group), legendgroup=str(group),
+                showlegend=k == 0,
+                marker=dict(color=colours[group], size=9, opacity=0.85, line=dict(width=0.5, color="white"),
+                            symbol=[KIND_SYMBOLS.get(table["kind"].iloc[i], "circle") for i in rows]),
+                customdata=np.stack([rows, [hover[i] for i in rows], table["kind"].iloc[rows],
+                                     table["accuracy"].iloc[rows].round(3)], axis=1),
+                hovertemplate="%{customdata[1]}<br><b>" + str(group).replace("%", "%%")
+                + "</b> · %{customdata[2]} · accuracy %{customdata[3]}<extra></extra>",
+                row=row, col=col)
+        fig.add_scatter(x=[xy[focus, 0]], y=[xy[focus, 1]], mode="markers", hoverinfo="skip", showlegend=k == 0,
+                        name="selected", legendgroup="selected",
+                        marker=dict(size=20, symbol="circle-open", color="black", line=dict(width=2)),
+                        row=row, col=col)
+        fig.update_xaxes(showticklabels=False, row=row, col=col)
+        fig.update_yaxes(showticklabels=False, row=row, col=col)
+    for kind in dict.fromkeys(table["kind"]):  # marker legend: one grey entry per kind
+        fig.add_scatter(x=[None], y=[None], mode="markers", name=f"{kind} (marker)", legendgroup=f"kind-{kind}",
+                        marker=dict(symbol=KIND_SYMBOLS.get(kind, "circle"), color="#666", size=9), row=1, col=1)
+    fig.update_layout(height=430 * n_rows, margin=dict(l=10, r=10, t=40, b=10), dragmode="pan",
+                      legend=dict(itemsizing="constant", font=dict(size=11)), clickmode="event+select")
+    return fig
+
+
+def pick_point() -> None:
+    """A click on a map makes that text the selected one (the nearest-neighbour table follows)."""
+    points = st.session_state["emb_map"].selection.get("points", [])
+    for point in points:
+        data = point.get("customdata")
+        if data:
+            st.session_state["emb_focus"] = table["text"].iloc[int(float(data[0]))]
+            return
+
+
+notes = sorted({p.note for p in projections.values() if p.note})
+for note in notes:
+    st.info(note)
+maps = maps_figure()
+st.plotly_chart(maps, key="emb_map", on_select=pick_point, selection_mode="points",
+                config={"scrollZoom": True})
+st.caption("Colour: group; marker: kind (star original, circle semantic paraphrase, x lexical variant, diamond "
+           "syntax). Hover for the text and its reconstruction accuracy; click a point to list its neighbours.")
+
+# ---- silhouettes -------------------------------------------------------------------------------------
+st.subheader("How well does each space separate the groups?")
+c_table, c_bars = st.columns([2, 3])
+wide = scores.pivot(index="space", columns="subset", values="silhouette").reindex(
+    index=list(vectors.spaces), columns=list(dict.fromkeys(scores["subset"])))
+c_table.dataframe(wide.round(3), width="stretch")
+c_table.caption(f"Cosine silhouette with the group as label ({metric} metric) on the full vectors, not the 2-D "
+                "map. *original + semantic* isolates meaning: a high score there means paraphrases of a source "
+                "sit together. *original + lexical* tests spelling.")
+bars = go.Figure()
+for space in vectors.spaces:
+    part = scores[scores["space"] == space]
+    bars.add_bar(x=part["subset"], y=part["silhouette"], name=space, marker_color=SPACE_COLOURS[space],
+                 text=part["silhouette"].round(2), textposition="outside")
+bars.update_layout(barmode="group", height=320, margin=dict(l=10, r=10, t=30, b=10), yaxis_title="silhouette",
+                   legend=dict(orientation="h", y=1.12))
+c_bars.plotly_chart(bars, key="emb_scores")
+
+# ---- neighbours ----------------------------------------------------------------------------------------
+st.subheader("Nearest neighbours")
+c_focus, c_k = st.columns([5, 1])
+c_focus.selectbox("Text", table["text"].tolist(), key="emb_focus",
+                  format_func=lambda t: f"[{table['group'].iloc[int(np.flatnonzero(table['text'] == t)[0])]}] {t}")
+k = int(c_k.number_input("Neighbours", 1, 20, 5, key="emb_k"))
+focus = int(np.flatnonzero(table["text"].to_numpy() == st.session_state["emb_focus"])[0])
+neighbours = emb.neighbours_table(vectors, focus, k=k, metric=metric)
+columns = st.columns(len(vectors.spaces))
+score_name = "cosine" if metric == "cosine" else "distance"
+for column, space in zip(columns, vectors.spaces):
+    part = neighbours[neighbours["space"] == space]
+    column.markdown(f"**{space}** · {int(part['same_group'].sum())} of {len(part)} in the same group")
+    column.dataframe(part[["text", "group", "kind", "score"]].rename(columns={"score": score_name}).round(3),
+                     hide_index=True, width="stretch")
+
+# ---- downloads -----------------------------------------------------------------------------------------
+stem = (set_name or "uploaded").replace(" ", "_")
+c1, c2, c3, c4 = st.columns(4)
+with c1:
+    download_csv(coords, f"{stem}_2d_{method}.csv", "2-D coordinates (CSV)", key="emb_dl_coords")
+with c2:
+    download_csv(scores, f"{stem}_silhouette.csv", "Silhouette scores (CSV)", key="emb_dl_scores")
+with c3:
+    download_figure(maps, f"{stem}_maps_{method}.html", "Maps (HTML)", key="emb_dl_maps")
+with c4:
+    download_figure(bars, f"{stem}_silhouette.html", "Score chart (HTML)", key="emb_dl_bars")

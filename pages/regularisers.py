@@ -1,0 +1,345 @@
+"""Regularisers: can a sentence-embedding teacher shape e without costing reconstruction? (PAPERS.md B item 4)"""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from core import sweeps
+from core.models import TextError
+from core.projection import project_2d, silhouette_by_group
+from core.sweeps import SweepError, SweepJob, SweepResult, SweepSetting
+from core.textsets import BUILTIN_SETS, KINDS, TextSetError, builtin_set, parse_text_set
+from ui import jobs
+from ui.state import fit_config, get_cache, get_model
+from ui.widgets import download_csv, download_figure
+
+JOB = "regularisers"
+DEMO = sweeps.DEFAULT_SET_NAME
+DEFAULT_TEXTS = 24  # a bigger built-in set is cut to about this many texts (each setting fits them all at once)
+KIND_COLOURS = {"none": "#555555", "anchor": "#e4572e", "relational": "#1f77b4"}
+# Labels of different kinds on opposite sides of their points, so nearby settings stay readable.
+KIND_TEXT_POSITIONS = {"none": "middle left", "anchor": "bottom center", "relational": "top center"}
+GROUP_COLOURS = qualitative.Dark24
+METHODS = {"PCA": "pca", "t-SNE": "tsne"}
+VECTOR_LABELS = {"e": "e (as in the paper)", "m": "m"}
+
+st.title("Regularisers")
+st.markdown(
+    "Can a teacher impose meaning on $e$ without costing reconstruction? Every text's $e$ and $m$ are fitted "
+    "as usual (cross-entropy of the one-pass reconstruction) **plus λ times** one of two losses that relate $e$ "
+    "to a sentence-embedding model's view of the same texts (the *teacher*, all-MiniLM-L6-v2 by default; "
+    "$t_b$ is text $b$'s teacher embedding):\n"
+    "- **anchor**: $L_{anchor} = \\frac{1}{B}\\sum_b \\big(1 - \\cos(e_b,\\, t_b P)\\big)$ pulls each $e_b$ "
+    "towards its own teacher embedding, carried into the model's width by a fixed random projection $P$ "
+    "(entries $\\mathcal{N}(0, 1/d_t)$, seeded);\n"
+    "- **relational**: $L_{rel} = \\mathrm{MSE}\\big(\\hat E \\hat E^\\top,\\, \\hat T \\hat T^\\top\\big)$ matches only "
+    "the batch's pairwise cosine similarities ($\\hat E$, $\\hat T$: L2-normalised rows), leaving $e$ free "
+    "otherwise.\n\n"
+    "The seed paper (λ = 0.1 each) found that the anchor loss trades off sharply against reconstruction "
+    "accuracy, while relational distillation moves the teacher's semantic relations into $e$ without hurting "
+    "reconstruction. **Alignment**: Spearman correlation between the pairwise cosine similarities of the fitted "
+    "vectors and of the teacher embeddings (1: the same ranking of which texts are alike). **Silhouette**: how "
+    "well the vectors separate the groups (e.g. the paraphrases of one source), by cosine."
+)
+
+lm = get_model()
+sidebar_config = fit_config()
+cache = get_cache()
+if lm is None or sidebar_config is None:
+    st.stop()
+manifest = sweeps.load_manifest(cache)
+
+
+@st.cache_data(show_spinner=False)
+def _builtin(name: str) -> pd.DataFrame:
+    return sweeps.default_sweep_set() if name == DEMO else builtin_set(name)
+
+
+def _set_label(name: str) -> str:
+    if name == DEMO:
+        demo = _builtin(DEMO)
+        shipped = " · pre-fitted" if manifest is not None and manifest.model == lm.identity else ""
+        n_paraphrases = len(demo) // demo["group"].nunique() - 1
+        return (f"{DEMO}: {demo['group'].nunique()} short source texts, each with {n_paraphrases} "
+                f"paraphrase{'s' * (n_paraphrases != 1)} ({len(demo)} texts{shipped})")
+    return f"{name}: {BUILTIN_SETS[name]}"
+
+
+# ---- the set -----------------------------------------------------------------------------------------
+c_source, c_set = st.columns([1, 3])
+source = c_source.radio("Text set", ["Built-in", "Upload"], horizontal=True, key="reg_source")
+set_name: str | None = None
+if source == "Built-in":
+    set_name = c_set.selectbox("Built-in set", [DEMO, *BUILTIN_SETS], key="reg_set", format_func=_set_label)
+    frame = _builtin(set_name)
+else:
+    upload = c_set.file_uploader(
+        "CSV or JSONL with columns text, group, kind", type=["csv", "jsonl", "json", "txt"], key="reg_upload",
+        help=f"text is required; group (the silhouette label and colour) and kind ({', '.join(KINDS)}) are "
+             "optional. CSV needs a header row; JSONL has one object per line.")
+    if upload is None:
+        st.info("Upload a file, or pick a built-in set.")
+        st.stop()
+    try:
+        frame = parse_text_set(upload.getvalue(), upload.name)
+    except TextSetError as exc:
+        st.error(f"Cannot read this file: {exc}")
+        st.stop()
+
+if len(frame) > DEFAULT_TEXTS:
+    n_groups = frame["group"].nunique()
+    per_group = int(st.number_input(
+        f"Texts per group (the set has {len(frame)} texts in {n_groups} groups)", 1,
+        max(1, int(frame.groupby("group").size().max())), max(1, DEFAULT_TEXTS // n_groups), key="reg_per_group",
+        help=f"A regularised fit puts every text in one batch: at most {sweeps.MAX_SWEEP_TEXTS} texts, and each "
+             "step costs about as much as fitting every text alone. The first texts of each group are used."))
+    frame = frame.groupby("group", sort=False).head(per_group).reset_index(drop=True)
+
+# ---- the settings ------------------------------------------------------------------------------------
+c_kinds, c_lambdas, c_target = st.columns([2, 2, 2])
+kinds = c_kinds.multiselect("Regularisers", sweeps.SWEEP_KINDS, default=list(sweeps.SWEEP_KINDS), key="reg_kinds",
+                            help="Every sweep also fits the set without a regulariser, the baseline.")
+lambda_text = c_lambdas.text_input("λ values", ", ".join(f"{x:g}" for x in sweeps.DEFAULT_LAMBDAS), key="reg_lambdas",
+                                   help="Weights of the loss, comma-separated numbers > 0; the authors used 0.1.")
+target = c_target.radio("Applied to", ["e", "m"], format_func=VECTOR_LABELS.get, horizontal=True, key="reg_target")
+try:
+    lambdas = sweeps.parse_lambdas(lambda_text)
+except SweepError as exc:
+    st.error(f"Invalid λ values: {exc}")
+    st.stop()
+settings = sweeps.default_settings(kinds, lambdas, target)  # type: ignore[arg-type]
+
+texts, groups = frame["text"].tolist(), frame["group"].astype(str).tolist()
+# The shipped sweep was fitted with one fixed configuration; offering it by name finds it whatever the sidebar says.
+configs = []  # (label, FitConfig, shipped)
+if manifest is not None and manifest.model == lm.identity and texts == manifest.texts:
+    shipped_config = manifest.base_config()
+    configs.append((f"pre-fitted settings (preset {shipped_config.preset}, up to {shipped_config.max_steps} steps)",
+                    shipped_config, True))
+if not configs or configs[0][1].key_dict() != sweeps.sweep_config(sidebar_config).key_dict():
+    configs.append((f"sidebar settings (preset {sidebar_config.preset}, up to {sidebar_config.max_steps} steps)",
+                    sidebar_config, False))
+if len(configs) > 1:
+    picked = st.radio("Fit with", range(len(configs)), format_func=lambda i: configs[i][0], horizontal=True,
+                      key="reg_config")
+else:
+    picked = 0
+config, using_shipped = configs[picked][1], configs[picked][2]
+
+for row, text in enumerate(texts, start=1):
+    try:
+        lm.validate_text(text, config.layout)
+    except TextError as exc:
+        st.error(f"Text {row} cannot be fitted with {lm.name}: {exc}")
+        st.stop()
+try:
+    result = sweeps.load_sweep(lm, texts, groups, settings, config, cache)
+except SweepError as exc:
+    st.error(str(exc))
+    st.stop()
+
+# ---- fitting -----------------------------------------------------------------------------------------
+missing = result.missing
+job = jobs.get_job(JOB)
+running = job is not None and not job.snapshot().finished
+st.caption(f"**{len(texts)} texts** in {len(set(groups))} groups × **{len(settings)} settings** "
+           f"({', '.join(s.label for s in settings)}) · {len(result.results)} fitted, {len(missing)} to fit · "
+           f"{configs[picked][0]}. Each setting fits all texts together in one batch and stops when every text "
+           f"reaches accuracy {config.threshold:g} or after {config.max_steps} steps.")
+if missing and st.button(f"Fit {len(missing)} setting{'s' * (len(missing) > 1)}", type="primary", disabled=running,
+                         key="reg_fit", help="Runs in the background; Stop keeps every setting finished so far."):
+    if job is not None:
+        job.cancel()
+    # ui.jobs keeps jobs under "job::<name>"; a sweep is several fits, so it has its own job class.
+    st.session_state[f"job::{JOB}"] = SweepJob(lm, texts, groups, missing, config, cache).start()
+    st.session_state.pop(f"job::{JOB}::handled", None)
+
+
+def render_progress(sweep_job: SweepJob, snap: sweeps.SweepSnapshot) -> None:
+    label = snap.labels[snap.index] if snap.index < len(snap.labels) else ""
+    if snap.finished:
+        text = f"{sum(s == 'done' for s in snap.status)} of {len(snap.labels)} settings done · {snap.elapsed:.0f} s"
+    else:
+        text = (f"Setting {snap.index + 1} of {len(snap.labels)} ({label}): step {snap.step} / {snap.max_steps}, "
+                f"mean best accuracy {snap.mean_accuracy:.2f} · {snap.elapsed:.0f} s")
+    st.progress(snap.fraction, text=text)
+    if not snap.finished and st.button("Stop", key=f"reg_stop::{id(sweep_job)}",
+                                       help="Keeps every setting finished so far"):
+        sweep_job.cancel()
+    marks = {"done": "✓", "running": "…", "waiting": "·"}
+    st.caption("  ".join(f"{marks.get(s, '·')} {name}" for name, s in zip(snap.labels, snap.status)))
+
+
+if job is not None:
+    jobs.poll(JOB, render_progress)
+    last = job.snapshot()
+    if last.state == "failed":
+        st.error(f"The sweep failed: {last.error}")
+
+if not result.results:
+    st.info("None of these settings is fitted yet. Press **Fit** to run the sweep in the background (on a CPU, "
+            "minutes per setting for a couple of dozen short texts).")
+    st.stop()
+if missing:
+    st.caption(f"Not fitted yet: {', '.join(s.label for s in missing)}.")
+if using_shipped and manifest is not None:
+    walls = [w for w in manifest.wall_time_s.values() if w]
+    st.caption(f"Pre-fitted results shipped with the project: {manifest.model_name}, {len(manifest.texts)} texts; "
+               f"the sweep took {sum(walls) / 60:.0f} min on a {manifest.cpus or '?'}-core CPU "
+               f"({manifest.torch_threads} torch thread{'s' * (manifest.torch_threads > 1)}).")
+
+summary = sweeps.summarize(result)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _teacher_silhouette(texts_: tuple[str, ...], groups_: tuple[str, ...]) -> float | None:
+    from core.embeddings import teacher_embeddings
+
+    try:
+        return silhouette_by_group(teacher_embeddings(list(texts_), cache), list(groups_))
+    except Exception:  # a reference line only; the sweep's own numbers do not depend on it
+        return None
+
+
+# ---- trade-off ---------------------------------------------------------------------------------------
+st.subheader("Trade-off")
+shown = st.radio("Vectors", ["e", "m"], index=["e", "m"].index(target), format_func=VECTOR_LABELS.get,
+                 horizontal=True, key="reg_shown", help="Alignment and silhouette of e or of m.")
+
+
+def _kind(setting: SweepSetting) -> str:
+    return setting.kind if setting.active else "none"
+
+
+def tradeoff_figure(result_: SweepResult, vector: str) -> go.Figure:
+    """Accuracy (y) against alignment (x), one labelled point per setting, a line per kind in λ order."""
+    fig = go.Figure()
+    baseline = next((r for r in result_.results if not r.setting.active), None)
+    for kind in ("none", *sweeps.SWEEP_KINDS):
+        rows = sorted((r for r in result_.results if _kind(r.setting) == kind), key=lambda r: r.setting.weight)
+        if not rows:
+            continue
+        path = ([baseline] if kind != "none" and baseline is not None else []) + rows
+        x = [getattr(r, f"alignment_{vector}") for r in path]
+        y = [r.accuracy for r in path]
+        silhouettes = [getattr(r, f"silhouette_{vector}") for r in path]
+        fig.add_scatter(
+            x=x, y=y, mode="lines+markers+text", name=kind, line=dict(color=KIND_COLOURS[kind], width=1.5),
+            text=[r.setting.label if r in rows else "" for r in path], textposition=KIND_TEXT_POSITIONS[kind],
+            marker=dict(size=[8 if r not in rows else 13 for r in path], color=KIND_COLOURS[kind]),
+            customdata=[[r.setting.label, r.converged, r.n_texts, "n/a" if s is None else f"{s:.3f}"]
+                        for r, s in zip(path, silhouettes)],
+            hovertemplate="<b>%{customdata[0]}</b><br>alignment %{x:.3f}<br>accuracy %{y:.3f}<br>"
+                          "%{customdata[1]} of %{customdata[2]} converged<br>silhouette %{customdata[3]}"
+                          "<extra></extra>")
+    fig.update_layout(height=420, margin=dict(l=10, r=10, t=50, b=10),
+                      title=f"Reconstruction vs semantic alignment of {vector}",
+                      xaxis_title=f"alignment of {vector} with the teacher (Spearman)",
+                      yaxis_title="mean token accuracy", yaxis=dict(range=[-0.02, 1.08]),
+                      legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def silhouette_figure(result_: SweepResult, teacher_silhouette: float | None) -> go.Figure:
+    labels = [r.setting.label for r in result_.results]
+    fig = go.Figure()
+    for vector, colour in (("e", "#2ca02c"), ("m", "#9467bd")):
+        values = [getattr(r, f"silhouette_{vector}") for r in result_.results]
+        fig.add_bar(x=labels, y=[np.nan if v is None else v for v in values], name=f"silhouette of {vector}",
+                    marker_color=colour, hovertemplate="%{x}<br>%{y:.3f}<extra>" + vector + "</extra>")
+    if teacher_silhouette is not None:
+        fig.add_hline(y=teacher_silhouette, line=dict(color="#7f7f7f", dash="dash"),
+                      annotation_text=f"teacher {teacher_silhouette:.2f}", annotation_position="top left")
+    fig.update_layout(height=420, margin=dict(l=10, r=10, t=50, b=10), barmode="group",
+                      title="Silhouette by group (cosine)", yaxis_title="silhouette",
+                      legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+tradeoff_fig = tradeoff_figure(result, shown)
+silhouette_fig = silhouette_figure(result, _teacher_silhouette(tuple(texts), tuple(groups)))
+left, right = st.columns([3, 2])
+left.plotly_chart(tradeoff_fig, key="reg_tradeoff")
+right.plotly_chart(silhouette_fig, key="reg_silhouette")
+
+st.dataframe(summary, hide_index=True, key="reg_summary", width="stretch", column_config={
+    **{c: st.column_config.NumberColumn(c, format="%.3f") for c in
+       ("accuracy", "alignment_e", "alignment_m", "silhouette_e", "silhouette_m")},
+    "wall_time_s": st.column_config.NumberColumn("wall time (s)", format="%.0f"),
+    "lambda": st.column_config.NumberColumn("λ", format="%g"),
+})
+
+# ---- maps --------------------------------------------------------------------------------------------
+st.subheader("e without and with a regulariser")
+baseline = next((r for r in result.results if not r.setting.active), None)
+regularised = [r for r in result.results if r.setting.active]
+map_fig = None
+if baseline is None or not regularised:
+    st.info("The maps need the run without a regulariser and at least one regularised setting.")
+else:
+    c_with, c_method, c_vec = st.columns([2, 1, 1])
+    labels = [r.setting.label for r in regularised]
+    default = next((i for i, r in enumerate(regularised) if r.setting.kind == "relational"), 0)
+    chosen_label = c_with.selectbox("Regularised setting", labels, index=default, key="reg_map_setting")
+    method = METHODS[c_method.radio("2-D map", list(METHODS), horizontal=True, key="reg_map_method")]
+    vector = c_vec.radio("Vectors", ["e", "m"], index=["e", "m"].index(target), horizontal=True, key="reg_map_vec")
+    chosen = regularised[labels.index(chosen_label)]
+
+    @st.cache_data(show_spinner=False, max_entries=16)
+    def _project(keys: tuple[str, ...], vector_: str, method_: str, _matrix: np.ndarray):
+        return project_2d(_matrix, method=method_, metric="cosine")
+
+    def map_figure() -> go.Figure:
+        pair = [("none", baseline), (chosen.setting.label, chosen)]
+        titles = []
+        for name, r in pair:
+            s = getattr(r, f"silhouette_{vector}")
+            titles.append(f"{vector}, {name} · silhouette {'n/a' if s is None else f'{s:.2f}'}")
+        fig = make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=0.05)
+        group_order = list(dict.fromkeys(groups))
+        colours = {g: GROUP_COLOURS[i % len(GROUP_COLOURS)] for i, g in enumerate(group_order)}
+        hover = ["<br>".join(textwrap.wrap(t, 60)) for t in texts]
+        notes = []
+        for col, (name, r) in enumerate(pair, start=1):
+            projection = _project(tuple(r.keys), vector, method, getattr(r, vector))
+            if projection.note:
+                notes.append(projection.note)
+            xy = projection.coords
+            for group in group_order:
+                rows = [i for i, g in enumerate(groups) if g == group]
+                fig.add_scatter(
+                    x=xy[rows, 0], y=xy[rows, 1], mode="markers", name=group, legendgroup=group,
+                    showlegend=col == 1, marker=dict(color=colours[group], size=10, line=dict(width=0.5, color="white")),
+                    customdata=[[hover[i]] for i in rows],
+                    hovertemplate="%{customdata[0]}<br><b>" + group.replace("%", "%%") + "</b><extra></extra>",
+                    row=1, col=col)
+            fig.update_xaxes(showticklabels=False, row=1, col=col)
+            fig.update_yaxes(showticklabels=False, row=1, col=col)
+        fig.update_layout(height=460, margin=dict(l=10, r=10, t=50, b=10), legend=dict(title="group"))
+        for note in dict.fromkeys(notes):
+            st.caption(note)
+        return fig
+
+    map_fig = map_figure()
+    st.plotly_chart(map_fig, key="reg_map")
+    st.caption("Colour: group. Each panel is projected on its own (cosine), so compare the clustering, not the "
+               "positions.")
+
+# ---- downloads ---------------------------------------------------------------------------------------
+c1, c2, c3, c4 = st.columns(4)
+with c1:
+    download_csv(summary, "regulariser_sweep.csv", "Summary (CSV)", key="reg_dl_summary")
+with c2:
+    download_figure(tradeoff_fig, "regulariser_tradeoff.html", "Trade-off plot (HTML)", key="reg_dl_tradeoff")
+with c3:
+    download_figure(silhouette_fig, "regulariser_silhouette.html", "Silhouette plot (HTML)", key="reg_dl_silhouette")
+if map_fig is not None:
+    with c4:
+        download_figure(map_fig, "regulariser_maps.html", "Maps (HTML)", key="reg_dl_maps")

@@ -1,0 +1,238 @@
+"""core.embeddings and core.prefit: a set's matrices, silhouettes per space, teacher cache, the shipped pre-fit."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+from sklearn.metrics import silhouette_score
+
+from core import embeddings as emb
+from core.cache import CacheEntry, ProtoCache
+from core.fit import lookup, preset
+from core.prefit import (
+    MANIFEST,
+    compact_entry,
+    config_from_dict,
+    load_manifest,
+    prefit_builtin,
+    thin_history,
+)
+from core.textsets import BUILTIN_SETS, PREFIT_SETS, TextSetError, builtin_set, parse_text_set
+
+HIDDEN = 8
+
+
+def _entry(key: str, text: str, e: np.ndarray, m: np.ndarray, accuracy: float = 1.0, steps: int = 50) -> CacheEntry:
+    history = {"step": list(range(steps)), "loss": [1.0 / (s + 1) for s in range(steps)],
+               "accuracy": [min(1.0, s / steps) for s in range(steps)]}
+    return CacheEntry(key=key, model="fake", text=text, token_ids=[1, 2, 3], config={"layout": "e+m*N"},
+                      metrics={"accuracy": accuracy, "converged": accuracy >= 0.99, "steps": steps},
+                      history=history, e=torch.tensor(e, dtype=torch.float32),
+                      m=torch.tensor(m, dtype=torch.float32), snapshots=[{"step": 0, "tokens": [1]}] * 5)
+
+
+def _clustered_set(seed: int = 0):
+    """Two groups of 4; m separates the groups, e is noise. Returns (frame, entries)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(2, HIDDEN)) * 5
+    rows, entries = [], []
+    for g in range(2):
+        for j, kind in enumerate(["original", "semantic", "semantic", "lexical"]):
+            text = f"group {g} text {j}"
+            rows.append((text, f"g{g}", kind))
+            entries.append(_entry(f"k{g}{j}", text, rng.normal(size=HIDDEN), centres[g] + rng.normal(size=HIDDEN) * 0.1,
+                                  accuracy=0.5 if (g, j) == (1, 3) else 1.0))
+    return pd.DataFrame(rows, columns=["text", "group", "kind"]), entries
+
+
+# ---- assembling a set ------------------------------------------------------------------------------
+
+def test_assemble_set_keeps_fitted_rows_above_the_threshold():
+    frame, entries = _clustered_set()
+    entries[2] = None
+    teacher = np.arange(8 * 3, dtype=float).reshape(8, 3)
+    vectors = emb.assemble_set(frame, entries, min_accuracy=0.9, teacher=teacher)
+    assert (vectors.n_total, vectors.n_unfitted, vectors.n_below, vectors.n) == (8, 1, 1, 6)
+    assert vectors.e.shape == vectors.m.shape == (6, HIDDEN)
+    assert vectors.matrix(emb.CONCAT).shape == (6, 2 * HIDDEN)
+    # The teacher rows follow the kept rows of the set, not the first six.
+    assert vectors.table["row"].tolist() == [0, 1, 3, 4, 5, 6]
+    np.testing.assert_array_equal(vectors.teacher, teacher[[0, 1, 3, 4, 5, 6]])
+    np.testing.assert_allclose(vectors.m[2], entries[3].m.numpy(), rtol=1e-6)
+    assert vectors.spaces == emb.SPACES
+    # Both halves of e‖m are unit vectors, so neither dominates the cosine by its norm.
+    np.testing.assert_allclose(np.linalg.norm(vectors.matrix(emb.CONCAT), axis=1), np.sqrt(2))
+
+
+def test_assemble_set_edge_cases():
+    frame, entries = _clustered_set()
+    empty = emb.assemble_set(frame, [None] * len(frame))
+    assert empty.n == 0 and empty.n_unfitted == len(frame) and empty.teacher is None
+    assert "teacher" not in empty.spaces
+    shared = emb.assemble_set(frame, entries, shared_m=True)
+    assert shared.spaces == ("e",)
+    with pytest.raises(ValueError, match="entries for a set"):
+        emb.assemble_set(frame, entries[:3])
+
+
+# ---- silhouettes per space -------------------------------------------------------------------------
+
+def test_silhouette_table_matches_sklearn_per_space_and_subset():
+    frame, entries = _clustered_set()
+    teacher = np.random.default_rng(1).normal(size=(8, 5))
+    vectors = emb.assemble_set(frame, entries, teacher=teacher)
+    scores = emb.silhouette_table(vectors)
+    assert list(scores["space"].unique()) == list(emb.SPACES)
+    assert set(scores["subset"]) == {emb.ALL, "original + lexical", "original + semantic"}
+    labels = vectors.table["group"].to_numpy()
+    for space in emb.SPACES:
+        row = scores[(scores["space"] == space) & (scores["subset"] == emb.ALL)].iloc[0]
+        expected = silhouette_score(vectors.matrix(space), labels, metric="cosine")
+        assert row["silhouette"] == pytest.approx(expected)
+        assert (row["points"], row["groups"]) == (8, 2)
+    by_space = scores[scores["subset"] == emb.ALL].set_index("space")["silhouette"]
+    assert by_space["m"] > 0.9 > 0.3 > by_space["e"]  # m was built to separate the groups, e is noise
+    semantic = scores[(scores["space"] == "m") & (scores["subset"] == "original + semantic")].iloc[0]
+    assert semantic["points"] == 6
+
+
+def test_silhouette_table_without_kind_subsets_and_undefined_scores():
+    frame, entries = _clustered_set()
+    frame["kind"] = "syntax"
+    scores = emb.silhouette_table(emb.assemble_set(frame, entries))
+    assert set(scores["subset"]) == {emb.ALL}
+    one_group = frame.assign(group="same")
+    scores = emb.silhouette_table(emb.assemble_set(one_group, entries))
+    assert scores["silhouette"].isna().all()
+
+
+def test_projections_neighbours_and_coordinates():
+    frame, entries = _clustered_set()
+    vectors = emb.assemble_set(frame, entries)
+    projections = emb.project_spaces(vectors, vectors.spaces, method="tsne")
+    assert set(projections) == {"e", "m", emb.CONCAT}
+    assert all(p.coords.shape == (8, 2) for p in projections.values())
+    assert "perplexity clamped" in projections["m"].note
+    coords = emb.coordinates_frame(vectors, projections)
+    assert len(coords) == 3 * 8 and {"space", "method", "text", "group", "kind", "accuracy", "x", "y"} <= set(coords)
+    table = emb.neighbours_table(vectors, 0, k=3)
+    m_rows = table[table["space"] == "m"]
+    assert m_rows["rank"].tolist() == [1, 2, 3] and m_rows["same_group"].all()
+    assert frame["text"].iloc[0] not in set(table["text"])
+
+
+# ---- teacher embeddings ------------------------------------------------------------------------------
+
+def test_teacher_embeddings_are_cached_as_an_analysis(tmp_cache, monkeypatch):
+    texts = ["A cat sleeps on the mat.", "Stock markets fell sharply today."]
+    first = emb.teacher_embeddings(texts, tmp_cache)
+    assert first.shape == (2, 384)
+    stored = tmp_cache.get_analysis(emb.TEACHER_ANALYSIS, emb.teacher_key(texts), with_tensors=True)
+    assert stored is not None and stored[1]["embeddings"].shape == (2, 384)
+
+    import core.teacher
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher must not be loaded for cached texts")
+
+    monkeypatch.setattr(core.teacher, "load_teacher", no_teacher)
+    np.testing.assert_allclose(emb.teacher_embeddings(texts, tmp_cache), first)
+    # The read-only shipped cache serves them too.
+    reader = ProtoCache(tmp_cache.root.parent / "other", shipped=tmp_cache.root)
+    np.testing.assert_allclose(emb.teacher_embeddings(texts, reader), first)
+
+
+# ---- built-in sets and uploads -------------------------------------------------------------------------
+
+def test_prefitted_builtin_sets_have_the_promised_sizes():
+    assert set(PREFIT_SETS) <= set(BUILTIN_SETS)
+    variants = builtin_set("variants")
+    counts = variants.groupby("group")["kind"].value_counts().unstack()
+    assert len(counts) == 12 and len(variants) == 132
+    assert (counts["original"] == 1).all() and (counts["semantic"] == 4).all() and (counts["lexical"] == 6).all()
+    assert len(builtin_set("syntax")) == 70
+    assert set(builtin_set("variants-small")["text"]) <= set(variants["text"])  # shipped for free
+    assert len(builtin_set("variants-full")) > len(variants)
+
+
+@pytest.mark.parametrize(("data", "name", "expected"), [
+    (b"text,group,kind\nfine,a,original\nalso fine,a,typo\n", "mine.csv", 'unknown kind "typo" in row 3 (column "kind")'),
+    (b'{"text": "fine"}\n{"text": 3}\n', "mine.jsonl", 'row 2, column "text" must be a string'),
+    (b"text,group\nfine,a\n ,b\n", "mine.csv", 'empty text in row 3 (column "text")'),
+])
+def test_bad_uploads_name_row_and_column(data, name, expected):
+    with pytest.raises(TextSetError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        parse_text_set(data, name)
+
+
+def test_validate_set_names_the_text_the_model_cannot_fit(tiny_lm):
+    with pytest.raises(TextSetError, match=r"text 2 \('xxxx"):
+        emb.validate_set(tiny_lm, ["short", "x" * 500], "e+m*N")
+    assert len(emb.validate_set(tiny_lm, ["ab", "abc"], "e+m*N")[1]) == 3
+
+
+def test_config_choices_offer_the_shipped_config_first(tiny_lm):
+    from core.prefit import PrefitSet
+
+    shipped = preset("fast", max_steps=600)
+    manifest = {"variants": PrefitSet(name="variants", model=tiny_lm.identity, model_name="t",
+                                      config=shipped.as_dict(), texts=[], keys=[])}
+    choices = emb.config_choices(tiny_lm, "variants", preset("paper"), False, manifest)
+    assert [c.shipped for c in choices] == [True, False]
+    assert choices[0].config == shipped
+    assert len(emb.config_choices(tiny_lm, "variants", shipped, False, manifest)) == 1
+    shared = emb.config_choices(tiny_lm, "variants", preset("fast"), True, manifest)
+    assert shared[0].config.shared_m and shared[0].config.restarts == 1 and not shared[0].keys
+    assert shared[1].config.shared_m and shared[1].config.restarts == 1
+    other_model = {"variants": PrefitSet(name="variants", model="other", model_name="o", config=shipped.as_dict(),
+                                         texts=[], keys=[])}
+    assert [c.shipped for c in emb.config_choices(tiny_lm, "variants", preset("paper"), False, other_model)] == [False]
+
+
+# ---- the shipped pre-fit -------------------------------------------------------------------------------
+
+def test_thin_history_and_compact_entry():
+    history = {"step": list(range(500)), "loss": [float(i) for i in range(500)], "accuracy": [0.0] * 500}
+    thin = thin_history(history, 40)
+    assert len(thin["step"]) == 40 and thin["step"][0] == 0 and thin["step"][-1] == 499
+    assert thin["loss"] == [float(s) for s in thin["step"]]
+    assert thin_history({"step": [1, 2]}, 40) == {"step": [1, 2]}
+    entry = _entry("k", "t", np.zeros(HIDDEN), np.ones(HIDDEN), steps=300)
+    small = compact_entry(entry)
+    assert small.snapshots == [] and len(small.history["step"]) == 40 and entry.snapshots
+
+
+def test_config_round_trips_through_its_dict():
+    for config in (preset("fast", max_steps=600), preset("paper", shared_m=True)):
+        assert config_from_dict(json.loads(json.dumps(config.as_dict()))) == config
+
+
+def test_prefit_on_the_tiny_model_writes_a_manifest_and_compact_entries(tiny_lm, tmp_path):
+    root = tmp_path / "prefit"
+    frame = pd.DataFrame({"text": ["Hi you", "Hi there", "Go on", "Go home"], "group": ["a", "a", "b", "b"],
+                          "kind": ["original", "semantic", "original", "lexical"]})
+    config = preset("fast", max_steps=8)
+    manifest = prefit_builtin(quiet=True, root=root, sets={"mini": frame}, lm=tiny_lm, config=config, chunk=3,
+                              sweep=False)
+    record = manifest["mini"]
+    assert record.n_fitted == 4 and record.texts == frame["text"].tolist() and record.wall_time_s > 0
+    assert load_manifest(root)["mini"] == record
+    on_disk = json.loads((root / MANIFEST).read_text())["sets"]["mini"]
+    assert on_disk["config"] == config.as_dict() and on_disk["model"] == tiny_lm.identity
+    # The page finds the entries through a cache whose shipped part is this folder.
+    reader = ProtoCache(tmp_path / "user-cache", shipped=root)
+    found = lookup(tiny_lm, frame["text"].tolist(), config_from_dict(record.config), reader)
+    assert [e.key for e in found] == record.keys
+    for key in record.keys:
+        meta = json.loads((root / "prototokens" / f"{key}.json").read_text())
+        assert meta["snapshots"] == [] and len(meta["history"]["step"]) <= 40
+        assert set(load_file(str(root / "prototokens" / f"{key}.safetensors"))) == {"e", "m"}
+    assert reader.get_analysis(emb.TEACHER_ANALYSIS, record.teacher_key) is not None
+    # A second run fits nothing and keeps the recorded fitting time.
+    again = prefit_builtin(quiet=True, root=root, sets={"mini": frame}, lm=tiny_lm, config=config, sweep=False)
+    assert again["mini"].wall_time_s == record.wall_time_s and again["mini"].keys == record.keys

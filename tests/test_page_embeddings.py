@@ -1,0 +1,146 @@
+"""AppTests of the Embeddings page on the tiny random model: shipped sets, uploads, fitting from the page."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.fit import preset
+from tests.conftest import REPO
+
+PAGE = "pages/embeddings.py"
+# Generous: the first run imports torch and transformers and loads a model, which on the shared 2-core
+# machine has taken longer than the suite's usual 120 s.
+TIMEOUT = 600
+
+
+def open_page(page: str = PAGE):
+    """An AppTest of app.py switched to the Embeddings page, run once."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    at.switch_page(page)
+    at.run()
+    return at
+
+# Six short texts in three groups: the tiny model (byte tokens, 128-token context) fits them in seconds.
+UPLOAD = ("text,group,kind\n"
+          "Hi cat,cats,original\nHey cat,cats,semantic\nHi cta,cats,lexical\n"
+          "Go home,home,original\nGo hom,home,lexical\nRun now,run,original\n").encode()
+
+
+def _charts(at) -> list[dict]:
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def _errors(at) -> str:
+    return " ".join(e.value for e in at.error)
+
+
+@pytest.fixture
+def shipped_syntax(tiny_lm, tmp_path, monkeypatch, app_cache):
+    """The "syntax" set pre-fitted on the tiny model into a shipped folder the app reads."""
+    import core.prefit
+    import ui.state
+    from core.prefit import prefit_builtin
+
+    root = tmp_path / "shipped"
+    monkeypatch.setattr(core.prefit, "SHIPPED_ROOT", root)
+    monkeypatch.setattr(ui.state, "SHIPPED_ROOT", root)
+    return prefit_builtin(quiet=True, root=root, sets=("syntax",), lm=tiny_lm,
+                          config=preset("fast", max_steps=3, restarts=1), sweep=False)["syntax"]
+
+
+def test_a_shipped_set_shows_at_once_with_maps_scores_and_neighbours(shipped_syntax):
+    at = open_page()
+    at.selectbox(key="emb_set").set_value("syntax")
+    at.run()
+    assert not at.exception and not _errors(at)
+    # The sidebar shows the paper preset, yet the shipped entries are found through the manifest.
+    assert "pre-fitted settings" in str(at.radio(key="emb_config").options[0])
+    assert any("70 fitted" in c.value for c in at.caption)
+    at.slider(key="emb_min_acc").set_value(0.0)  # three steps on a random model reach no accuracy to speak of
+    at.run()
+    assert not at.exception
+    charts = _charts(at)
+    assert len(charts) == 2  # the 2-D maps (one figure, a panel per space) and the silhouette bars
+    maps = charts[0]
+    titles = [a["text"] for a in maps["layout"]["annotations"]]
+    assert [t.split(" ·")[0] for t in titles] == ["e (first proto-token)", "m (repeated proto-token)",
+                                                  "e‖m (both, concatenated)", "teacher sentence embedding"]
+    points = [t for t in maps["data"] if t.get("customdata")]
+    assert sum(len(t["customdata"]) for t in points) == 4 * 70  # x and y come base64-packed
+    assert "accuracy" in points[0]["hovertemplate"]
+    scores = at.dataframe[0].value
+    assert list(scores.index) == ["e", "m", "e‖m", "teacher"]
+    assert scores["all"].notna().all()
+    assert any("Showing **70** of 70" in c.value for c in at.caption)
+    # Nearest neighbours: one table per space, for the selected text.
+    assert len(at.dataframe) == 1 + 4
+    at.number_input(key="emb_k").set_value(3)
+    at.run()
+    assert len(at.dataframe[1].value) == 3
+
+
+def test_a_bad_upload_names_the_row_and_column(app_cache):
+    at = open_page()
+    at.radio(key="emb_source").set_value("Upload")
+    at.run()
+    at.file_uploader(key="emb_upload").set_value(("mine.csv", b"text,kind\nfine,original\nbad,poem\n", "text/csv"))
+    at.run()
+    assert not at.exception
+    assert 'unknown kind "poem" in row 3 (column "kind")' in _errors(at)
+    assert not at.get("plotly_chart")
+
+
+def _quick_sidebar(monkeypatch, max_steps: int) -> None:
+    """The sidebar's fit settings with few steps (AppTest does not reach the sidebar's widgets)."""
+    import ui.state
+
+    monkeypatch.setattr(ui.state, "fit_config", lambda: preset("paper", max_steps=max_steps))
+
+
+def test_an_unfitted_set_offers_fit_and_the_fit_fills_the_page(app_cache, monkeypatch):
+    _quick_sidebar(monkeypatch, 20)
+    at = open_page()
+    at.radio(key="emb_source").set_value("Upload")
+    at.run()
+    at.file_uploader(key="emb_upload").set_value(("mine.csv", UPLOAD, "text/csv"))
+    at.run()
+    assert not at.exception
+    assert any("needs fitting" in i.value for i in at.info)
+    fit = at.button(key="emb_fit")
+    assert "6 missing texts" in fit.label
+    fit.click()
+    at.run()
+    job = at.session_state["job::embeddings-set"]
+    assert job.wait(TIMEOUT).state == "done"
+    at.run()  # AppTest does not tick the polling fragment: one more run shows the finished fit
+    at.slider(key="emb_min_acc").set_value(0.0)
+    at.run()
+    assert not at.exception and not _errors(at)
+    assert any("6 fitted" in c.value for c in at.caption)
+    assert len(_charts(at)) == 2
+    assert at.dataframe[0].value.index.tolist() == ["e", "m", "e‖m", "teacher"]
+    # Everything is cached now: no Fit button any more.
+    assert not [b for b in at.button if b.key == "emb_fit"]
+
+
+def test_shared_m_draws_only_e_and_the_teacher(app_cache, tiny_lm, monkeypatch):
+    from core.fit import fit_and_cache
+    from core.textsets import parse_text_set
+
+    texts = parse_text_set(UPLOAD, "mine.csv")["text"].tolist()
+    fit_and_cache(tiny_lm, texts, preset("paper", max_steps=5, shared_m=True), app_cache)
+    _quick_sidebar(monkeypatch, 5)
+    at = open_page()
+    at.radio(key="emb_source").set_value("Upload")
+    at.run()
+    at.file_uploader(key="emb_upload").set_value(("mine.csv", UPLOAD, "text/csv"))
+    at.checkbox(key="emb_shared_m").check()
+    at.slider(key="emb_min_acc").set_value(0.0)
+    at.run()
+    assert not at.exception and not _errors(at)
+    assert at.dataframe[0].value.index.tolist() == ["e", "teacher"]

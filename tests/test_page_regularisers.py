@@ -1,0 +1,64 @@
+"""The Regularisers page through streamlit's AppTest, with the tiny random model and the demo set."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import open_page
+
+PAGE = "pages/regularisers.py"
+JOB = "job::regularisers"
+
+
+def _figure(chart) -> dict:
+    return json.loads(chart.proto.spec)
+
+
+def test_page_renders_with_explanation_and_fit_button(app_cache):
+    at = open_page(PAGE)
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Regularisers"
+    assert any("anchor" in m.value and "relational" in m.value for m in at.markdown)
+    assert any("None of these settings is fitted yet" in i.value for i in at.info)
+    assert at.button(key="reg_fit").label == "Fit 5 settings"
+    assert not at.get("plotly_chart")
+
+
+def test_bad_lambdas_show_an_error(app_cache):
+    at = open_page(PAGE)
+    at.text_input(key="reg_lambdas").set_value("0.1, abc").run()
+    assert not at.exception
+    assert any("Invalid λ values" in e.value and "'abc' is not a number" in e.value for e in at.error)
+    at.text_input(key="reg_lambdas").set_value("-1").run()
+    assert any("> 0" in e.value for e in at.error)
+
+
+def test_small_sweep_ends_with_the_tradeoff_chart(app_cache, monkeypatch):
+    import ui.state
+    from core.fit import preset
+
+    # A few steps are enough to check the page; AppTest does not reach the sidebar's widgets.
+    monkeypatch.setattr(ui.state, "fit_config", lambda: preset("paper", max_steps=8))
+    at = open_page(PAGE)
+    at.multiselect(key="reg_kinds").set_value(["relational"])
+    at.text_input(key="reg_lambdas").set_value("1").run()
+    assert at.button(key="reg_fit").label == "Fit 2 settings"
+    at.button(key="reg_fit").click().run()
+    assert not at.exception, at.exception
+    snap = at.session_state[JOB].wait(180)
+    assert snap.state == "done", snap.error
+    at.run()
+    assert not at.exception, at.exception
+
+    charts = at.get("plotly_chart")
+    assert len(charts) == 3  # trade-off, silhouette, the two maps
+    tradeoff = _figure(charts[0])
+    labels = [label for trace in tradeoff["data"] for label in trace.get("text", [])]
+    assert "none" in labels and "relational λ=1" in labels
+    assert "alignment" in tradeoff["layout"]["xaxis"]["title"]["text"]
+    maps = _figure(charts[2])
+    assert len({trace.get("xaxis", "x") for trace in maps["data"]}) == 2  # side by side
+    summary = at.dataframe[0].value
+    assert summary["setting"].tolist() == ["none", "relational λ=1"]
+    assert not any("None of these settings" in i.value for i in at.info)
+    assert not [b for b in at.button if b.key == "reg_fit"]  # nothing left to fit
