@@ -139,7 +139,9 @@ def test_shared_m_draws_only_e_and_the_teacher(app_cache, tiny_lm, monkeypatch):
     at.radio(key="emb_source").set_value("Upload")
     at.run()
     at.file_uploader(key="emb_upload").set_value(("mine.csv", UPLOAD, "text/csv"))
+    at.run()  # the shared-m checkbox is drawn only once the upload is read
     at.checkbox(key="emb_shared_m").check()
+    at.run()  # the shared-m entries decide what is drawn below
     at.slider(key="emb_min_acc").set_value(0.0)
     at.run()
     assert not at.exception and not _errors(at)
