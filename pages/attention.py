@@ -215,14 +215,15 @@ with col_controls:
     if one is None and st.button("Compute this head's map", key="attention_map_compute",
                                  help="One more eager forward pass; the whole layer is cached afterwards."):
         with st.spinner("One eager forward pass ..."):
-            one = head_map(lm, entry, map_layer, map_head, source, cache, show=visible_token)
+            head_map(lm, entry, map_layer, map_head, source, cache, show=visible_token)
+        st.rerun()  # the layer is cached now: redraw without the button
 with col_map:
     if one is None:
         st.caption("Not computed yet for this layer and input: press the button (one forward pass).")
     else:
         fig_map, top = head_map_figure(one)
         st.plotly_chart(fig_map, key="attention_fig_map")
-        st.caption(f"Colour saturates at {top:.3f}, the largest weight off key 0; hover for exact values. "
+        st.caption(f"Colour saturates at {top:.3g}, the largest weight off key 0; hover for exact values. "
                    "Blank cells are future keys, hidden by the causal mask.")
 
 # Off by default: a standalone figure embeds plotly.js (~5 MB), too much to rebuild on every rerun.
