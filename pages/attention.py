@@ -116,7 +116,7 @@ def head_map_figure(one: HeadMap) -> tuple[go.Figure, float]:
         colorbar=dict(thickness=12), hovertemplate="query %{y}<br>key %{x}<br>weight %{z:.4f}<extra></extra>"))
     fig.update_layout(
         title=dict(text=f"{SOURCE_LABELS[one.source]}: layer {one.layer}, head {one.head}", font=dict(size=15)),
-        height=max(420, min(820, 6 * size + 300)), margin=dict(l=120, r=20, t=50, b=120))
+        height=max(420, min(700, 5 * size + 300)), margin=dict(l=120, r=20, t=50, b=120))
     fig.update_xaxes(title="key", constrain="domain", **position_axis(one.labels))
     # Square cells: a query row reads like its key column.
     fig.update_yaxes(title="query", autorange="reversed", scaleanchor="x", constrain="domain",
