@@ -29,16 +29,18 @@ import pandas as pd
 from core.cache import SHIPPED_ROOT, CacheEntry, ProtoCache, _write_json
 from core.fit import FitConfig, FitProgress, entry_keys, fit_and_cache, preset
 from core.models import LoadedModel
-from core.textsets import PREFIT_SETS, builtin_set
+from core.textsets import BUILTIN_SETS, PREFIT_SETS, builtin_set
 
 MANIFEST = "manifest.json"
 PREFIT_PRESET = "fast"
 # A text still below the threshold after this many steps is left as it is (the page excludes entries
 # under 0.9 anyway), so one stubborn text cannot eat the time budget of the whole pre-fit.
 PREFIT_MAX_STEPS = 600
-# On a CPU a forward pass costs in proportion to its rows, so the fast preset's 4 restarts per text cost
-# 4x per step; filling the batch with other texts instead gets more texts done per hour.
-PREFIT_RESTARTS = 1
+# The fast preset's 4 restarts per text are kept. Measured on the first 24 syntax sentences with one init:
+# 15 converged in 32-408 steps, 9 stayed stuck near accuracy 0 for all 600 steps. Resampling those
+# numbers, 4 inits side by side take ~360 row-steps per text against ~310 for one, but leave ~2% of the
+# texts unconverged instead of 38%: fewer row-steps per converged text (~370 against ~500).
+PREFIT_RESTARTS = 4
 # Measured on the shared 2-core machine under load: 4.5 s per step of 8 rows with 1 torch thread,
 # 16-57 s with 2 (OpenMP threads wait on each other whenever one is descheduled).
 PREFIT_THREADS = int(os.environ.get("PROTOTOKENS_PREFIT_THREADS", "1"))
@@ -146,7 +148,7 @@ def prefit_builtin(
     """Fit the built-in sets into the shipped cache under root and write its manifest.
 
     sets: built-in set names, or name -> frame (tests pass their own small sets). lm: the model (default:
-    the embedded one). config: default preset("fast", max_steps=600, restarts=1). teacher: also store each
+    the embedded one). config: default preset("fast", max_steps=600). teacher: also store each
     set's teacher embeddings there. sweep: then run the Regularisers page's default sweep (core.sweeps) if
     it exists. Returns the manifest's sets.
     """
@@ -221,10 +223,12 @@ def _prefit(lm: LoadedModel, config: FitConfig, root: Path, sets: Sequence[str] 
             say(f"  [{name}] {min(part[-1] + 1, len(texts))}/{len(texts)} texts ({fitted_now} fitted now), "
                 f"set time {_fmt_seconds(wall)}")
         if teacher:
-            from core.embeddings import teacher_embeddings, teacher_key
-
-            teacher_embeddings(texts, cache)
-            manifest = _write_manifest(root, replace(manifest[name], teacher_key=teacher_key(texts)))
+            manifest = _write_manifest(root, _ship_views(cache, manifest[name], frame, entries))
+        if previous is not None and not same:
+            # Fitted with other settings before: nothing refers to those entries any more.
+            stale = set(previous.keys) - set(keys)
+            removed = sum(cache.delete(key) for key in stale)
+            say(f"  [{name}] removed {removed} entries of the previous pre-fit (other settings)")
         record = manifest[name]
         say(f"[{name}] done: {record.n_converged}/{len(texts)} converged, "
             f"mean accuracy {record.mean_accuracy or 0:.3f}, fitting time {_fmt_seconds(record.wall_time_s)} (this run {_fmt_seconds(time.perf_counter() - t_set)})")
@@ -239,6 +243,35 @@ def _prefit(lm: LoadedModel, config: FitConfig, root: Path, sets: Sequence[str] 
             prefit_default_sweep(cache, quiet=quiet)
             say(f"Regulariser sweep done; {_size_mb(root):.1f} MB in {root}")
     return manifest
+
+
+def _ship_views(cache: ProtoCache, record: PrefitSet, frame: pd.DataFrame,
+                entries: Sequence[CacheEntry | None]) -> PrefitSet:
+    """Store the set's teacher embeddings and the page's first view of it (default threshold and map), so
+    the page draws it without loading the teacher or running t-SNE. Returns the record with its teacher key."""
+    from core import embeddings as emb
+
+    texts = frame["text"].tolist()
+    teacher = emb.teacher_embeddings(texts, cache)
+    kept = emb.assemble_set(frame, entries, min_accuracy=emb.DEFAULT_MIN_ACCURACY, teacher=teacher)
+    if kept.n >= 2:
+        emb.project_spaces(kept, kept.spaces, emb.DEFAULT_METHOD, perplexity=emb.DEFAULT_PERPLEXITY, cache=cache)
+    return replace(record, teacher_key=emb.teacher_key(texts))
+
+
+def ship_views(root: str | os.PathLike = SHIPPED_ROOT, quiet: bool = False) -> dict[str, PrefitSet]:
+    """Teacher embeddings and default maps for every set of the manifest under root, from the entries it
+    has, without fitting: for a pre-fit that was stopped before the end of a set."""
+    cache = ProtoCache(root, shipped="")
+    for name, record in load_manifest(root).items():
+        frame = builtin_set(name) if name in BUILTIN_SETS else pd.DataFrame(
+            {"text": record.texts, "group": "default", "kind": "original"})
+        by_text = dict(zip(record.texts, record.keys))
+        entries = [cache.get(by_text[t]) if t in by_text else None for t in frame["text"]]
+        _write_manifest(Path(root), _ship_views(cache, record, frame, entries))
+        if not quiet:
+            print(f"[{name}] views stored for {sum(e is not None for e in entries)} fitted texts", file=sys.stderr)
+    return load_manifest(root)
 
 
 def _set_record(name: str, lm: LoadedModel, config: FitConfig, texts: list[str], keys: list[str],

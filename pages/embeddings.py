@@ -116,7 +116,7 @@ min_accuracy = c_thr.slider("Keep texts reconstructed to at least", 0.0, 1.0, em
                             key="emb_min_acc", help="Token accuracy of the fitted vectors; the paper keeps >= 0.9.")
 method = METHODS[c_method.radio("2-D map", list(METHODS), horizontal=True, key="emb_method")]
 metric = c_metric.selectbox("Metric", METRICS, key="emb_metric")
-perplexity = c_perp.number_input("Perplexity", 2.0, 100.0, 15.0, 1.0, key="emb_perplexity",
+perplexity = c_perp.number_input("Perplexity", 2.0, 100.0, emb.DEFAULT_PERPLEXITY, 1.0, key="emb_perplexity",
                                  disabled=method != "tsne", help="t-SNE only; clamped below the number of points.")
 
 teacher = None
@@ -138,7 +138,8 @@ cache_id = (tuple(vectors.table["key"]), teacher is not None, shared_m)
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _projections(_vectors: emb.SetVectors, ident: tuple, method: str, metric: str, perplexity: float):
-    return emb.project_spaces(_vectors, _vectors.spaces, method=method, metric=metric, perplexity=perplexity)
+    return emb.project_spaces(_vectors, _vectors.spaces, method=method, metric=metric, perplexity=perplexity,
+                              cache=cache)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -195,7 +196,8 @@ def maps_figure() -> go.Figure:
                         row=row, col=col)
         fig.update_xaxes(showticklabels=False, row=row, col=col)
         fig.update_yaxes(showticklabels=False, row=row, col=col)
-    for kind in dict.fromkeys(table["kind"]):  # marker legend: one grey entry per kind
+    kinds = list(dict.fromkeys(table["kind"]))
+    for kind in kinds if len(kinds) > 1 else []:  # marker legend: one grey entry per kind
         fig.add_scatter(x=[None], y=[None], mode="markers", name=f"{kind} (marker)", legendgroup=f"kind-{kind}",
                         marker=dict(symbol=KIND_SYMBOLS.get(kind, "circle"), color="#666", size=9), row=1, col=1)
     fig.update_layout(height=430 * n_rows, margin=dict(l=10, r=10, t=40, b=10), dragmode="pan",
@@ -215,7 +217,7 @@ def pick_point() -> None:
 
 notes = sorted({p.note for p in projections.values() if p.note})
 for note in notes:
-    st.info(note)
+    st.caption(f":material/info: {note}")
 maps = maps_figure()
 st.plotly_chart(maps, key="emb_map", on_select=pick_point, selection_mode="points",
                 config={"scrollZoom": True})
@@ -228,9 +230,10 @@ c_table, c_bars = st.columns([2, 3])
 wide = scores.pivot(index="space", columns="subset", values="silhouette").reindex(
     index=list(vectors.spaces), columns=list(dict.fromkeys(scores["subset"])))
 c_table.dataframe(wide.round(3), width="stretch")
-c_table.caption(f"Cosine silhouette with the group as label ({metric} metric) on the full vectors, not the 2-D "
-                "map. *original + semantic* isolates meaning: a high score there means paraphrases of a source "
-                "sit together. *original + lexical* tests spelling.")
+about_subsets = (" *original + semantic* isolates meaning: a high score there means paraphrases of a source "
+                 "sit together. *original + lexical* tests spelling." if len(wide.columns) > 1 else "")
+c_table.caption(f"Silhouette with the group as label ({metric} metric) on the full vectors, not on the 2-D map."
+                + about_subsets)
 bars = go.Figure()
 for space in vectors.spaces:
     part = scores[scores["space"] == space]
@@ -248,13 +251,18 @@ c_focus.selectbox("Text", table["text"].tolist(), key="emb_focus",
 k = int(c_k.number_input("Neighbours", 1, 20, 5, key="emb_k"))
 focus = int(np.flatnonzero(table["text"].to_numpy() == st.session_state["emb_focus"])[0])
 neighbours = emb.neighbours_table(vectors, focus, k=k, metric=metric)
-columns = st.columns(len(vectors.spaces))
+# Two tables a row: the texts stay readable.
+columns = [column for _ in range(0, len(vectors.spaces), 2) for column in st.columns(2)]
 score_name = "cosine" if metric == "cosine" else "distance"
 for column, space in zip(columns, vectors.spaces):
     part = neighbours[neighbours["space"] == space]
     column.markdown(f"**{space}** · {int(part['same_group'].sum())} of {len(part)} in the same group")
     column.dataframe(part[["text", "group", "kind", "score"]].rename(columns={"score": score_name}).round(3),
-                     hide_index=True, width="stretch")
+                     hide_index=True, width="stretch", column_config={
+                         "text": st.column_config.TextColumn(width="large"),
+                         "group": st.column_config.TextColumn(width="small"),
+                         "kind": st.column_config.TextColumn(width="small"),
+                         score_name: st.column_config.NumberColumn(width="small", format="%.3f")})
 
 # ---- downloads -----------------------------------------------------------------------------------------
 stem = (set_name or "uploaded").replace(" ", "_")

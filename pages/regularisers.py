@@ -160,6 +160,7 @@ if missing and st.button(f"Fit {len(missing)} setting{'s' * (len(missing) > 1)}"
     # ui.jobs keeps jobs under "job::<name>"; a sweep is several fits, so it has its own job class.
     st.session_state[f"job::{JOB}"] = SweepJob(lm, texts, groups, missing, config, cache).start()
     st.session_state.pop(f"job::{JOB}::handled", None)
+    st.rerun()  # so this run's `job` and the disabled button reflect the new job, and its progress panel shows
 
 
 def render_progress(sweep_job: SweepJob, snap: sweeps.SweepSnapshot) -> None:
@@ -182,6 +183,9 @@ if job is not None:
     last = job.snapshot()
     if last.state == "failed":
         st.error(f"The sweep failed: {last.error}")
+    elif last.state == "cancelled":
+        st.caption(f"Stopped after {sum(s == 'done' for s in last.status)} of {len(last.status)} settings: the "
+                   "finished ones are kept; the interrupted one starts again on the next Fit.")
 
 if not result.results:
     st.info("None of these settings is fitted yet. Press **Fit** to run the sweep in the background (on a CPU, "
@@ -286,7 +290,9 @@ if baseline is None or not regularised:
 else:
     c_with, c_method, c_vec = st.columns([2, 1, 1])
     labels = [r.setting.label for r in regularised]
-    default = next((i for i, r in enumerate(regularised) if r.setting.kind == "relational"), 0)
+    # The strongest relational setting by default: the paper's claim is about relational distillation.
+    relational = [i for i, r in enumerate(regularised) if r.setting.kind == "relational"]
+    default = max(relational, key=lambda i: regularised[i].setting.weight) if relational else 0
     chosen_label = c_with.selectbox("Regularised setting", labels, index=default, key="reg_map_setting")
     method = METHODS[c_method.radio("2-D map", list(METHODS), horizontal=True, key="reg_map_method")]
     vector = c_vec.radio("Vectors", ["e", "m"], index=["e", "m"].index(target), horizontal=True, key="reg_map_vec")

@@ -20,6 +20,7 @@ from core.prefit import (
     config_from_dict,
     load_manifest,
     prefit_builtin,
+    ship_views,
     thin_history,
 )
 from core.textsets import BUILTIN_SETS, PREFIT_SETS, TextSetError, builtin_set, parse_text_set
@@ -126,6 +127,26 @@ def test_projections_neighbours_and_coordinates():
     assert frame["text"].iloc[0] not in set(table["text"])
 
 
+def test_projections_are_cached_as_analyses(tmp_cache, monkeypatch):
+    frame, entries = _clustered_set()
+    vectors = emb.assemble_set(frame, entries)
+    first = emb.project_spaces(vectors, ("e", "m"), method="tsne", cache=tmp_cache)
+
+    def no_projection(*args, **kwargs):
+        raise AssertionError("a stored map must not be computed again")
+
+    monkeypatch.setattr(emb, "project_2d", no_projection)
+    again = emb.project_spaces(vectors, ("e", "m"), method="tsne", cache=tmp_cache)
+    for space in ("e", "m"):
+        np.testing.assert_allclose(again[space].coords, first[space].coords, rtol=1e-6)
+        assert (again[space].method, again[space].note) == (first[space].method, first[space].note)
+    with pytest.raises(AssertionError, match="computed again"):  # other settings, other maps
+        emb.project_spaces(vectors, ("e",), method="tsne", perplexity=5.0, cache=tmp_cache)
+    fewer = emb.assemble_set(frame, entries, min_accuracy=0.9)
+    with pytest.raises(AssertionError, match="computed again"):
+        emb.project_spaces(fewer, ("e",), method="tsne", cache=tmp_cache)
+
+
 # ---- teacher embeddings ------------------------------------------------------------------------------
 
 def test_teacher_embeddings_are_cached_as_an_analysis(tmp_cache, monkeypatch):
@@ -212,7 +233,7 @@ def test_config_round_trips_through_its_dict():
         assert config_from_dict(json.loads(json.dumps(config.as_dict()))) == config
 
 
-def test_prefit_on_the_tiny_model_writes_a_manifest_and_compact_entries(tiny_lm, tmp_path):
+def test_prefit_on_the_tiny_model_writes_a_manifest_and_compact_entries(tiny_lm, tmp_path, monkeypatch):
     root = tmp_path / "prefit"
     frame = pd.DataFrame({"text": ["Hi you", "Hi there", "Go on", "Go home"], "group": ["a", "a", "b", "b"],
                           "kind": ["original", "semantic", "original", "lexical"]})
@@ -233,6 +254,21 @@ def test_prefit_on_the_tiny_model_writes_a_manifest_and_compact_entries(tiny_lm,
         assert meta["snapshots"] == [] and len(meta["history"]["step"]) <= 40
         assert set(load_file(str(root / "prototokens" / f"{key}.safetensors"))) == {"e", "m"}
     assert reader.get_analysis(emb.TEACHER_ANALYSIS, record.teacher_key) is not None
+    # The page's default maps ship too (here every fit counts, whatever its accuracy).
+    monkeypatch.setattr(emb, "DEFAULT_MIN_ACCURACY", 0.0)
+    (root / "analyses" / emb.TEACHER_ANALYSIS).rename(tmp_path / "moved")
+    ship_views(root, quiet=True)
+    vectors = emb.assemble_set(frame, found, teacher=emb.teacher_embeddings(frame["text"].tolist(), reader))
+    key = emb.projection_key(vectors, "m", emb.DEFAULT_METHOD, "cosine", 0, emb.DEFAULT_PERPLEXITY)
+    assert reader.get_analysis(emb.PROJECTION_ANALYSIS, key) is not None
     # A second run fits nothing and keeps the recorded fitting time.
     again = prefit_builtin(quiet=True, root=root, sets={"mini": frame}, lm=tiny_lm, config=config, sweep=False)
     assert again["mini"].wall_time_s == record.wall_time_s and again["mini"].keys == record.keys
+    # Other settings replace the set's entries; the old ones are deleted, other files are left alone.
+    other = tmp_path / "other-file.json"
+    (root / "prototokens" / other.name).write_text("{}")
+    redone = prefit_builtin(quiet=True, root=root, sets={"mini": frame}, lm=tiny_lm, config=preset("fast", max_steps=4),
+                            sweep=False)["mini"]
+    assert not set(redone.keys) & set(record.keys)
+    left = {p.stem for p in (root / "prototokens").glob("*.json")}
+    assert left == set(redone.keys) | {other.stem}

@@ -45,6 +45,8 @@ def test_small_sweep_ends_with_the_tradeoff_chart(app_cache, monkeypatch):
     assert at.button(key="reg_fit").label == "Fit 2 settings"
     at.button(key="reg_fit").click().run()
     assert not at.exception, at.exception
+    # The progress panel shows right away, without another interaction (a fragment polls it from then on).
+    assert any(b.label == "Stop" for b in at.button) and at.button(key="reg_fit").disabled
     snap = at.session_state[JOB].wait(180)
     assert snap.state == "done", snap.error
     at.run()
