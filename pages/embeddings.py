@@ -12,10 +12,10 @@ from plotly.subplots import make_subplots
 
 from core import embeddings as emb
 from core.projection import METRICS
-from core.textsets import BUILTIN_SETS, KINDS, TextSetError, builtin_set, parse_text_set
+from core.textsets import BUILTIN_SETS, TextSetError, builtin_set
 from ui import jobs
 from ui.state import fit_config, get_cache, get_model
-from ui.widgets import download_csv, download_figure
+from ui.widgets import choose_text_set, download_csv, download_figure
 
 JOB = "embeddings-set"
 METHODS = {"t-SNE": "tsne", "PCA": "pca", "UMAP": "umap"}
@@ -51,26 +51,7 @@ def _builtin(name: str) -> pd.DataFrame:
 
 
 # ---- the set -----------------------------------------------------------------------------------------
-c_source, c_set = st.columns([1, 3])
-source = c_source.radio("Text set", ["Built-in", "Upload"], horizontal=True, key="emb_source")
-set_name: str | None = None
-if source == "Built-in":
-    set_name = c_set.selectbox("Built-in set", list(BUILTIN_SETS), key="emb_set",
-                               format_func=lambda n: f"{n}: {BUILTIN_SETS[n]}")
-    frame = _builtin(set_name)
-else:
-    upload = c_set.file_uploader(
-        "CSV or JSONL with columns text, group, kind", type=["csv", "jsonl", "json", "txt"], key="emb_upload",
-        help=f"text is required; group (colour and silhouette label) and kind ({', '.join(KINDS)}; the marker) "
-             "are optional. CSV needs a header row; JSONL has one object per line.")
-    if upload is None:
-        st.info("Upload a file to see its texts here, or pick a built-in set.")
-        st.stop()
-    try:
-        frame = parse_text_set(upload.getvalue(), upload.name)
-    except TextSetError as exc:
-        st.error(f"Cannot read this file: {exc}")
-        st.stop()
+set_name, frame = choose_text_set("emb", list(BUILTIN_SETS), _builtin, lambda n: f"{n}: {BUILTIN_SETS[n]}")
 
 c_shared, c_choice = st.columns([1, 3])
 shared_m = c_shared.checkbox(

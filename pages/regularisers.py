@@ -15,10 +15,10 @@ from core import sweeps
 from core.models import TextError
 from core.projection import project_2d, silhouette_by_group
 from core.sweeps import SweepError, SweepJob, SweepResult, SweepSetting
-from core.textsets import BUILTIN_SETS, KINDS, TextSetError, builtin_set, parse_text_set
+from core.textsets import BUILTIN_SETS, builtin_set
 from ui import jobs
 from ui.state import fit_config, get_cache, get_model
-from ui.widgets import download_csv, download_figure
+from ui.widgets import choose_text_set, download_csv, download_figure
 
 JOB = "regularisers"
 DEMO = sweeps.DEFAULT_SET_NAME
@@ -73,25 +73,7 @@ def _set_label(name: str) -> str:
 
 
 # ---- the set -----------------------------------------------------------------------------------------
-c_source, c_set = st.columns([1, 3])
-source = c_source.radio("Text set", ["Built-in", "Upload"], horizontal=True, key="reg_source")
-set_name: str | None = None
-if source == "Built-in":
-    set_name = c_set.selectbox("Built-in set", [DEMO, *BUILTIN_SETS], key="reg_set", format_func=_set_label)
-    frame = _builtin(set_name)
-else:
-    upload = c_set.file_uploader(
-        "CSV or JSONL with columns text, group, kind", type=["csv", "jsonl", "json", "txt"], key="reg_upload",
-        help=f"text is required; group (the silhouette label and colour) and kind ({', '.join(KINDS)}) are "
-             "optional. CSV needs a header row; JSONL has one object per line.")
-    if upload is None:
-        st.info("Upload a file, or pick a built-in set.")
-        st.stop()
-    try:
-        frame = parse_text_set(upload.getvalue(), upload.name)
-    except TextSetError as exc:
-        st.error(f"Cannot read this file: {exc}")
-        st.stop()
+set_name, frame = choose_text_set("reg", [DEMO, *BUILTIN_SETS], _builtin, _set_label)
 
 if len(frame) > DEFAULT_TEXTS:
     n_groups = frame["group"].nunique()

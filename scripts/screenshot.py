@@ -7,8 +7,13 @@ Used to look at pages while developing and to make the README's pictures.
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts.browser import chromium  # noqa: E402
 
 
 def main() -> None:
@@ -22,19 +27,10 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=3.0, help="seconds to wait after the text appears")
     args = parser.parse_args()
 
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    os.environ.setdefault("SE_OFFLINE", "true")
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage",
-                 f"--window-size={args.width},{args.height}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver = chromium(args.width, args.height)
     try:
         driver.get(args.url)
         if args.wait_for:

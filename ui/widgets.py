@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import io
 import json
+from typing import Callable
 
 import pandas as pd
 import streamlit as st
@@ -61,3 +62,32 @@ def download_figure(fig, filename: str, label: str | None = None, key: str | Non
     fig.write_html(buffer, include_plotlyjs=True, full_html=True)
     st.download_button(label or f"Download {filename}", buffer.getvalue().encode(), filename, "text/html",
                        key=key or f"dl_{filename}")
+
+
+def choose_text_set(key_prefix: str, names: list[str], load: Callable[[str], pd.DataFrame],
+                    format_func: Callable[[str], str]) -> tuple[str | None, pd.DataFrame]:
+    """The "Text set" chooser of the set pages: a built-in set by name, or an uploaded CSV / JSONL file.
+
+    Returns (set name or None for an upload, the set's frame with text, group, kind). Stops the page with a
+    message while nothing is uploaded or when the file cannot be read (the message names the row and column).
+    """
+    from core.textsets import KINDS, TextSetError, parse_text_set
+
+    c_source, c_set = st.columns([1, 3])
+    source = c_source.radio("Text set", ["Built-in", "Upload"], horizontal=True, key=f"{key_prefix}_source")
+    if source == "Built-in":
+        name = c_set.selectbox("Built-in set", names, key=f"{key_prefix}_set", format_func=format_func)
+        return name, load(name)
+    upload = c_set.file_uploader(
+        "CSV or JSONL with columns text, group, kind", type=["csv", "jsonl", "json", "txt"],
+        key=f"{key_prefix}_upload",
+        help=f"text is required; group (colour and silhouette label) and kind ({', '.join(KINDS)}; the marker) "
+             "are optional. CSV needs a header row; JSONL has one object per line.")
+    if upload is None:
+        st.info("Upload a file to use its texts here, or pick a built-in set.")
+        st.stop()
+    try:
+        return None, parse_text_set(upload.getvalue(), upload.name)
+    except TextSetError as exc:
+        st.error(f"Cannot read this file: {exc}")
+        st.stop()
