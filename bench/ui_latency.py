@@ -7,9 +7,10 @@ On the embedded model with an empty cache:
 2. Starts a long fit (paper preset, a 32-token text) and, while it runs, switches the sidebar's preset
    back and forth: each switch is a full rerun of the page. Reports seconds from the click until the
    sidebar shows the other preset's learning rate, and checks that the fit kept stepping meanwhile.
-3. Stops that fit, then opens the cached short entry by its link (`/?entry=KEY`) in a new session, each
-   time, with the model already loaded in the server: seconds from navigation until the page shows the
-   entry's reconstruction and metrics.
+3. Stops that fit, then reopens the cached short entry, with the model loaded in the server: (a) in the same
+   session, by typing its text (a cached fit shows at once), seconds from Ctrl+Enter until the page shows the
+   entry's reconstruction and metrics; (b) by its link (`/?entry=KEY`) in a new browser session each time,
+   which loads the web app too.
 Writes bench/results/ui_latency.json and prints a summary. Needs Debian's chromium and chromium-driver.
 """
 
@@ -92,6 +93,14 @@ def click_button(driver, label: str) -> None:
     driver.find_element(By.XPATH, f"//button[.//p[text()='{label}']]").click()
 
 
+def current_caption(driver) -> str:
+    """The caption under "Current entry": the entry's text first."""
+    from selenium.webdriver.common.by import By
+
+    found = driver.find_elements(By.XPATH, "//h3[contains(., 'Current entry')]/following::*[@data-testid='stCaptionContainer'][1]")
+    return found[0].text if found else ""
+
+
 def entry_shown(driver) -> bool:
     page = body(driver)
     return "Current entry" in page and "Token accuracy" in page and "one-pass reconstruction" in page
@@ -151,18 +160,44 @@ def main(argv: list[str] | None = None) -> int:
             click_button(driver, "Stop")
             wait_for(lambda: step_shown(driver) is None, 120, "the fit to stop")
 
-            # 3. Reopen the cached entry by its link, a new session each time.
-            reopen = []
+            # 3a. Reopen the cached entry in the same session: type its text (the stopped fit is current now).
+            from selenium.webdriver.common.by import By
+            from selenium.webdriver.common.keys import Keys
+
+            in_session = []
+            for i in range(2 * args.repeats):
+                # Alternate: the stopped long fit (paper preset), then the short one (fast preset), timed.
+                text, name, lr = (LONG, "paper", "0.0100") if i % 2 == 0 else (SHORT, "fast", "0.0500")
+                click_label(driver, name)
+                wait_for(lambda lr=lr: lr_value(driver) == lr, 30, f"the {name} preset")
+                area = driver.find_element(By.CSS_SELECTOR, "textarea[aria-label='Text']")
+                area.send_keys(Keys.CONTROL, "a")
+                area.send_keys(Keys.DELETE)
+                area.send_keys(text)
+                start = time.perf_counter()
+                area.send_keys(Keys.CONTROL, Keys.ENTER)
+                seconds = wait_for(lambda text=text: entry_shown(driver) and current_caption(driver).startswith(text[:40]),
+                                   60, "the typed text's cached entry")
+                if text == SHORT:
+                    in_session.append(seconds)
+                time.sleep(1.0)
+            # 3b. Reopen it by its link, a new browser session each time: the web app itself loads too.
+            reopen, shell = [], []
             for _ in range(args.repeats):
                 driver.get("about:blank")
                 start = time.perf_counter()
                 driver.get(f"{url}/?entry={key}")
-                reopen.append(wait_for(lambda: entry_shown(driver), 60, "the cached entry"))
+                shell.append(wait_for(lambda: "Reconstruct" in body(driver), 60, "the app"))
+                reopen.append(shell[-1] + wait_for(lambda: entry_shown(driver), 60, "the cached entry"))
             driver.save_screenshot(str(work / "reopened.png"))
             result["reopen_cached_entry"] = {
-                "how": "new browser session at /?entry=KEY, model loaded in the server",
-                "seconds": [round(s, 3) for s in reopen], "median_s": round(statistics.median(reopen), 3),
-                "max_s": round(max(reopen), 3),
+                "in_session": {"how": "type the text of a cached fit while another entry is current, Ctrl+Enter",
+                               "seconds": [round(s, 3) for s in in_session],
+                               "median_s": round(statistics.median(in_session), 3), "max_s": round(max(in_session), 3)},
+                "by_link": {"how": "new browser session at /?entry=KEY, model loaded in the server",
+                            "seconds": [round(s, 3) for s in reopen], "median_s": round(statistics.median(reopen), 3),
+                            "max_s": round(max(reopen), 3),
+                            "of_which_web_app_load_s": [round(s, 3) for s in shell]},
             }
         finally:
             driver.quit()

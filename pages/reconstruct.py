@@ -13,7 +13,7 @@ from safetensors.torch import save as safetensors_bytes
 from core.cache import CacheEntry
 from core.fit import lookup
 from core.models import TextError
-from core.reconstruct import reconstruct, token_metrics
+from core.reconstruct import Reconstruction, reconstruct, token_metrics
 from core.textsets import load_examples
 from ui import jobs
 from ui.state import current_entry, entry_label, fit_config, get_cache, get_model, set_current_entry
@@ -182,13 +182,20 @@ with tab_cached:
 
 
 # ---- the current entry ---------------------------------------------------------------------------
+@st.cache_data(show_spinner=False, max_entries=256)
+def _reconstruction(key: str, created: float, model: str, _entry: CacheEntry) -> Reconstruction:
+    """The stored vectors' one-pass reconstruction, computed once per entry and process: reruns and new
+    sessions (a shared link) show an entry without a forward pass. A refit stores the key anew (new created)."""
+    return reconstruct(lm, _entry.e, _entry.m, _entry.token_ids, _entry.layout)
+
+
 def show_entry(entry: CacheEntry) -> None:
     metrics = entry.metrics
     origin = "fitted in this session" if entry.key in fitted_here else "from the cache"
     st.subheader("Current entry")
     st.caption(f"{entry_label(entry.meta())} · {origin} · preset {entry.config.get('preset')} · "
                f"layout {entry.layout}")
-    rec = reconstruct(lm, entry.e, entry.m, entry.token_ids, entry.layout)
+    rec = _reconstruction(entry.key, entry.created, lm.identity, entry)
     if metrics.get("status") not in (None, "converged"):
         st.warning(metrics.get("message") or f"Status: {metrics.get('status')}")
     cols = st.columns(6)
