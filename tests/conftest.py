@@ -75,13 +75,15 @@ def tiny_entry(tiny_lm, app_cache):
     return outcome.entry
 
 
-def open_page(page: str, entry_key: str | None = None):
+def open_page(page: str, entry_key: str | None = None, session_state: dict | None = None):
     """An AppTest of app.py switched to ``page`` (e.g. "pages/noise.py"), run once."""
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=APP_TIMEOUT)
     if entry_key:
         at.query_params["entry"] = entry_key
+    for name, value in (session_state or {}).items():
+        at.session_state[name] = value
     at.run()
     if page != "pages/reconstruct.py":
         at.switch_page(page)

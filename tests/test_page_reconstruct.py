@@ -54,3 +54,29 @@ def test_bad_input_shows_errors(app_cache):
     at.run()
     assert any("tokens" in e.value and "at most" in e.value for e in at.error)
     assert not at.exception
+
+
+def test_clearing_the_cache_keeps_the_shipped_entries(tiny_lm, app_cache, tmp_path, monkeypatch):
+    import ui.state
+    from core.cache import ProtoCache
+    from core.fit import fit_and_cache, preset
+
+    shipped = ProtoCache(tmp_path / "shipped")
+    [kept] = fit_and_cache(tiny_lm, ["Shipped text"], preset("paper", max_steps=3), shipped)
+    [own] = fit_and_cache(tiny_lm, ["Own text"], preset("paper", max_steps=3), app_cache)
+    monkeypatch.setattr(ui.state, "SHIPPED_ROOT", tmp_path / "shipped")
+
+    def cache_caption(at) -> str:
+        return next(c.value for c in at.sidebar.caption if c.value.startswith("Cache:"))
+
+    # AppTest runs the sidebar (drawn by app.py) only on a session's first run: one AppTest per state.
+    at = open_page("pages/reconstruct.py")
+    assert cache_caption(at).startswith("Cache: 1 entry for this model + 1 pre-fitted")
+    assert [b for b in at.sidebar.button if b.key == "clear_cache"]
+    at = open_page("pages/reconstruct.py", session_state={"confirm_clear": True})
+    assert any("Delete the 1 fitted entry" in w.value and "pre-fitted ones stay" in w.value for w in at.sidebar.warning)
+    assert app_cache.clear(tiny_lm.identity) == 1  # what the Delete button calls
+    at = open_page("pages/reconstruct.py")
+    assert cache_caption(at).startswith("Cache: 0 entries for this model + 1 pre-fitted")
+    assert not [b for b in at.sidebar.button if b.key == "clear_cache"]
+    assert app_cache.get(own.entry.key) is None and shipped.get(kept.entry.key) is not None

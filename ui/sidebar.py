@@ -50,14 +50,17 @@ def _cache_section() -> None:
     cache = get_cache()
     lm = get_model()
     entries = cache.list(lm.identity) if lm else []
-    st.caption(f"Cache: {len(entries)} entries for this model, {cache.size_bytes() / 1e6:.1f} MB on disk "
+    own = [m for m in entries if not m.get("shipped")]
+    shipped = f" + {len(entries) - len(own)} pre-fitted (shipped, read-only)" if len(entries) > len(own) else ""
+    st.caption(f"Cache: {len(own)} entr{'y' if len(own) == 1 else 'ies'} for this model{shipped}; {cache.size_bytes() / 1e6:.1f} MB on disk "
                f"in `{cache.root}`")
     for warning in cache.warnings[-3:]:
         st.warning(warning)
-    if entries and st.button("Clear this model's cache", key="clear_cache"):
+    if own and st.button("Clear this model's cache", key="clear_cache"):
         st.session_state["confirm_clear"] = True
     if st.session_state.get("confirm_clear"):
-        st.warning(f"Delete {len(entries)} fitted entries of this model?")
+        st.warning(f"Delete the {len(own)} fitted entr{'y' if len(own) == 1 else 'ies'} of this model? "
+                   "The pre-fitted ones stay.")
         c1, c2 = st.columns(2)
         if c1.button("Delete", key="clear_yes", type="primary"):
             removed = cache.clear(lm.identity if lm else None)
