@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from core import embeddings as emb  # noqa: E402
 from core.cache import SHIPPED_ROOT, ProtoCache  # noqa: E402
 from core.fit import preset  # noqa: E402
-from core.prefit import load_manifest  # noqa: E402
+from core.shipped import load_manifest  # noqa: E402
 from core.textsets import builtin_set  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

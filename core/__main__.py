@@ -114,7 +114,13 @@ def cmd_list(args) -> int:
 def cmd_prefit(args) -> int:
     from core.prefit import prefit_builtin
 
-    prefit_builtin(quiet=args.quiet)
+    from core.textsets import PREFIT_SETS
+
+    unknown = [name for name in args.sets or () if name not in PREFIT_SETS]
+    if unknown:
+        print(f"error: unknown set {unknown[0]!r}; pre-fitted sets: {', '.join(PREFIT_SETS)}", file=sys.stderr)
+        return 2
+    prefit_builtin(quiet=args.quiet, sets=args.sets or PREFIT_SETS)
     return 0
 
 
@@ -146,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=cmd_list)
     pre = sub.add_parser("prefit", help="regenerate the shipped pre-fitted cache of the built-in sets")
+    pre.add_argument("--sets", nargs="+", metavar="SET", help="only these sets, in this order (default: all)")
     pre.add_argument("--quiet", action="store_true")
     pre.set_defaults(func=cmd_prefit)
     return parser

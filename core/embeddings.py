@@ -85,7 +85,8 @@ def config_choices(lm: LoadedModel, set_name: str | None, sidebar: FitConfig, sh
     The shipped entries of a built-in set were fitted with one fixed configuration (data/prefit/manifest.json);
     offering it by name means the page finds them whatever preset the sidebar shows.
     """
-    from core.prefit import config_from_dict, load_manifest
+    from core.fit import config_from_dict
+    from core.shipped import load_manifest
 
     def with_sharing(config: FitConfig) -> FitConfig:
         # Restarts pick the best of several independent inits per text, which a shared m cannot do.

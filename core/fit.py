@@ -14,8 +14,8 @@ import hashlib
 import math
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +81,19 @@ class FitConfig:
         d = self.key_dict()
         d["preset"] = self.preset
         return d
+
+
+def config_from_dict(d: Mapping) -> FitConfig:
+    """The FitConfig of FitConfig.as_dict() (unknown keys ignored; a stored regulariser is not rebuilt)."""
+    names = {f.name for f in fields(FitConfig)}
+    values = {k: v for k, v in d.items() if k in names and k != "regularizer"}
+    if "betas" in values:
+        values["betas"] = tuple(values["betas"])
+    if d.get("regularizer"):
+        from core.teacher import RegularizerConfig
+
+        values["regularizer"] = RegularizerConfig(**d["regularizer"])
+    return FitConfig(**values)
 
 
 def preset(name: str = "paper", **overrides) -> FitConfig:

@@ -16,22 +16,21 @@ Delete data/prefit to regenerate it from scratch (after the fast preset changes,
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import pandas as pd
 
-from core.cache import SHIPPED_ROOT, CacheEntry, ProtoCache, _write_json
+from core.cache import SHIPPED_ROOT, CacheEntry, ProtoCache
 from core.fit import FitConfig, FitProgress, entry_keys, fit_and_cache, preset
 from core.models import LoadedModel
+from core.shipped import PrefitSet, compact_entry, load_manifest, write_manifest
 from core.textsets import BUILTIN_SETS, PREFIT_SETS, builtin_set
 
-MANIFEST = "manifest.json"
 PREFIT_PRESET = "fast"
 # A text still below the threshold after this many steps is left as it is (the page excludes entries
 # under 0.9 anyway), so one stubborn text cannot eat the time budget of the whole pre-fit.
@@ -44,89 +43,8 @@ PREFIT_RESTARTS = 4
 # Measured on the shared 2-core machine under load: 4.5 s per step of 8 rows with 1 torch thread,
 # 16-57 s with 2 (OpenMP threads wait on each other whenever one is descheduled).
 PREFIT_THREADS = int(os.environ.get("PROTOTOKENS_PREFIT_THREADS", "1"))
-MAX_HISTORY_POINTS = 40
 # Entries are written after each chunk, so a stopped pre-fit loses at most one chunk's work.
 CHUNK = 24
-
-
-@dataclass(frozen=True)
-class PrefitSet:
-    """One set of the manifest: what was fitted, with what, and how long it took."""
-
-    name: str
-    model: str  # model identity (LoadedModel.identity)
-    model_name: str
-    config: dict  # FitConfig.as_dict()
-    texts: list[str]
-    keys: list[str]  # cache key of each text, same order
-    teacher_key: str | None = None  # analysis key of the set's teacher embeddings
-    wall_time_s: float = 0.0  # fitting time summed over the runs that fitted this set's texts
-    n_timed: int = 0  # texts fitted within wall_time_s (those fitted earlier for another set are not)
-    n_fitted: int = 0  # entries present
-    n_converged: int = 0
-    mean_accuracy: float | None = None
-    total_steps: int = 0
-    batch_size: int = 8
-    updated: float = 0.0
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("name")
-        return d
-
-
-def config_from_dict(d: Mapping) -> FitConfig:
-    """The FitConfig of FitConfig.as_dict() (unknown keys ignored; a stored regulariser is not rebuilt)."""
-    names = {f.name for f in fields(FitConfig)}
-    values = {k: v for k, v in d.items() if k in names and k != "regularizer"}
-    if "betas" in values:
-        values["betas"] = tuple(values["betas"])
-    if d.get("regularizer"):
-        from core.teacher import RegularizerConfig
-
-        values["regularizer"] = RegularizerConfig(**d["regularizer"])
-    return FitConfig(**values)
-
-
-def load_manifest(root: str | os.PathLike | None = None) -> dict[str, PrefitSet]:
-    """Set name -> PrefitSet of the manifest under root (default SHIPPED_ROOT); {} when there is none or it
-    is unreadable."""
-    path = Path(root or SHIPPED_ROOT) / MANIFEST
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return {name: PrefitSet(name=name, **{k: v for k, v in item.items() if k in _PREFIT_FIELDS})
-                for name, item in data.get("sets", {}).items()}
-    except (OSError, ValueError, TypeError):
-        return {}
-
-
-_PREFIT_FIELDS = {f.name for f in fields(PrefitSet)} - {"name"}
-
-
-def _write_manifest(root: Path, record: PrefitSet) -> dict[str, PrefitSet]:
-    """Store one set's record, keeping the others as they are on disk now (another process may be
-    pre-fitting another set into the same folder)."""
-    sets = load_manifest(root)
-    sets[record.name] = record
-    _write_json(root / MANIFEST, {
-        "about": "Pre-fitted proto-tokens of the built-in text sets; regenerate with `python -m core prefit`.",
-        "sets": {name: s.as_dict() for name, s in sets.items()},
-    })
-    return sets
-
-
-def thin_history(history: Mapping[str, list], max_points: int = MAX_HISTORY_POINTS) -> dict[str, list]:
-    """At most max_points evenly spaced points of each curve, first and last always kept."""
-    n = len(history.get("step", []))
-    if n <= max_points:
-        return {k: list(v) for k, v in history.items()}
-    picks = sorted({round(i * (n - 1) / (max_points - 1)) for i in range(max_points)})
-    return {k: [v[i] for i in picks] if len(v) == n else list(v) for k, v in history.items()}
-
-
-def compact_entry(entry: CacheEntry, max_points: int = MAX_HISTORY_POINTS) -> CacheEntry:
-    """The entry without replay snapshots and with a thinned history: what the shipped cache keeps."""
-    return replace(entry, snapshots=[], history=thin_history(entry.history, max_points))
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -219,11 +137,11 @@ def _prefit(lm: LoadedModel, config: FitConfig, root: Path, sets: Sequence[str] 
                 wall += time.perf_counter() - t_chunk
                 timed += fitted_now
             record = _set_record(name, lm, config, texts, keys, entries, wall, timed, batch_size)
-            manifest = _write_manifest(root, record)
+            manifest = write_manifest(root, record)
             say(f"  [{name}] {min(part[-1] + 1, len(texts))}/{len(texts)} texts ({fitted_now} fitted now), "
                 f"set time {_fmt_seconds(wall)}")
         if teacher:
-            manifest = _write_manifest(root, _ship_views(cache, manifest[name], frame, entries))
+            manifest = write_manifest(root, _ship_views(cache, manifest[name], frame, entries))
         if previous is not None and not same:
             # Fitted with other settings before: nothing refers to those entries any more.
             stale = set(previous.keys) - set(keys)
@@ -268,7 +186,7 @@ def ship_views(root: str | os.PathLike = SHIPPED_ROOT, quiet: bool = False) -> d
             {"text": record.texts, "group": "default", "kind": "original"})
         by_text = dict(zip(record.texts, record.keys))
         entries = [cache.get(by_text[t]) if t in by_text else None for t in frame["text"]]
-        _write_manifest(Path(root), _ship_views(cache, record, frame, entries))
+        write_manifest(Path(root), _ship_views(cache, record, frame, entries))
         if not quiet:
             print(f"[{name}] views stored for {sum(e is not None for e in entries)} fitted texts", file=sys.stderr)
     return load_manifest(root)

@@ -32,9 +32,10 @@ import pandas as pd
 import torch
 
 from core.cache import CacheEntry, ProtoCache, cache_key
-from core.fit import FitConfig, FitProgress, entry_keys, fit_and_cache, preset
+from core.fit import FitConfig, FitProgress, config_from_dict, entry_keys, fit_and_cache, preset
 from core.models import LoadedModel
 from core.projection import silhouette_by_group
+from core.shipped import compact_entry
 from core.teacher import (
     REGULARIZER_TARGETS,
     RegularizerConfig,
@@ -576,8 +577,6 @@ class SweepManifest:
         return [SweepSetting(**s) for s in self.settings]
 
     def base_config(self) -> FitConfig:
-        from core.prefit import config_from_dict
-
         return config_from_dict(self.config)
 
 
@@ -602,8 +601,6 @@ def prefit_default_sweep(cache: ProtoCache, quiet: bool = False, *, lm: LoadedMo
     lm, frame, settings, base_config: default the embedded model, default_sweep_set(), default_settings()
     and preset("fast", max_steps=600); tests pass small ones.
     """
-    from core.prefit import compact_entry
-
     if lm is None:
         from core.models import load_model
 

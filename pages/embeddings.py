@@ -128,7 +128,9 @@ def _silhouettes(_vectors: emb.SetVectors, ident: tuple, metric: str) -> pd.Data
     return emb.silhouette_table(_vectors, metric)
 
 
-with st.spinner(f"Projecting {vectors.n} points ..."):
+# UMAP compiles its numba kernels on first use in a process (about 25 s on a 2-core CPU; bench/embeddings.py).
+first_umap = " (UMAP's first use in this process compiles it: up to half a minute)" if method == "umap" else ""
+with st.spinner(f"Projecting {vectors.n} points{first_umap} ..."):
     projections = _projections(vectors, cache_id, method, metric, float(perplexity))
 scores = _silhouettes(vectors, cache_id, metric)
 coords = emb.coordinates_frame(vectors, projections)

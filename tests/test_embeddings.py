@@ -14,15 +14,9 @@ from sklearn.metrics import silhouette_score
 from core import embeddings as emb
 from core.cache import CacheEntry, ProtoCache
 from core.fit import lookup, preset
-from core.prefit import (
-    MANIFEST,
-    compact_entry,
-    config_from_dict,
-    load_manifest,
-    prefit_builtin,
-    ship_views,
-    thin_history,
-)
+from core.fit import config_from_dict
+from core.prefit import prefit_builtin, ship_views
+from core.shipped import MANIFEST, compact_entry, load_manifest, thin_history
 from core.textsets import BUILTIN_SETS, PREFIT_SETS, TextSetError, builtin_set, parse_text_set
 
 HIDDEN = 8
@@ -198,7 +192,7 @@ def test_validate_set_names_the_text_the_model_cannot_fit(tiny_lm):
 
 
 def test_config_choices_offer_the_shipped_config_first(tiny_lm):
-    from core.prefit import PrefitSet
+    from core.shipped import PrefitSet
 
     shipped = preset("fast", max_steps=600)
     manifest = {"variants": PrefitSet(name="variants", model=tiny_lm.identity, model_name="t",

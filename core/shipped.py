@@ -1,0 +1,85 @@
+"""The shipped pre-fit's format (data/prefit): its manifest and its compact entries.
+
+Read by the pages' analyses (core.embeddings finds a set's entries through the manifest) and written by
+core.prefit and core.sweeps, which fit them. See core.prefit for how the folder is made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Mapping
+
+from core.cache import SHIPPED_ROOT, CacheEntry, _write_json
+
+MANIFEST = "manifest.json"
+MAX_HISTORY_POINTS = 40
+
+
+@dataclass(frozen=True)
+class PrefitSet:
+    """One set of the manifest: what was fitted, with what, and how long it took."""
+
+    name: str
+    model: str  # model identity (LoadedModel.identity)
+    model_name: str
+    config: dict  # FitConfig.as_dict()
+    texts: list[str]
+    keys: list[str]  # cache key of each text, same order
+    teacher_key: str | None = None  # analysis key of the set's teacher embeddings
+    wall_time_s: float = 0.0  # fitting time summed over the runs that fitted this set's texts
+    n_timed: int = 0  # texts fitted within wall_time_s (those fitted earlier for another set are not)
+    n_fitted: int = 0  # entries present
+    n_converged: int = 0
+    mean_accuracy: float | None = None
+    total_steps: int = 0
+    batch_size: int = 8
+    updated: float = 0.0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("name")
+        return d
+
+
+def load_manifest(root: str | os.PathLike | None = None) -> dict[str, PrefitSet]:
+    """Set name -> PrefitSet of the manifest under root (default SHIPPED_ROOT); {} when there is none or it
+    is unreadable."""
+    path = Path(root or SHIPPED_ROOT) / MANIFEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {name: PrefitSet(name=name, **{k: v for k, v in item.items() if k in _PREFIT_FIELDS})
+                for name, item in data.get("sets", {}).items()}
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+_PREFIT_FIELDS = {f.name for f in fields(PrefitSet)} - {"name"}
+
+
+def write_manifest(root: Path, record: PrefitSet) -> dict[str, PrefitSet]:
+    """Store one set's record, keeping the others as they are on disk now (another process may be
+    pre-fitting another set into the same folder)."""
+    sets = load_manifest(root)
+    sets[record.name] = record
+    _write_json(root / MANIFEST, {
+        "about": "Pre-fitted proto-tokens of the built-in text sets; regenerate with `python -m core prefit`.",
+        "sets": {name: s.as_dict() for name, s in sets.items()},
+    })
+    return sets
+
+
+def thin_history(history: Mapping[str, list], max_points: int = MAX_HISTORY_POINTS) -> dict[str, list]:
+    """At most max_points evenly spaced points of each curve, first and last always kept."""
+    n = len(history.get("step", []))
+    if n <= max_points:
+        return {k: list(v) for k, v in history.items()}
+    picks = sorted({round(i * (n - 1) / (max_points - 1)) for i in range(max_points)})
+    return {k: [v[i] for i in picks] if len(v) == n else list(v) for k, v in history.items()}
+
+
+def compact_entry(entry: CacheEntry, max_points: int = MAX_HISTORY_POINTS) -> CacheEntry:
+    """The entry without replay snapshots and with a thinned history: what the shipped cache keeps."""
+    return replace(entry, snapshots=[], history=thin_history(entry.history, max_points))
