@@ -42,12 +42,12 @@ def _errors(at) -> str:
 @pytest.fixture
 def shipped_syntax(tiny_lm, tmp_path, monkeypatch, app_cache):
     """The "syntax" set pre-fitted on the tiny model into a shipped folder the app reads."""
-    import core.prefit
+    import core.shipped
     import ui.state
     from core.prefit import prefit_builtin
 
     root = tmp_path / "shipped"
-    monkeypatch.setattr(core.prefit, "SHIPPED_ROOT", root)
+    monkeypatch.setattr(core.shipped, "SHIPPED_ROOT", root)  # where the page reads the manifest
     monkeypatch.setattr(ui.state, "SHIPPED_ROOT", root)
     return prefit_builtin(quiet=True, root=root, sets=("syntax",), lm=tiny_lm,
                           config=preset("fast", max_steps=3, restarts=1), sweep=False)["syntax"]
