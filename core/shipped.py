@@ -83,3 +83,14 @@ def thin_history(history: Mapping[str, list], max_points: int = MAX_HISTORY_POIN
 def compact_entry(entry: CacheEntry, max_points: int = MAX_HISTORY_POINTS) -> CacheEntry:
     """The entry without replay snapshots and with a thinned history: what the shipped cache keeps."""
     return replace(entry, snapshots=[], history=thin_history(entry.history, max_points))
+
+
+def prefit_status(record: PrefitSet | None, model: str) -> tuple[float, str]:
+    """How much of a set ships pre-fitted for this model: (share of its texts fitted, a short phrase; "" when
+    nothing of it does)."""
+    if record is None or record.model != model or not record.n_fitted or not record.texts:
+        return 0.0, ""
+    n = len(record.texts)
+    if record.n_fitted >= n:
+        return 1.0, f"pre-fitted, {record.n_converged} of {n} converged"
+    return record.n_fitted / n, f"pre-fitted so far: {record.n_fitted} of {n} texts"

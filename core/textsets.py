@@ -36,11 +36,11 @@ SUPPORTED_EXTENSIONS = (".csv", ".jsonl", ".json", ".txt")
 
 BUILTIN_SETS: dict[str, str] = {
     "variants": "12 source texts, each with 4 hand-written paraphrases and 6 lexical variants (typos etc.): "
-    "132 texts, pre-fitted for the embedded model.",
+    "132 texts.",
     "syntax": "Grammar-made sentences, 10 for each of the 7 syntax categories (simple, question...): "
-    "70 texts, pre-fitted for the embedded model.",
+    "70 texts.",
     "variants-small": "4 source texts, each with 2 paraphrases and 2 lexical variants: a quick demo "
-    "(a subset of \"variants\", so pre-fitted too).",
+    "(20 texts, a subset of \"variants\").",
     "variants-full": "Every built-in source text with all its paraphrases and 6 lexical variants "
     "(272 texts; not pre-fitted, fitting it on a CPU takes hours).",
 }

@@ -12,6 +12,7 @@ from plotly.subplots import make_subplots
 
 from core import embeddings as emb
 from core.projection import METRICS
+from core.shipped import load_manifest, prefit_status
 from core.textsets import BUILTIN_SETS, TextSetError, builtin_set
 from ui import jobs
 from ui.state import fit_config, get_cache, get_model
@@ -51,7 +52,13 @@ def _builtin(name: str) -> pd.DataFrame:
 
 
 # ---- the set -----------------------------------------------------------------------------------------
-set_name, frame = choose_text_set("emb", list(BUILTIN_SETS), _builtin, lambda n: f"{n}: {BUILTIN_SETS[n]}")
+shipped = {name: prefit_status(record, lm.identity) for name, record in load_manifest().items()}
+names = list(BUILTIN_SETS)
+# A fresh install opens on the set the shipped pre-fit covers best, so the page draws at once.
+most_fitted = max(range(len(names)), key=lambda i: (shipped.get(names[i], (0.0, ""))[0], -i))
+set_name, frame = choose_text_set(
+    "emb", names, _builtin, default=most_fitted,
+    format_func=lambda n: f"{n}: {BUILTIN_SETS[n]}" + (f" ({shipped[n][1]})" if shipped.get(n, (0, ""))[1] else ""))
 
 c_shared, c_choice = st.columns([1, 3])
 shared_m = c_shared.checkbox(

@@ -266,3 +266,17 @@ def test_prefit_on_the_tiny_model_writes_a_manifest_and_compact_entries(tiny_lm,
     assert not set(redone.keys) & set(record.keys)
     left = {p.stem for p in (root / "prototokens").glob("*.json")}
     assert left == set(redone.keys) | {other.stem}
+
+
+def test_prefit_status_says_how_much_of_a_set_ships():
+    from core.shipped import PrefitSet, prefit_status
+
+    def record(n_fitted: int, model: str = "m1") -> PrefitSet:
+        return PrefitSet(name="s", model=model, model_name="M", config={}, texts=["a", "b", "c", "d"],
+                         keys=["1", "2", "3", "4"], n_fitted=n_fitted, n_converged=min(n_fitted, 3))
+
+    assert prefit_status(None, "m1") == (0.0, "")
+    assert prefit_status(record(4, model="other"), "m1") == (0.0, "")
+    assert prefit_status(record(0), "m1") == (0.0, "")
+    assert prefit_status(record(1), "m1") == (0.25, "pre-fitted so far: 1 of 4 texts")
+    assert prefit_status(record(4), "m1") == (1.0, "pre-fitted, 3 of 4 converged")

@@ -55,7 +55,9 @@ def shipped_syntax(tiny_lm, tmp_path, monkeypatch, app_cache):
 
 def test_a_shipped_set_shows_at_once_with_maps_scores_and_neighbours(shipped_syntax):
     at = open_page()
-    at.selectbox(key="emb_set").set_value("syntax")
+    # The page opens on the set the shipped pre-fit covers, and says so in the set's label.
+    assert at.selectbox(key="emb_set").value == "syntax"
+    assert "pre-fitted, " in at.selectbox(key="emb_set").format_func("syntax")
     at.run()
     assert not at.exception and not _errors(at)
     # The sidebar shows the paper preset, yet the shipped entries are found through the manifest.

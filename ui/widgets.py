@@ -65,7 +65,7 @@ def download_figure(fig, filename: str, label: str | None = None, key: str | Non
 
 
 def choose_text_set(key_prefix: str, names: list[str], load: Callable[[str], pd.DataFrame],
-                    format_func: Callable[[str], str]) -> tuple[str | None, pd.DataFrame]:
+                    format_func: Callable[[str], str], default: int = 0) -> tuple[str | None, pd.DataFrame]:
     """The "Text set" chooser of the set pages: a built-in set by name, or an uploaded CSV / JSONL file.
 
     Returns (set name or None for an upload, the set's frame with text, group, kind). Stops the page with a
@@ -76,7 +76,7 @@ def choose_text_set(key_prefix: str, names: list[str], load: Callable[[str], pd.
     c_source, c_set = st.columns([1, 3])
     source = c_source.radio("Text set", ["Built-in", "Upload"], horizontal=True, key=f"{key_prefix}_source")
     if source == "Built-in":
-        name = c_set.selectbox("Built-in set", names, key=f"{key_prefix}_set", format_func=format_func)
+        name = c_set.selectbox("Built-in set", names, index=default, key=f"{key_prefix}_set", format_func=format_func)
         return name, load(name)
     upload = c_set.file_uploader(
         "CSV or JSONL with columns text, group, kind", type=["csv", "jsonl", "json", "txt"],
