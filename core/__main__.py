@@ -120,7 +120,7 @@ def cmd_prefit(args) -> int:
     if unknown:
         print(f"error: unknown set {unknown[0]!r}; pre-fitted sets: {', '.join(PREFIT_SETS)}", file=sys.stderr)
         return 2
-    prefit_builtin(quiet=args.quiet, sets=args.sets or PREFIT_SETS)
+    prefit_builtin(quiet=args.quiet, sets=args.sets or PREFIT_SETS, batch_size=args.batch_size)
     return 0
 
 
@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst.set_defaults(func=cmd_list)
     pre = sub.add_parser("prefit", help="regenerate the shipped pre-fitted cache of the built-in sets")
     pre.add_argument("--sets", nargs="+", metavar="SET", help="only these sets, in this order (default: all)")
+    pre.add_argument("--batch-size", type=int, default=8, help="rows per forward pass (a text's restarts count)")
     pre.add_argument("--quiet", action="store_true")
     pre.set_defaults(func=cmd_prefit)
     return parser

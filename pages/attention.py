@@ -19,8 +19,10 @@ from core.attention import (
     compute_attention,
     head_map,
 )
-from ui.state import entry_selector, get_cache, get_model
+from ui.state import entry_selector, get_cache, get_model, require_app_shell
 from ui.widgets import download_csv, download_figure, visible_token
+
+require_app_shell()  # first: a page opened by its URL on a fresh server runs inside app.py
 
 VIEW_LABELS = {"proto": "Proto-tokens: attention to e", "baseline": "Baseline: attention to the first token",
                "difference": "Difference (e − first token)"}
@@ -125,6 +127,7 @@ def head_map_figure(one: HeadMap) -> tuple[go.Figure, float]:
 
 
 # ---- the page ------------------------------------------------------------------------------------
+
 
 st.title("Attention")
 st.markdown(

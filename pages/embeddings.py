@@ -15,8 +15,10 @@ from core.projection import METRICS
 from core.shipped import load_manifest, prefit_status
 from core.textsets import BUILTIN_SETS, TextSetError, builtin_set
 from ui import jobs
-from ui.state import fit_config, get_cache, get_model
+from ui.state import fit_config, get_cache, get_model, require_app_shell
 from ui.widgets import choose_text_set, download_csv, download_figure
+
+require_app_shell()  # first: a page opened by its URL on a fresh server runs inside app.py
 
 JOB = "embeddings-set"
 METHODS = {"t-SNE": "tsne", "PCA": "pca", "UMAP": "umap"}
@@ -27,6 +29,7 @@ PALETTE = [  # 20 distinguishable colours (plotly's Dark24 without the near-grey
     "#1616A7", "#DA60CA",
 ]
 SPACE_COLOURS = {"e": "#1f77b4", "m": "#d62728", emb.CONCAT: "#9467bd", "teacher": "#7f7f7f"}
+
 
 st.title("Embeddings")
 st.caption(

@@ -25,8 +25,10 @@ from core.noise import (
     parse_alphas,
     summarize_sweep,
 )
-from ui.state import entries_multiselect, entry_label, entry_selector, get_cache, get_model
+from ui.state import entries_multiselect, entry_label, entry_selector, get_cache, get_model, require_app_shell
 from ui.widgets import download_csv, download_figure, show_tokens, visible_token
+
+require_app_shell()  # first: a page opened by its URL on a fresh server runs inside app.py
 
 TYPE_LABELS = {"gaussian": "gaussian", "uniform": "uniform", "signed_exponential": "signed exponential",
                "sinusoidal": "sinusoidal"}
@@ -34,6 +36,7 @@ TYPE_COLOURS = dict(zip(NOISE_TYPES, qualitative.Plotly))
 TARGET_LABELS = {"e": "e (as in the paper)", "m": "m", "both": "e and m"}
 CURRENT, SEVERAL = "Current entry", "Several entries"
 ALL_TYPES = "all types"
+
 
 st.title("Noise")
 st.markdown(

@@ -16,10 +16,14 @@ from core.models import TextError
 from core.reconstruct import Reconstruction, reconstruct, token_metrics
 from core.textsets import load_examples
 from ui import jobs
-from ui.state import current_entry, entry_label, fit_config, get_cache, get_model, set_current_entry
+from ui.state import (current_entry, entry_label, fit_config, get_cache, get_model, require_app_shell,
+                      set_current_entry)
 from ui.widgets import download_csv, download_json, show_tokens
 
+require_app_shell()  # first: a page opened by its URL on a fresh server runs inside app.py
+
 SINGLE, BATCH = "reconstruct-single", "reconstruct-batch"
+
 
 st.title("Reconstruct")
 st.caption(

@@ -17,8 +17,10 @@ from core.projection import project_2d, silhouette_by_group
 from core.sweeps import SweepError, SweepJob, SweepResult, SweepSetting
 from core.textsets import BUILTIN_SETS, builtin_set
 from ui import jobs
-from ui.state import fit_config, get_cache, get_model
+from ui.state import fit_config, get_cache, get_model, require_app_shell
 from ui.widgets import choose_text_set, download_csv, download_figure
+
+require_app_shell()  # first: a page opened by its URL on a fresh server runs inside app.py
 
 JOB = "regularisers"
 DEMO = sweeps.DEFAULT_SET_NAME
@@ -29,6 +31,7 @@ KIND_TEXT_POSITIONS = {"none": "middle left", "anchor": "bottom center", "relati
 GROUP_COLOURS = qualitative.Dark24
 METHODS = {"PCA": "pca", "t-SNE": "tsne"}
 VECTOR_LABELS = {"e": "e (as in the paper)", "m": "m"}
+
 
 st.title("Regularisers")
 st.markdown(

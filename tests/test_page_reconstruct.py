@@ -69,14 +69,22 @@ def test_clearing_the_cache_keeps_the_shipped_entries(tiny_lm, app_cache, tmp_pa
     def cache_caption(at) -> str:
         return next(c.value for c in at.sidebar.caption if c.value.startswith("Cache:"))
 
-    # AppTest runs the sidebar (drawn by app.py) only on a session's first run: one AppTest per state.
     at = open_page("pages/reconstruct.py")
     assert cache_caption(at).startswith("Cache: 1 entry for this model + 1 pre-fitted")
-    assert [b for b in at.sidebar.button if b.key == "clear_cache"]
-    at = open_page("pages/reconstruct.py", session_state={"confirm_clear": True})
+    at.sidebar.button(key="clear_cache").click().run()
     assert any("Delete the 1 fitted entry" in w.value and "pre-fitted ones stay" in w.value for w in at.sidebar.warning)
-    assert app_cache.clear(tiny_lm.identity) == 1  # what the Delete button calls
-    at = open_page("pages/reconstruct.py")
+    at.sidebar.button(key="clear_yes").click().run()
+    assert not at.exception, at.exception
+    assert app_cache.get(own.entry.key) is None and shipped.get(kept.entry.key) is not None
     assert cache_caption(at).startswith("Cache: 0 entries for this model + 1 pre-fitted")
     assert not [b for b in at.sidebar.button if b.key == "clear_cache"]
-    assert app_cache.get(own.entry.key) is None and shipped.get(kept.entry.key) is not None
+
+
+def test_reruns_keep_the_sidebar(app_cache):
+    """A page run by its URL alone (Streamlit's old pages/ folder mode) reruns itself inside app.py."""
+    at = open_page("pages/noise.py")
+    for _ in range(2):
+        at.run()
+        assert not at.exception, at.exception
+        assert at.title[0].value == "Noise"
+        assert any(c.value.startswith("Cache:") for c in at.sidebar.caption)

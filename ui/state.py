@@ -120,3 +120,22 @@ def entries_multiselect(lm: LoadedModel, label: str = "Entries", key: str = "ent
     default = [current] if current in labels else [m["key"] for m in metas[:1]]
     chosen = st.multiselect(label, list(labels), default=default, format_func=labels.get, key=key)
     return [e for e in (cache.get(k) for k in chosen) if e is not None]
+
+
+def require_app_shell() -> None:
+    """Make sure a page runs inside app.py's navigation and sidebar. Call first on every page.
+
+    Streamlit treats a folder named pages/ beside app.py as old-style pages until st.navigation has run once
+    in the process: a page opened by its own URL on a fresh server (and every AppTest run) would run alone,
+    without the sidebar. Then app.py is run here instead, in this same script run (so a pressed button still
+    counts): its st.navigation switches that mode off for good and runs this page inside the shell (both
+    page kinds hash the same URL path, so it lands on this page), and the lone run stops.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        import runpy
+        from pathlib import Path
+
+        runpy.run_path(str(Path(__file__).resolve().parent.parent / "app.py"), run_name="__main__")
+        st.stop()
