@@ -55,34 +55,55 @@ class JobSnapshot:
         return self.state != "running"
 
 
-class FitJob:
+class BackgroundJob:
+    """Work in a daemon thread that a UI starts, polls through ``snapshot()`` and may cancel.
+
+    Subclasses set up their state, then call ``super().__init__()``, and define ``_run`` (which checks
+    ``cancel_event``, updates state under ``_lock`` and sets ``_t_end``) and ``snapshot``.
+    """
+
+    thread_name = "background-job"
+
+    def __init__(self) -> None:
+        self.cancel_event = threading.Event()
+        self._lock = threading.Lock()
+        self._t0 = time.perf_counter()
+        self._t_end: float | None = None
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def cancel(self) -> None:
+        """Ask the work to stop; what it finished (and, for a fit, the best vectors so far) is kept."""
+        self.cancel_event.set()
+
+    def wait(self, timeout: float | None = None):
+        self._thread.join(timeout)
+        return self.snapshot()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def snapshot(self):
+        raise NotImplementedError
+
+
+class FitJob(BackgroundJob):
     """Fit texts through the cache in a daemon thread. Start with :meth:`start`; poll :meth:`snapshot`."""
+
+    thread_name = "proto-fit"
 
     def __init__(self, lm: LoadedModel, texts: Sequence[str], config: FitConfig, cache: ProtoCache, *,
                  refit: bool = False, batch_size: int = 8, callback_every: int = 5):
         self.lm, self.texts, self.config, self.cache = lm, list(texts), config, cache
         self.refit, self.batch_size, self.callback_every = refit, batch_size, callback_every
-        self.cancel_event = threading.Event()
-        self._lock = threading.Lock()
         self._progress = [TextProgress() for _ in self.texts]
         self._state = "running"
         self._error: str | None = None
         self._outcomes: list[CachedFit | None] | None = None
-        self._t0 = time.perf_counter()
-        self._t_end: float | None = None
-        self._thread = threading.Thread(target=self._run, name="proto-fit", daemon=True)
-
-    def start(self) -> "FitJob":
-        self._thread.start()
-        return self
-
-    def cancel(self) -> None:
-        """Ask the fit to stop; it keeps and stores the best vectors so far."""
-        self.cancel_event.set()
-
-    def wait(self, timeout: float | None = None) -> JobSnapshot:
-        self._thread.join(timeout)
-        return self.snapshot()
+        super().__init__()
 
     def _on_progress(self, progress: FitProgress, indices: list[int]) -> None:
         with self._lock:

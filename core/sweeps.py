@@ -33,6 +33,7 @@ import torch
 
 from core.cache import CacheEntry, ProtoCache, cache_key
 from core.fit import FitConfig, FitProgress, config_from_dict, entry_keys, fit_and_cache, preset
+from core.jobs import BackgroundJob
 from core.models import LoadedModel
 from core.projection import silhouette_by_group
 from core.shipped import compact_entry
@@ -484,8 +485,10 @@ class SweepSnapshot:
         return min(1.0, (done + min(running, 1.0)) / max(len(self.status), 1))
 
 
-class SweepJob:
-    """run_sweep in a daemon thread (the pattern of core.jobs.FitJob): start, snapshot, cancel, wait."""
+class SweepJob(BackgroundJob):
+    """run_sweep in a daemon thread: start, snapshot, cancel (finished settings stay cached), wait."""
+
+    thread_name = "regulariser-sweep"
 
     def __init__(self, lm: LoadedModel, texts: Sequence[str], groups: Sequence[str],
                  settings: Sequence[SweepSetting], base_config: FitConfig, cache: ProtoCache, *,
@@ -493,26 +496,11 @@ class SweepJob:
         self.lm, self.texts, self.groups, self.base_config, self.cache = lm, list(texts), list(groups), base_config, cache
         self.settings = list(dict.fromkeys(s.normalised() for s in settings))
         self.teacher = teacher
-        self.cancel_event = threading.Event()
-        self._lock = threading.Lock()
         self._status = ["waiting"] * len(self.settings)
         self._index, self._step, self._accuracy = 0, 0, 0.0
         self._state, self._error = "running", None
         self._result: SweepResult | None = None
-        self._t0, self._t_end = time.perf_counter(), None
-        self._thread = threading.Thread(target=self._run, name="regulariser-sweep", daemon=True)
-
-    def start(self) -> "SweepJob":
-        self._thread.start()
-        return self
-
-    def cancel(self) -> None:
-        """Stop after storing the running setting's best state; finished settings stay in the cache."""
-        self.cancel_event.set()
-
-    def wait(self, timeout: float | None = None) -> SweepSnapshot:
-        self._thread.join(timeout)
-        return self.snapshot()
+        super().__init__()
 
     def _on_progress(self, p: SweepProgress) -> None:
         with self._lock:
