@@ -120,7 +120,23 @@ def cmd_prefit(args) -> int:
     if unknown:
         print(f"error: unknown set {unknown[0]!r}; pre-fitted sets: {', '.join(PREFIT_SETS)}", file=sys.stderr)
         return 2
-    prefit_builtin(quiet=args.quiet, sets=args.sets or PREFIT_SETS, batch_size=args.batch_size)
+    import signal
+    import threading
+
+    stop = threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        if not stop.is_set():
+            print("Stopping after the running texts (their best so far is kept); press Ctrl-C again to abort.",
+                  file=sys.stderr, flush=True)
+            stop.set()
+        else:
+            raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+    prefit_builtin(quiet=args.quiet, sets=args.sets or PREFIT_SETS, batch_size=args.batch_size, fit=not args.no_fit,
+                   stop=stop)
     return 0
 
 
@@ -154,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre = sub.add_parser("prefit", help="regenerate the shipped pre-fitted cache of the built-in sets")
     pre.add_argument("--sets", nargs="+", metavar="SET", help="only these sets, in this order (default: all)")
     pre.add_argument("--batch-size", type=int, default=8, help="rows per forward pass (a text's restarts count)")
+    pre.add_argument("--no-fit", action="store_true",
+                     help="fit nothing: record what the folder holds (after a run that was killed) and its views")
     pre.add_argument("--quiet", action="store_true")
     pre.set_defaults(func=cmd_prefit)
     return parser

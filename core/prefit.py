@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from core.cache import SHIPPED_ROOT, CacheEntry, ProtoCache
-from core.fit import FitConfig, FitProgress, entry_keys, fit_and_cache, preset
+from core.fit import CachedFit, FitConfig, FitProgress, entry_keys, fit_and_cache, preset
 from core.models import LoadedModel
 from core.shipped import PrefitSet, compact_entry, load_manifest, write_manifest
 from core.textsets import BUILTIN_SETS, PREFIT_SETS, builtin_set
@@ -62,13 +63,18 @@ def prefit_builtin(
     chunk: int = CHUNK,
     teacher: bool = True,
     sweep: bool = True,
+    fit: bool = True,
+    stop: threading.Event | None = None,
 ) -> dict[str, PrefitSet]:
     """Fit the built-in sets into the shipped cache under root and write its manifest.
 
     sets: built-in set names, or name -> frame (tests pass their own small sets). lm: the model (default:
     the embedded one). config: default preset("fast", max_steps=600). teacher: also store each
     set's teacher embeddings there. sweep: then run the Regularisers page's default sweep (core.sweeps) if
-    it exists. Returns the manifest's sets.
+    it exists. fit=False: fit nothing, only record (compacted) what the folder holds, e.g. after a run that
+    was killed. stop: set it (the CLI does on Ctrl-C or SIGTERM) to end after the running chunk: its unfinished
+    texts are stored as they are, the manifest and views are written and the sweep is skipped; running
+    again resumes. Returns the manifest's sets.
     """
     root = Path(root)
     if lm is None:
@@ -82,13 +88,15 @@ def prefit_builtin(
     if PREFIT_THREADS > 0:
         torch.set_num_threads(PREFIT_THREADS)
     try:
-        return _prefit(lm, config, root, sets, quiet, batch_size, chunk, teacher, sweep)
+        return _prefit(lm, config, root, sets, quiet, batch_size, chunk, teacher, sweep and fit, fit,
+                       stop or threading.Event())
     finally:
         torch.set_num_threads(threads)
 
 
 def _prefit(lm: LoadedModel, config: FitConfig, root: Path, sets: Sequence[str] | Mapping[str, pd.DataFrame],
-            quiet: bool, batch_size: int, chunk: int, teacher: bool, sweep: bool) -> dict[str, PrefitSet]:
+            quiet: bool, batch_size: int, chunk: int, teacher: bool, sweep: bool, fit: bool,
+            stop: threading.Event) -> dict[str, PrefitSet]:
     cache = ProtoCache(root, shipped="")
     frames = dict(sets) if isinstance(sets, Mapping) else {name: builtin_set(name) for name in sets}
     manifest = load_manifest(root)
@@ -122,8 +130,11 @@ def _prefit(lm: LoadedModel, config: FitConfig, root: Path, sets: Sequence[str] 
                     say(f"  [{name}] texts {part[0] + 1}-{part[-1] + 1}: step {p.step}, {sum(p.done)}/{len(p.done)} "
                         f"done, min best accuracy {min(p.best_accuracy):.2f}, {_fmt_seconds(p.elapsed)}")
 
-            outcomes = fit_and_cache(lm, [texts[i] for i in part], config, cache, batch_size=batch_size,
-                                     callback=progress)
+            if fit:
+                outcomes = fit_and_cache(lm, [texts[i] for i in part], config, cache, batch_size=batch_size,
+                                         callback=progress, cancel=stop)
+            else:
+                outcomes = [None if (e := cache.get(keys[i])) is None else CachedFit(e, cached=True) for i in part]
             fitted_now = 0
             for i, outcome in zip(part, outcomes):
                 if outcome is None:
@@ -138,16 +149,22 @@ def _prefit(lm: LoadedModel, config: FitConfig, root: Path, sets: Sequence[str] 
                 timed += fitted_now
             record = _set_record(name, lm, config, texts, keys, entries, wall, timed, batch_size)
             manifest = write_manifest(root, record)
+            if previous is not None and not same:
+                # Fitted with other settings before: the manifest no longer refers to those entries.
+                removed = sum(cache.delete(key) for key in set(previous.keys) - set(keys))
+                say(f"  [{name}] removed {removed} entries of the previous pre-fit (other settings)")
+                previous = None
             say(f"  [{name}] {min(part[-1] + 1, len(texts))}/{len(texts)} texts ({fitted_now} fitted now), "
                 f"set time {_fmt_seconds(wall)}")
+            if stop.is_set():
+                break
         if teacher:
             manifest = write_manifest(root, _ship_views(cache, manifest[name], frame, entries))
-        if previous is not None and not same:
-            # Fitted with other settings before: nothing refers to those entries any more.
-            stale = set(previous.keys) - set(keys)
-            removed = sum(cache.delete(key) for key in stale)
-            say(f"  [{name}] removed {removed} entries of the previous pre-fit (other settings)")
         record = manifest[name]
+        if stop.is_set():
+            say(f"[{name}] stopped: {record.n_fitted}/{len(texts)} fitted ({record.n_converged} converged) are kept; "
+                "run again to resume.")
+            return manifest
         say(f"[{name}] done: {record.n_converged}/{len(texts)} converged, "
             f"mean accuracy {record.mean_accuracy or 0:.3f}, fitting time {_fmt_seconds(record.wall_time_s)} (this run {_fmt_seconds(time.perf_counter() - t_set)})")
     say(f"All sets done in {_fmt_seconds(time.perf_counter() - t_all)}; {_size_mb(root):.1f} MB in {root}")

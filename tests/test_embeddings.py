@@ -280,3 +280,37 @@ def test_prefit_status_says_how_much_of_a_set_ships():
     assert prefit_status(record(0), "m1") == (0.0, "")
     assert prefit_status(record(1), "m1") == (0.25, "pre-fitted so far: 1 of 4 texts")
     assert prefit_status(record(4), "m1") == (1.0, "pre-fitted, 3 of 4 converged")
+
+
+def test_a_stopped_prefit_keeps_its_texts_and_no_fit_records_what_is_on_disk(tiny_lm, tmp_path):
+    import threading
+
+    root = tmp_path / "prefit"
+    frame = pd.DataFrame({"text": ["Hi you", "Hi there", "Go on", "Go home"], "group": ["a", "a", "b", "b"],
+                          "kind": ["original", "semantic", "original", "lexical"]})
+    config = preset("fast", max_steps=8, restarts=1)
+    class StopAfterThreeSteps(threading.Event):  # as if Ctrl-C came during the first chunk
+        checks = 0
+
+        def is_set(self) -> bool:
+            self.checks += 1
+            return self.checks > 3
+
+    stop = StopAfterThreeSteps()
+    record = prefit_builtin(quiet=True, root=root, sets={"mini": frame}, lm=tiny_lm, config=config, chunk=2,
+                            sweep=False, stop=stop)["mini"]
+    assert record.n_fitted == 2 and record.n_converged == 0  # the first chunk only, cancelled
+    stored = ProtoCache(root, shipped="")
+    assert [stored.get(k).metrics["status"] for k in record.keys[:2]] == ["cancelled", "cancelled"]
+    # A killed run leaves entries the manifest does not list; --no-fit records them without fitting.
+    [extra] = fit_and_cache_one(tiny_lm, "Go on", config, stored)
+    recorded = prefit_builtin(quiet=True, root=root, sets={"mini": frame}, lm=tiny_lm, config=config, chunk=2,
+                              sweep=False, fit=False)["mini"]
+    assert recorded.n_fitted == 3 and recorded.keys[2] == extra.entry.key
+    assert stored.get(extra.entry.key).snapshots == []  # compacted on the way
+
+
+def fit_and_cache_one(lm, text, config, cache):
+    from core.fit import fit_and_cache
+
+    return fit_and_cache(lm, [text], config, cache)
