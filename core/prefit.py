@@ -165,7 +165,8 @@ def _prefit(lm: LoadedModel, config: FitConfig, root: Path, sets: Sequence[str] 
             say(f"[{name}] stopped: {record.n_fitted}/{len(texts)} fitted ({record.n_converged} converged) are kept; "
                 "run again to resume.")
             return manifest
-        say(f"[{name}] done: {record.n_converged}/{len(texts)} converged, "
+        say(f"[{name}] {'done' if fit else 'recorded'}: {record.n_fitted}/{len(texts)} fitted, "
+            f"{record.n_converged} converged, "
             f"mean accuracy {record.mean_accuracy or 0:.3f}, fitting time {_fmt_seconds(record.wall_time_s)} (this run {_fmt_seconds(time.perf_counter() - t_set)})")
     say(f"All sets done in {_fmt_seconds(time.perf_counter() - t_all)}; {_size_mb(root):.1f} MB in {root}")
 
