@@ -247,7 +247,7 @@ def silhouette_figure(result_: SweepResult, teacher_silhouette: float | None) ->
         fig.add_hline(y=teacher_silhouette, line=dict(color="#7f7f7f", dash="dash"),
                       annotation_text=f"teacher {teacher_silhouette:.2f}", annotation_position="top left")
     fig.update_layout(height=420, margin=dict(l=10, r=10, t=50, b=10), barmode="group",
-                      title="Silhouette by group (cosine)", yaxis_title="silhouette",
+                      title="Silhouette by group", yaxis_title="silhouette (cosine)",  # short: the mode bar sits top right
                       legend=dict(orientation="h", y=-0.2))
     return fig
 
