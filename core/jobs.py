@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 import traceback
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
@@ -55,11 +56,12 @@ class JobSnapshot:
         return self.state != "running"
 
 
-class BackgroundJob:
+class BackgroundJob(ABC):
     """Work in a daemon thread that a UI starts, polls through ``snapshot()`` and may cancel.
 
-    Subclasses set up their state, then call ``super().__init__()``, and define ``_run`` (which checks
-    ``cancel_event``, updates state under ``_lock`` and sets ``_t_end``) and ``snapshot``.
+    Subclasses set up their state (``_state`` "running", ``_error`` None), then call ``super().__init__()``,
+    and define ``_work`` (which checks ``cancel_event`` and updates state under ``_lock``) and ``snapshot``.
+    A failure in ``_work`` marks the job "failed" with its message; the thread never dies silently.
     """
 
     thread_name = "background-job"
@@ -84,10 +86,28 @@ class BackgroundJob:
         return self.snapshot()
 
     def _run(self) -> None:
-        raise NotImplementedError
+        try:
+            self._work()
+        except Exception as exc:  # the UI shows the message
+            with self._lock:
+                self._error = str(exc) or type(exc).__name__
+                self._state = "failed"
+            traceback.print_exc()
+        finally:
+            with self._lock:
+                self._t_end = time.perf_counter()
 
+    def _elapsed(self) -> float:
+        """Seconds since the start, frozen at the end (call under ``_lock``)."""
+        return (self._t_end if self._t_end is not None else time.perf_counter()) - self._t0
+
+    @abstractmethod
+    def _work(self) -> None:
+        """The job itself, in the thread."""
+
+    @abstractmethod
     def snapshot(self):
-        raise NotImplementedError
+        """A consistent copy of the job's state."""
 
 
 class FitJob(BackgroundJob):
@@ -126,37 +146,27 @@ class FitJob(BackgroundJob):
                         p.curve_step, p.curve_loss, p.curve_accuracy = (
                             p.curve_step[::2], p.curve_loss[::2], p.curve_accuracy[::2])
 
-    def _run(self) -> None:
-        try:
-            outcomes = fit_and_cache(
-                self.lm, self.texts, self.config, self.cache, refit=self.refit, batch_size=self.batch_size,
-                callback=self._on_progress, callback_every=self.callback_every, cancel=self.cancel_event,
-            )
-            with self._lock:
-                self._outcomes = outcomes
-                for i, outcome in enumerate(outcomes):
-                    if outcome is not None:
-                        p = self._progress[i]
-                        p.done = True
-                        p.best_accuracy = outcome.entry.metrics.get("accuracy", p.best_accuracy)
-                self._state = "cancelled" if self.cancel_event.is_set() else "done"
-        except Exception as exc:  # the UI shows the message; the thread must never die silently
-            with self._lock:
-                self._error = str(exc) or type(exc).__name__
-                self._state = "failed"
-            traceback.print_exc()
-        finally:
-            with self._lock:
-                self._t_end = time.perf_counter()
+    def _work(self) -> None:
+        outcomes = fit_and_cache(
+            self.lm, self.texts, self.config, self.cache, refit=self.refit, batch_size=self.batch_size,
+            callback=self._on_progress, callback_every=self.callback_every, cancel=self.cancel_event,
+        )
+        with self._lock:
+            self._outcomes = outcomes
+            for i, outcome in enumerate(outcomes):
+                if outcome is not None:
+                    p = self._progress[i]
+                    p.done = True
+                    p.best_accuracy = outcome.entry.metrics.get("accuracy", p.best_accuracy)
+            self._state = "cancelled" if self.cancel_event.is_set() else "done"
 
     def snapshot(self) -> JobSnapshot:
         with self._lock:
-            end = self._t_end if self._t_end is not None else time.perf_counter()
             return JobSnapshot(
                 state=self._state, texts=list(self.texts), max_steps=self.config.max_steps,
                 progress=[replace(p, predictions=list(p.predictions), curve_step=list(p.curve_step),
                                   curve_loss=list(p.curve_loss), curve_accuracy=list(p.curve_accuracy))
                           for p in self._progress],
-                elapsed=end - self._t0, error=self._error,
+                elapsed=self._elapsed(), error=self._error,
                 outcomes=list(self._outcomes) if self._outcomes is not None else None,
             )

@@ -23,7 +23,6 @@ import re
 import sys
 import threading
 import time
-import traceback
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Literal, Sequence
 
@@ -514,31 +513,21 @@ class SweepJob(BackgroundJob):
                 self._step = p.fit.step
                 self._accuracy = float(np.mean(p.fit.best_accuracy)) if p.fit.best_accuracy else 0.0
 
-    def _run(self) -> None:
-        try:
-            result = run_sweep(self.lm, self.texts, self.groups, self.settings, self.base_config, self.cache,
-                               progress=self._on_progress, cancel=self.cancel_event, teacher=self.teacher)
-            with self._lock:
-                self._result = result
-                done = {r.setting for r in result.results}
-                self._status = ["done" if s in done else "waiting" for s in self.settings]
-                self._state = "cancelled" if result.stopped else "done"
-        except Exception as exc:  # the page shows the message; the thread must never die silently
-            with self._lock:
-                self._error = str(exc) or type(exc).__name__
-                self._state = "failed"
-            traceback.print_exc()
-        finally:
-            with self._lock:
-                self._t_end = time.perf_counter()
+    def _work(self) -> None:
+        result = run_sweep(self.lm, self.texts, self.groups, self.settings, self.base_config, self.cache,
+                           progress=self._on_progress, cancel=self.cancel_event, teacher=self.teacher)
+        with self._lock:
+            self._result = result
+            done = {r.setting for r in result.results}
+            self._status = ["done" if s in done else "waiting" for s in self.settings]
+            self._state = "cancelled" if result.stopped else "done"
 
     def snapshot(self) -> SweepSnapshot:
         with self._lock:
-            end = self._t_end if self._t_end is not None else time.perf_counter()
             return SweepSnapshot(
                 state=self._state, labels=[s.label for s in self.settings], status=list(self._status),
                 index=self._index, step=self._step, max_steps=self.base_config.max_steps,
-                mean_accuracy=self._accuracy, elapsed=end - self._t0, error=self._error, result=self._result)
+                mean_accuracy=self._accuracy, elapsed=self._elapsed(), error=self._error, result=self._result)
 
 
 # ---- the shipped default sweep -----------------------------------------------------------------------

@@ -175,3 +175,16 @@ def test_each_text_is_handed_over_when_it_finishes(tiny_lm):
                         on_done=lambda i, r: order.append((i, r.steps, r.status)))
     assert [i for i, _, _ in order] == [0, 1]  # batch of one: strictly one after the other
     assert [(r.steps, r.status) for r in results] == [(s, st) for _, s, st in order]
+
+
+def test_a_job_that_fails_reports_failed_with_its_message(tiny_lm, tmp_cache, monkeypatch):
+    import core.jobs
+    from core.jobs import FitJob
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(core.jobs, "fit_and_cache", broken)
+    snap = FitJob(tiny_lm, ["Hello"], preset("paper", max_steps=2), tmp_cache).start().wait(30)
+    assert snap.state == "failed" and snap.error == "disk full" and snap.finished
+    assert snap.elapsed >= 0
