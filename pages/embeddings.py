@@ -55,7 +55,8 @@ def _builtin(name: str) -> pd.DataFrame:
 
 
 # ---- the set -----------------------------------------------------------------------------------------
-shipped = {name: prefit_status(record, lm.identity) for name, record in load_manifest().items()}
+manifest = load_manifest()  # read once per run: the set labels and the config choices both use it
+shipped = {name: prefit_status(record, lm.identity) for name, record in manifest.items()}
 names = list(BUILTIN_SETS)
 # A fresh install opens on the set the shipped pre-fit covers best, so the page draws at once.
 most_fitted = max(range(len(names)), key=lambda i: (shipped.get(names[i], (0.0, ""))[0], -i))
@@ -72,7 +73,7 @@ try:
 except TextSetError as exc:
     st.error(f"This set cannot be fitted with {lm.name}: {exc}")
     st.stop()
-choices = emb.config_choices(lm, set_name, sidebar_config, shared_m)
+choices = emb.config_choices(lm, set_name, sidebar_config, shared_m, manifest=manifest)
 if len(choices) > 1:
     picked = c_choice.radio("Proto-tokens fitted with", range(len(choices)), key="emb_config",
                             format_func=lambda i: choices[i].label, horizontal=True)
