@@ -9,7 +9,8 @@ restart and a step cap per text, so both do the same work per text).
 
 Methods run interleaved per (text, seed), so a busy machine slows them alike. Writes
 bench/results/fit_speed.json after every run. Usage: python bench/fit_speed.py [--seeds 3] [--cap 800]
-[--batch-max-steps 150] [--runs-from RUNS.jsonl (reuse (a)/(b)/(c) runs printed by an earlier, stopped run)]
+[--batch-max-steps 150] [--runs-from RUNS.jsonl (reuse (a)/(b)/(c) runs printed by an earlier, stopped run)
+[--rerun c_core_fast (run only these methods again, e.g. after the fast preset changed)]]
 """
 
 from __future__ import annotations
@@ -78,9 +79,12 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
+METHODS = ("a_paper_loop", "b_core_paper", "c_core_fast")
+
+
 def summarize(runs: list[dict]) -> dict:
     summary = {}
-    for method in ("a_paper_loop", "b_core_paper", "c_core_fast"):
+    for method in METHODS:
         rows = [r for r in runs if r["method"] == method]
         if rows:
             summary[method] = {"seconds": spread([r["seconds"] for r in rows]),
@@ -100,7 +104,7 @@ def summarize(runs: list[dict]) -> dict:
 def batching(lm, max_steps: int) -> dict:
     """8 texts one by one vs in one batch, the same config and inits, each text stopping at 0.99 or max_steps:
     both modes do the same work per text, so texts per minute compares throughput alone."""
-    config = preset("fast", restarts=1, max_steps=max_steps)
+    config = preset("fast", max_steps=max_steps)
     t0 = time.perf_counter()
     one_by_one = [fit_texts(lm, [t], config)[0] for t in BATCH_TEXTS]
     t_single = time.perf_counter() - t0
@@ -130,6 +134,8 @@ def main() -> None:
     parser.add_argument("--batch-max-steps", type=int, default=150,
                         help="step cap per text in the batching comparison (the same in both modes)")
     parser.add_argument("--runs-from", help="a JSON-lines file of (a)/(b)/(c) runs printed earlier: skip them")
+    parser.add_argument("--rerun", nargs="*", default=[], choices=METHODS,
+                        help="with --runs-from: run these methods again (e.g. c_core_fast after the preset changed)")
     args = parser.parse_args()
     lm = load_model()
     path = Path(__file__).resolve().parent / "results" / "fit_speed.json"
@@ -139,9 +145,12 @@ def main() -> None:
         out["summary"] = summarize(out["runs"])
         path.write_text(json.dumps(out, indent=1))
 
+    rerun = set(args.rerun) if args.runs_from else set(METHODS)
     if args.runs_from:
-        out["runs"] = [json.loads(line) for line in Path(args.runs_from).read_text().splitlines() if line.strip()]
-    else:
+        out["runs"] = [row for line in Path(args.runs_from).read_text().splitlines() if line.strip()
+                       if (row := json.loads(line))["method"] not in rerun]
+        out["reused_runs_from"] = args.runs_from
+    if rerun:
         for text in TEXTS[: args.texts]:
             n_tokens = len(lm.encode(text))
             for seed in range(args.seeds):
@@ -150,6 +159,8 @@ def main() -> None:
                     ("b_core_paper", lambda: library_fit(lm, text, preset("paper", seed=seed, max_steps=args.cap))),
                     ("c_core_fast", lambda: library_fit(lm, text, preset("fast", seed=seed))),
                 ):
+                    if method not in rerun:
+                        continue
                     row = {"method": method, "n_tokens": n_tokens, "seed": seed, **run()}
                     out["runs"].append(row)
                     print(json.dumps(row), flush=True)

@@ -37,7 +37,7 @@ def _config(args):
 
     overrides = {k: v for k, v in {
         "max_steps": args.max_steps, "lr": args.lr, "threshold": args.threshold, "seed": args.seed,
-        "init": args.init, "layout": args.layout,
+        "init": args.init, "layout": args.layout, "redraw_after": args.redraw_after,
     }.items() if v is not None}
     if args.shared_m:
         overrides["shared_m"] = True
@@ -136,7 +136,7 @@ def cmd_prefit(args) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
     prefit_builtin(quiet=args.quiet, sets=args.sets or PREFIT_SETS, batch_size=args.batch_size, fit=not args.no_fit,
-                   stop=stop)
+                   sweep=not args.no_sweep, stop=stop)
     return 0
 
 
@@ -152,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--lr", type=float)
     fit.add_argument("--threshold", type=float)
     fit.add_argument("--seed", type=int)
-    fit.add_argument("--init", choices=["normal", "embedding"])
+    fit.add_argument("--init", choices=["normal", "embedding", "token"])  # core.fit.INITS (not imported: torch)
+    fit.add_argument("--redraw-after", type=int, help="start a draw still at a uniform guess's loss after this "
+                     "many steps over from a new init (0: never; fast preset: 20)")
     fit.add_argument("--layout", choices=["e+m*N", "e+m*(N-1)"])
     fit.add_argument("--shared-m", action="store_true", help="one m shared by all texts")
     fit.add_argument("--batch-size", type=int, default=8)
@@ -170,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre = sub.add_parser("prefit", help="regenerate the shipped pre-fitted cache of the built-in sets")
     pre.add_argument("--sets", nargs="+", metavar="SET", help="only these sets, in this order (default: all)")
     pre.add_argument("--batch-size", type=int, default=8, help="rows per forward pass (a text's restarts count)")
+    pre.add_argument("--no-sweep", action="store_true", help="do not run the Regularisers page's default sweep after the sets")
     pre.add_argument("--no-fit", action="store_true",
                      help="fit nothing: record what the folder holds (after a run that was killed) and its views")
     pre.add_argument("--quiet", action="store_true")

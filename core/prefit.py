@@ -36,11 +36,10 @@ PREFIT_PRESET = "fast"
 # A text still below the threshold after this many steps is left as it is (the page excludes entries
 # under 0.9 anyway), so one stubborn text cannot eat the time budget of the whole pre-fit.
 PREFIT_MAX_STEPS = 600
-# The fast preset's 4 restarts per text are kept. Measured on the first 24 syntax sentences with one init:
-# 15 converged in 32-408 steps, 9 stayed stuck near accuracy 0 for all 600 steps. Resampling those
-# numbers, 4 inits side by side take ~360 row-steps per text against ~310 for one, but leave ~2% of the
-# texts unconverged instead of 38%: fewer row-steps per converged text (~370 against ~500).
-PREFIT_RESTARTS = 4
+# One draw per text: the fast preset starts a stuck draw over after 20 steps, which is what 4 restarts side by
+# side were for (on the first 24 syntax sentences, one N(0, embedding std) draw each without redraws, 9 stayed
+# stuck near accuracy 0 for all 600 steps), at a quarter of the row-steps.
+PREFIT_RESTARTS = 1
 # Measured on the shared 2-core machine under load: 4.5 s per step of 8 rows with 1 torch thread,
 # 16-57 s with 2 (OpenMP threads wait on each other whenever one is descheduled).
 PREFIT_THREADS = int(os.environ.get("PROTOTOKENS_PREFIT_THREADS", "1"))

@@ -175,11 +175,11 @@ def default_sweep_set(n_sources: int = DEFAULT_SET_SOURCES, n_paraphrases: int =
 def sweep_config(config: FitConfig) -> FitConfig:
     """The config a sweep fits with: ``config`` with a single init per text and no regulariser of its own.
 
-    Restarts (the fast preset fits 4 inits side by side) need independently fitted texts, which a
-    regulariser's batch is not; the baseline gets a single init too, so every setting starts from the same
+    Restarts and redraws (the fast preset starts a stuck draw over) need independently fitted texts, which a
+    regulariser's batch is not; the baseline gets a single draw too, so every setting starts from the same
     vectors and differs only by its loss.
     """
-    return replace(config, restarts=1, regularizer=None)
+    return replace(config, restarts=1, redraw_after=0, regularizer=None)
 
 
 def default_base_config() -> FitConfig:

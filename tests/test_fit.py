@@ -188,3 +188,31 @@ def test_a_job_that_fails_reports_failed_with_its_message(tiny_lm, tmp_cache, mo
     snap = FitJob(tiny_lm, ["Hello"], preset("paper", max_steps=2), tmp_cache).start().wait(30)
     assert snap.state == "failed" and snap.error == "disk full" and snap.finished
     assert snap.elapsed >= 0
+
+
+def test_token_init_draws_like_the_embedding_matrix(tiny_lm):
+    from core.fit import _init_distribution, _init_vector
+
+    weight = tiny_lm.model.get_input_embeddings().weight.detach().float()
+    mean, std = _init_distribution(tiny_lm, preset("paper", init="token", init_scale=0.5))
+    assert torch.allclose(mean, weight.mean(0)) and torch.allclose(std, weight.std(0) * 0.5)
+    draws = torch.stack([_init_vector(tiny_lm.hidden_size, (mean, std), s) for s in range(400)])
+    assert torch.allclose(draws.mean(0), mean, atol=0.2 * float(std.max()))
+    assert torch.equal(_init_vector(tiny_lm.hidden_size, (mean, std), 3), _init_vector(tiny_lm.hidden_size, (mean, std), 3))
+
+
+def test_a_stuck_draw_starts_over_from_a_new_init(tiny_lm, monkeypatch):
+    import core.fit as fit_mod
+
+    config = preset("paper", lr=1e-4, max_steps=23, redraw_after=5)
+    monkeypatch.setattr(fit_mod, "REDRAW_LOSS_SHARE", 1e9)  # no loss counts as stuck
+    [plain] = fit_texts(tiny_lm, [SHORT], config)
+    assert plain.redraws == 0
+    monkeypatch.setattr(fit_mod, "REDRAW_LOSS_SHARE", 0.0)  # every loss counts as stuck
+    [r] = fit_texts(tiny_lm, [SHORT], config)
+    assert r.redraws == 3 and r.steps == 23  # redrawn after steps 5, 11 and 17; the step count goes on
+    loss, before = r.history["loss"], plain.history["loss"]
+    assert loss[:6] == before[:6]  # the first draw is the plain fit's
+    assert all(loss[k] != before[k] for k in (6, 12, 18))  # a new init is measured there
+    [again] = fit_texts(tiny_lm, [SHORT], config)
+    assert torch.equal(again.e, r.e) and again.history["loss"] == loss  # redraws are seeded

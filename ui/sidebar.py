@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.fit import PRESETS, preset
+from core.fit import INITS, PRESETS, preset
 from core.models import DEFAULT_MODEL, TINY_MODEL
 from core.reconstruct import LAYOUTS
 from ui.state import DEFAULT_MODEL_NAME, get_cache, get_model
@@ -29,7 +29,8 @@ def _model_section() -> None:
 
 def _fit_section() -> None:
     name = st.radio("Fit preset", PRESETS, key="preset", horizontal=True,
-                    help="paper: the published recipe (AdamW 0.01, N(0,1) init). fast: measured to converge sooner.")
+                    help="paper: the published recipe (AdamW 0.01, N(0,1) init). fast: token-like init, lr 0.05 with "
+                         "a cosine decay, stuck draws start over: measured to converge sooner.")
     base = preset(name)
     with st.expander("Fit settings"):
         # Keys carry the preset name so switching presets shows that preset's own values.
@@ -38,8 +39,13 @@ def _fit_section() -> None:
             "max_steps": int(st.number_input("Max steps", 1, 20000, base.max_steps, step=100, key=f"steps_{name}")),
             "threshold": st.number_input("Stop at accuracy", 0.5, 1.0, base.threshold, step=0.01, key=f"thr_{name}"),
             "seed": int(st.number_input("Seed", 0, 2**31 - 1, base.seed, key=f"seed_{name}")),
-            "init": st.selectbox("Init", ["normal", "embedding"], index=["normal", "embedding"].index(base.init),
-                                 key=f"init_{name}", help="normal: N(0,1); embedding: N(0, std of the embedding matrix)"),
+            "init": st.selectbox("Init", INITS, index=INITS.index(base.init), key=f"init_{name}",
+                                 help="normal: N(0,1). embedding: N(0, std of the embedding matrix). token: like a "
+                                 "random token embedding (per dimension, the embedding matrix's mean and std)."),
+            "redraw_after": int(st.number_input(
+                "Start a stuck draw over after (steps)", 0, 1000, base.redraw_after, step=5, key=f"redraw_{name}",
+                help="A draw whose loss is still near a uniform guess's after this many steps starts again from a "
+                     "new init (0: never). About a third of all draws get stuck there for hundreds of steps.")),
             "layout": st.selectbox("Layout", LAYOUTS, index=LAYOUTS.index(base.layout), key=f"layout_{name}",
                                    help="e+m*N: e's output unscored (default). e+m*(N-1): e predicts the first token."),
         }
