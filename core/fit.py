@@ -54,7 +54,7 @@ class FitConfig:
     schedule: str = "constant"  # "constant" or "cosine" (lr decays to 10% over max_steps)
     seed: int = 0
     shared_m: bool = False
-    restarts: int = 1  # independent inits per text fitted side by side; the first to converge wins
+    restarts: int = 1  # independent inits per text, side by side as slots allow; the first to converge wins
     redraw_after: int = 0  # > 0: a draw still at a uniform guess's loss after this many steps starts over from a new init
     regularizer: object | None = None  # core.teacher.RegularizerConfig
     snapshot_every: int = 10  # how often reconstructions are recorded for replay; does not change the result
@@ -327,6 +327,8 @@ def _fit_items(
         active = [i for i in active if not done[i]]
         while waiting and len(active) < slots:
             i = waiting.pop(0)
+            if done[i]:  # a restart whose text converged before it got a slot
+                continue
             started[i] = time.perf_counter()
             active.append(i)
         if not active:
@@ -445,8 +447,10 @@ def fit_texts(
     batch_size: how many rows share a forward pass (None: all). A text that finishes frees its slot for
     the next waiting one at once (continuous batching), so a slow text never holds the others back.
     Coupled texts (shared m, a regulariser) always fit all together and stop together.
-    With ``config.restarts`` = R > 1 every text is fitted from R inits side by side (R rows); the first
-    restart to converge stops the others and its vectors are returned.
+    With ``config.restarts`` = R > 1 every text is fitted from R inits (R rows); the first restart to
+    converge stops the others and its vectors are returned. The first inits of all texts take the slots
+    first; the other restarts wait for slots that converged texts free (all side by side when the batch
+    has room for every row), so they keep a batch full while its slow texts finish.
     teacher_embeddings: [n_texts, d_teacher] for a regulariser (computed with the config's teacher if None).
     init_seeds: per-text init seeds (default: derived from the config seed and the text's tokens).
     on_done(index, result): called as soon as a text is finished, before the others are.
@@ -460,10 +464,13 @@ def fit_texts(
                           init_seeds=init_seeds, on_done=on_done)
     targets = [list(t) for t in token_ids] if token_ids is not None else [lm.validate_text(t, config.layout) for t in texts]
     base_seeds = list(init_seeds) if init_seeds is not None else [text_seed(config.seed, t) for t in targets]
-    owners = [i for i in range(len(texts)) for _ in range(restarts)]
+    # Restart-major order: every text's first draw comes before any second one, so with fewer slots than rows
+    # the further restarts wait and take the slots of texts that have converged (a batch stays full while its
+    # slow texts finish, instead of thinning out to one row).
+    owners = [i for _ in range(restarts) for i in range(len(texts))]
     # Restart 0 is the single-run init, so restarts only ever add chances.
-    seeds = [base_seeds[i] if r == 0 else text_seed(base_seeds[i] + r, targets[i]) for i in range(len(texts))
-             for r in range(restarts)]
+    seeds = [base_seeds[i] if r == 0 else text_seed(base_seeds[i] + r, targets[i]) for r in range(restarts)
+             for i in range(len(texts))]
 
     def winner(values: Sequence, i: int, accuracy: Sequence[float], loss: Sequence[float]):
         rows = [j for j, o in enumerate(owners) if o == i]
@@ -531,7 +538,7 @@ def lookup(lm: LoadedModel, texts: Sequence[str], config: FitConfig, cache: Prot
 def entry_from_result(lm: LoadedModel, result: FitResult, config: FitConfig, key: str, group: str | None) -> CacheEntry:
     metrics = {
         "accuracy": result.accuracy, "loss": result.loss if math.isfinite(result.loss) else None,
-        "steps": result.steps, "converged": result.converged, "status": result.status,
+        "steps": result.steps, "converged": result.converged, "status": result.status, "redraws": result.redraws,
         "message": result.message, "wall_time": result.wall_time, "n_tokens": len(result.token_ids),
         "norm_e": float(result.e.norm()), "norm_m": float(result.m.norm()),
     }
