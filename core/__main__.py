@@ -133,10 +133,13 @@ def cmd_prefit(args) -> int:
         else:
             raise KeyboardInterrupt
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, on_signal)
-    prefit_builtin(quiet=args.quiet, sets=args.sets or PREFIT_SETS, batch_size=args.batch_size, fit=not args.no_fit,
-                   sweep=not args.no_sweep, stop=stop)
+    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        prefit_builtin(quiet=args.quiet, sets=args.sets or PREFIT_SETS, batch_size=args.batch_size,
+                       fit=not args.no_fit, sweep=not args.no_sweep, stop=stop)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
 
 

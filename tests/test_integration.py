@@ -64,3 +64,17 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, capsys, args, message):
     assert main([*args, "--cache", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
+
+
+def test_cli_fit_settings_and_prefit_flags_reach_the_library(monkeypatch):
+    import core.prefit
+    from core.__main__ import _config, build_parser, main
+
+    args = build_parser().parse_args(["fit", "--text", "x", "--preset", "fast", "--init", "normal", "--redraw-after", "0"])
+    config = _config(args)
+    assert (config.preset, config.init, config.redraw_after, config.lr) == ("fast", "normal", 0, 0.05)
+    assert _config(build_parser().parse_args(["fit", "--text", "x", "--preset", "fast"])).redraw_after == 20
+    seen = {}
+    monkeypatch.setattr(core.prefit, "prefit_builtin", lambda **kwargs: seen.update(kwargs))
+    assert main(["prefit", "--sets", "syntax", "--no-sweep", "--batch-size", "16"]) == 0
+    assert seen["sweep"] is False and seen["sets"] == ["syntax"] and seen["batch_size"] == 16 and seen["fit"]
