@@ -88,3 +88,13 @@ def test_reruns_keep_the_sidebar(app_cache):
         assert not at.exception, at.exception
         assert at.title[0].value == "Noise"
         assert any(c.value.startswith("Cache:") for c in at.sidebar.caption)
+
+
+def test_an_entry_that_was_redrawn_says_so(tiny_entry, app_cache):
+    from dataclasses import replace
+
+    redrawn = replace(tiny_entry, metrics={**tiny_entry.metrics, "redraws": 2})
+    app_cache.put(redrawn)
+    at = open_page("pages/reconstruct.py", entry_key=redrawn.key)
+    assert not at.exception
+    assert any("Started over from a new init 2 times" in c.value for c in at.caption)
