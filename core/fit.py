@@ -55,7 +55,9 @@ class FitConfig:
     seed: int = 0
     shared_m: bool = False
     restarts: int = 1  # independent inits per text, side by side as slots allow; the first to converge wins
-    redraw_after: int = 0  # > 0: a draw still at a uniform guess's loss after this many steps starts over from a new init
+    # > 0: a draw still at a uniform guess's loss after this many steps starts over from a new init (texts fitted
+    # alone only: coupled texts, with a shared m or a regulariser, keep their draw)
+    redraw_after: int = 0
     regularizer: object | None = None  # core.teacher.RegularizerConfig
     snapshot_every: int = 10  # how often reconstructions are recorded for replay; does not change the result
 
