@@ -182,11 +182,6 @@ def _init_vector(hidden: int, distribution: tuple, seed: int) -> torch.Tensor:
     return torch.randn(hidden, generator=g, dtype=torch.float32) * std + mean
 
 
-def redraw_seed(seed: int, draw: int) -> int:
-    """The init seed of a text's draw-th redraw (draw 0 is the seed itself)."""
-    return seed if draw == 0 else text_seed(seed, [draw])
-
-
 def _thin(snapshots: list) -> list:
     """Halve the replay snapshots once too many pile up, always keeping the latest."""
     return snapshots[::2] + ([snapshots[-1]] if len(snapshots) % 2 == 0 else [])
@@ -308,7 +303,7 @@ def _fit_items(
         """Start text i over from a new init: the loss says this draw is stuck at a uniform guess (preset())."""
         redraws[i] += 1
         drawn_at[i] = steps_taken[i] + 1  # this step is spent measuring the old draw
-        seed = redraw_seed(seeds[i], redraws[i])
+        seed = text_seed(seeds[i], [redraws[i]])  # the same text and redraw count always get the same init
         with torch.no_grad():
             es[i].copy_(_init_vector(hidden, distribution, seed))
             ms[i].copy_(_init_vector(hidden, distribution, seed + 1))
