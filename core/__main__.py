@@ -38,6 +38,7 @@ def _config(args):
     overrides = {k: v for k, v in {
         "max_steps": args.max_steps, "lr": args.lr, "threshold": args.threshold, "seed": args.seed,
         "init": args.init, "layout": args.layout, "redraw_after": args.redraw_after,
+        "redraw_plateau": args.redraw_plateau,
     }.items() if v is not None}
     if args.shared_m:
         overrides["shared_m"] = True
@@ -158,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--init", choices=["normal", "embedding", "token"])  # core.fit.INITS (not imported: torch)
     fit.add_argument("--redraw-after", type=int, help="start a draw still at a uniform guess's loss after this "
                      "many steps over from a new init (0: never; fast preset: 20)")
+    fit.add_argument("--redraw-plateau", type=int, help="start a draw still above 0.7 of a uniform guess's loss "
+                     "after this many steps over too (0: never; fast preset: 100)")
     fit.add_argument("--layout", choices=["e+m*N", "e+m*(N-1)"])
     fit.add_argument("--shared-m", action="store_true", help="one m shared by all texts")
     fit.add_argument("--batch-size", type=int, default=8)

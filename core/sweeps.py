@@ -179,7 +179,7 @@ def sweep_config(config: FitConfig) -> FitConfig:
     regulariser's batch is not; the baseline gets a single draw too, so every setting starts from the same
     vectors and differs only by its loss.
     """
-    return replace(config, restarts=1, redraw_after=0, regularizer=None)
+    return replace(config, restarts=1, redraw_after=0, redraw_plateau=0, regularizer=None)
 
 
 def default_base_config() -> FitConfig:

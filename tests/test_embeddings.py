@@ -15,7 +15,7 @@ from core import embeddings as emb
 from core.cache import CacheEntry, ProtoCache
 from core.fit import lookup, preset
 from core.fit import config_from_dict
-from core.prefit import prefit_builtin, ship_views
+from core.prefit import prefit_builtin, prefit_config, ship_views
 from core.shipped import MANIFEST, compact_entry, load_manifest, thin_history
 from core.textsets import BUILTIN_SETS, PREFIT_SETS, TextSetError, builtin_set, parse_text_set
 
@@ -225,6 +225,16 @@ def test_thin_history_and_compact_entry():
 def test_config_round_trips_through_its_dict():
     for config in (preset("fast", max_steps=600), preset("paper", shared_m=True)):
         assert config_from_dict(json.loads(json.dumps(config.as_dict()))) == config
+
+
+def test_the_shipped_prefit_was_made_with_the_settings_prefit_uses():
+    # Otherwise `python -m core prefit` would fit everything again instead of resuming, and fields added to
+    # FitConfig since must leave the shipped keys as they are.
+    shipped = load_manifest()
+    assert shipped
+    for record in shipped.values():
+        assert config_from_dict(record.config).key_dict() == prefit_config().key_dict()
+    assert "redraw_plateau" not in prefit_config().key_dict() and "redraw_plateau" in preset("fast").key_dict()
 
 
 def test_prefit_on_the_tiny_model_writes_a_manifest_and_compact_entries(tiny_lm, tmp_path, monkeypatch):

@@ -202,14 +202,16 @@ def test_token_init_draws_like_the_embedding_matrix(tiny_lm):
     assert torch.equal(_init_vector(tiny_lm.hidden_size, (mean, std), 3), _init_vector(tiny_lm.hidden_size, (mean, std), 3))
 
 
-def test_a_stuck_draw_starts_over_from_a_new_init(tiny_lm, monkeypatch):
+@pytest.mark.parametrize("rule, share", [("redraw_after", "REDRAW_LOSS_SHARE"),
+                                         ("redraw_plateau", "REDRAW_PLATEAU_SHARE")])
+def test_a_stuck_draw_starts_over_from_a_new_init(tiny_lm, monkeypatch, rule, share):
     import core.fit as fit_mod
 
-    config = preset("paper", lr=1e-4, max_steps=23, redraw_after=5)
-    monkeypatch.setattr(fit_mod, "REDRAW_LOSS_SHARE", 1e9)  # no loss counts as stuck
+    config = preset("paper", lr=1e-4, max_steps=23, **{rule: 5})
+    monkeypatch.setattr(fit_mod, share, 1e9)  # no loss counts as stuck
     [plain] = fit_texts(tiny_lm, [SHORT], config)
     assert plain.redraws == 0
-    monkeypatch.setattr(fit_mod, "REDRAW_LOSS_SHARE", 0.0)  # every loss counts as stuck
+    monkeypatch.setattr(fit_mod, share, 0.0)  # every loss counts as stuck
     [r] = fit_texts(tiny_lm, [SHORT], config)
     assert r.redraws == 3 and r.steps == 23  # redrawn after steps 5, 11 and 17; the step count goes on
     loss, before = r.history["loss"], plain.history["loss"]

@@ -73,7 +73,10 @@ def test_cli_fit_settings_and_prefit_flags_reach_the_library(monkeypatch):
     args = build_parser().parse_args(["fit", "--text", "x", "--preset", "fast", "--init", "normal", "--redraw-after", "0"])
     config = _config(args)
     assert (config.preset, config.init, config.redraw_after, config.lr) == ("fast", "normal", 0, 0.05)
-    assert _config(build_parser().parse_args(["fit", "--text", "x", "--preset", "fast"])).redraw_after == 20
+    fast = _config(build_parser().parse_args(["fit", "--text", "x", "--preset", "fast"]))
+    assert (fast.redraw_after, fast.redraw_plateau) == (20, 100)
+    args = build_parser().parse_args(["fit", "--text", "x", "--preset", "fast", "--redraw-plateau", "0"])
+    assert _config(args).redraw_plateau == 0
     seen = {}
     monkeypatch.setattr(core.prefit, "prefit_builtin", lambda **kwargs: seen.update(kwargs))
     assert main(["prefit", "--sets", "syntax", "--no-sweep", "--batch-size", "16"]) == 0

@@ -46,6 +46,11 @@ def _fit_section() -> None:
                 "Start a stuck draw over after (steps)", 0, 1000, base.redraw_after, step=5, key=f"redraw_{name}",
                 help="A draw whose loss is still near a uniform guess's after this many steps starts again from a "
                      "new init (0: never). About a third of all draws get stuck there for hundreds of steps.")),
+            "redraw_plateau": int(st.number_input(
+                "...or still on a plateau after (steps)", 0, 5000, base.redraw_plateau, step=10,
+                key=f"plateau_{name}",
+                help="A draw whose loss is still above 0.7 of a uniform guess's after this many steps starts again "
+                     "too (0: never). Some draws on longer texts sit there with an accuracy near 0.")),
             "layout": st.selectbox("Layout", LAYOUTS, index=LAYOUTS.index(base.layout), key=f"layout_{name}",
                                    help="e+m*N: e's output unscored (default). e+m*(N-1): e predicts the first token."),
         }
