@@ -20,6 +20,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,6 +34,8 @@ from core.models import load_model  # noqa: E402
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
     "Rain fell softly on the old stone bridge while the town slept under a grey sky.",
+    "After the storm had passed, the fishermen mended their torn nets on the pier and counted the boats that "
+    "were still missing from the harbour.",
 ]
 BATCH_TEXTS = [  # short, so the one-by-one baseline finishes in minutes
     "Bread rises when yeast eats sugar and breathes out gas.",
@@ -101,6 +104,15 @@ def summarize(runs: list[dict]) -> dict:
     return summary
 
 
+def pass_seconds(lm, rows: int, steps: int = 10) -> float:
+    """Seconds per optimisation step of `rows` rows of one batching text (the fast preset, no stopping)."""
+    config = preset("fast", max_steps=steps, redraw_after=0, redraw_plateau=0)
+    fit_texts(lm, [BATCH_TEXTS[0]] * rows, replace(config, max_steps=1), batch_size=rows)  # warm up
+    t0 = time.perf_counter()
+    fit_texts(lm, [BATCH_TEXTS[0]] * rows, config, batch_size=rows)
+    return (time.perf_counter() - t0) / steps
+
+
 def batching(lm, max_steps: int, restarts: int) -> dict:
     """8 texts one by one (one row per forward pass) vs in one batch of 8 rows, the same config and inits:
     the fast preset with up to `restarts` draws per text, each stopping at 0.99 or max_steps. One by one, a
@@ -113,7 +125,12 @@ def batching(lm, max_steps: int, restarts: int) -> dict:
     t0 = time.perf_counter()
     batched = fit_texts(lm, BATCH_TEXTS, config, batch_size=len(BATCH_TEXTS))
     t_batch = time.perf_counter() - t0
+    # What one pass costs: the batch's speedup cannot exceed rows x (1-row pass) / (n-row pass), reached only
+    # if every text needed the same number of steps.
+    one_row, all_rows = pass_seconds(lm, 1), pass_seconds(lm, len(BATCH_TEXTS))
     return {
+        "pass_seconds": {"1_row": one_row, f"{len(BATCH_TEXTS)}_rows": all_rows},
+        "speedup_ceiling": len(BATCH_TEXTS) * one_row / all_rows,
         "texts": len(BATCH_TEXTS), "max_steps": max_steps, "restarts": restarts, "rows_per_pass": [1, len(BATCH_TEXTS)],
         "one_by_one_seconds": t_single, "batched_seconds": t_batch,
         "one_by_one_texts_per_minute": 60 * len(BATCH_TEXTS) / t_single,
