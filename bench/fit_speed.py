@@ -5,7 +5,8 @@
 (b) core.fit with the paper preset (the same recipe through the library: sdpa attention);
 (c) core.fit with the fast preset.
 Then texts per minute for 8 texts fitted in one batch of 8 rows vs one by one with one row per pass
-(core.fit, the same fast config with a step cap per draw and up to --batch-restarts draws per text).
+(core.fit, the same fast config with a step cap per draw and up to --batch-restarts draws per text), once
+per seed (--batch-seeds), and what a pass of 1 and of 8 rows costs.
 
 Methods run interleaved per (text, seed), so a busy machine slows them alike. Writes
 bench/results/fit_speed.json after every run. Usage: python bench/fit_speed.py [--seeds 3] [--cap 800]
@@ -113,34 +114,42 @@ def pass_seconds(lm, rows: int, steps: int = 10) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def batching(lm, max_steps: int, restarts: int) -> dict:
-    """8 texts one by one (one row per forward pass) vs in one batch of 8 rows, the same config and inits:
-    the fast preset with up to `restarts` draws per text, each stopping at 0.99 or max_steps. One by one, a
-    further draw only runs after one that failed; in the batch, further draws take the rows that converged
-    texts free, so the batch stays full while its slow texts finish."""
-    config = preset("fast", max_steps=max_steps, restarts=restarts)
+def batching_run(lm, config) -> dict:
+    """8 texts one by one (one row per forward pass), then in one batch of 8 rows, the same config and inits."""
     t0 = time.perf_counter()
     one_by_one = [fit_texts(lm, [t], config, batch_size=1)[0] for t in BATCH_TEXTS]
     t_single = time.perf_counter() - t0
     t0 = time.perf_counter()
     batched = fit_texts(lm, BATCH_TEXTS, config, batch_size=len(BATCH_TEXTS))
     t_batch = time.perf_counter() - t0
-    # What one pass costs: the batch's speedup cannot exceed rows x (1-row pass) / (n-row pass), reached only
-    # if every text needed the same number of steps.
-    one_row, all_rows = pass_seconds(lm, 1), pass_seconds(lm, len(BATCH_TEXTS))
     return {
-        "pass_seconds": {"1_row": one_row, f"{len(BATCH_TEXTS)}_rows": all_rows},
-        "speedup_ceiling": len(BATCH_TEXTS) * one_row / all_rows,
-        "texts": len(BATCH_TEXTS), "max_steps": max_steps, "restarts": restarts, "rows_per_pass": [1, len(BATCH_TEXTS)],
-        "one_by_one_seconds": t_single, "batched_seconds": t_batch,
+        "seed": config.seed, "one_by_one_seconds": t_single, "batched_seconds": t_batch,
         "one_by_one_texts_per_minute": 60 * len(BATCH_TEXTS) / t_single,
         "batched_texts_per_minute": 60 * len(BATCH_TEXTS) / t_batch,
         "speedup": t_single / t_batch,
         "one_by_one_steps": [r.steps for r in one_by_one], "batched_steps": [r.steps for r in batched],
-        "one_by_one_text_steps_per_second": sum(r.steps for r in one_by_one) / t_single,
-        "batched_text_steps_per_second": sum(r.steps for r in batched) / t_batch,
         "converged": f"{sum(r.converged for r in batched)}/{len(batched)} batched, "
                      f"{sum(r.converged for r in one_by_one)}/{len(one_by_one)} one by one",
+    }
+
+
+def batching(lm, max_steps: int, restarts: int, seeds: int) -> dict:
+    """The fast preset with up to `restarts` draws per text, each stopping at 0.99 or max_steps, once per seed.
+    One by one, a further draw only runs after one that failed; in the batch, further draws take the rows that
+    converged texts free, so the batch stays full while its slow texts finish."""
+    runs = [batching_run(lm, preset("fast", max_steps=max_steps, restarts=restarts, seed=seed))
+            for seed in range(seeds)]
+    # What one pass costs: the batch's speedup cannot exceed rows x (1-row pass) / (n-row pass), reached only
+    # if every text needed the same number of steps.
+    one_row, all_rows = pass_seconds(lm, 1), pass_seconds(lm, len(BATCH_TEXTS))
+    return {
+        "texts": len(BATCH_TEXTS), "max_steps": max_steps, "restarts": restarts, "rows_per_pass": [1, len(BATCH_TEXTS)],
+        "speedup": spread([r["speedup"] for r in runs]),
+        "one_by_one_texts_per_minute": spread([r["one_by_one_texts_per_minute"] for r in runs]),
+        "batched_texts_per_minute": spread([r["batched_texts_per_minute"] for r in runs]),
+        "pass_seconds": {"1_row": one_row, f"{len(BATCH_TEXTS)}_rows": all_rows},
+        "speedup_ceiling": len(BATCH_TEXTS) * one_row / all_rows,
+        "runs": runs,
     }
 
 
@@ -153,6 +162,7 @@ def main() -> None:
     parser.add_argument("--batch-max-steps", type=int, default=150,
                         help="step cap per draw in the batching comparison (the same in both modes)")
     parser.add_argument("--batch-restarts", type=int, default=4, help="draws per text at most in the batching comparison")
+    parser.add_argument("--batch-seeds", type=int, default=2, help="batching comparisons, one per seed")
     parser.add_argument("--runs-from", help="a JSON-lines file of (a)/(b)/(c) runs printed earlier: skip them")
     parser.add_argument("--rerun", nargs="*", default=[], choices=METHODS,
                         help="with --runs-from: run these methods again (e.g. c_core_fast after the preset changed)")
@@ -187,7 +197,7 @@ def main() -> None:
                     write()
     write()
     if not args.skip_batch:
-        out["batching"] = batching(lm, args.batch_max_steps, args.batch_restarts)
+        out["batching"] = batching(lm, args.batch_max_steps, args.batch_restarts, args.batch_seeds)
         write()
     print(json.dumps({k: v for k, v in out.items() if k != "runs"}, indent=1))
 
