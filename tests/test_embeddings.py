@@ -13,8 +13,7 @@ from sklearn.metrics import silhouette_score
 
 from core import embeddings as emb
 from core.cache import CacheEntry, ProtoCache
-from core.fit import lookup, preset
-from core.fit import config_from_dict
+from core.fit import config_from_dict, lookup, preset
 from core.prefit import prefit_builtin, prefit_config, ship_views
 from core.shipped import MANIFEST, compact_entry, load_manifest, thin_history
 from core.textsets import BUILTIN_SETS, PREFIT_SETS, TextSetError, builtin_set, parse_text_set
