@@ -137,8 +137,10 @@ def batching(lm, max_steps: int, restarts: int, seeds: int) -> dict:
     """The fast preset with up to `restarts` draws per text, each stopping at 0.99 or max_steps, once per seed.
     One by one, a further draw only runs after one that failed; in the batch, further draws take the rows that
     converged texts free, so the batch stays full while its slow texts finish."""
-    runs = [batching_run(lm, preset("fast", max_steps=max_steps, restarts=restarts, seed=seed))
-            for seed in range(seeds)]
+    runs = []
+    for seed in range(seeds):
+        runs.append(batching_run(lm, preset("fast", max_steps=max_steps, restarts=restarts, seed=seed)))
+        print(json.dumps(runs[-1]), flush=True)
     # What one pass costs: the batch's speedup cannot exceed rows x (1-row pass) / (n-row pass), reached only
     # if every text needed the same number of steps.
     one_row, all_rows = pass_seconds(lm, 1), pass_seconds(lm, len(BATCH_TEXTS))
