@@ -215,7 +215,7 @@ def show_entry(entry: CacheEntry) -> None:
     cols[5].metric("‖m‖", f"{float(entry.m.norm()):.2f}")
     if redraws := metrics.get("redraws"):
         st.caption(f"Started over from a new init {redraws} time{'s' if redraws > 1 else ''}: the loss was still "
-                   "near a uniform guess's after the steps set in *Fit settings* (a stuck draw), so the curves "
+                   "too high after the steps set in *Fit settings* (a stuck draw), so the curves "
                    "jump back up there.")
     show_prediction(rec.token_ids, entry.token_ids, "one-pass reconstruction from the stored e and m")
     st.markdown(f"**Decoded:** `{json.dumps(rec.text, ensure_ascii=False)[1:-1]}`")

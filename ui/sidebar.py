@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.fit import INITS, PRESETS, preset
+from core.fit import INITS, PRESETS, REDRAW_PLATEAU_SHARE, preset
 from core.models import DEFAULT_MODEL, TINY_MODEL
 from core.reconstruct import LAYOUTS
 from ui.state import DEFAULT_MODEL_NAME, get_cache, get_model
@@ -49,8 +49,8 @@ def _fit_section() -> None:
             "redraw_plateau": int(st.number_input(
                 "...or still on a plateau after (steps)", 0, 5000, base.redraw_plateau, step=10,
                 key=f"plateau_{name}",
-                help="A draw whose loss is still above 0.7 of a uniform guess's after this many steps starts again "
-                     "too (0: never). Some draws on longer texts sit there with an accuracy near 0.")),
+                help=f"A draw whose loss is still above {REDRAW_PLATEAU_SHARE} of a uniform guess's after this many steps "
+                     "starts again too (0: never). Some draws on longer texts sit there with an accuracy near 0.")),
             "layout": st.selectbox("Layout", LAYOUTS, index=LAYOUTS.index(base.layout), key=f"layout_{name}",
                                    help="e+m*N: e's output unscored (default). e+m*(N-1): e predicts the first token."),
         }
