@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -32,6 +34,25 @@ DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "cache"
 # Pre-fitted entries of the built-in text sets, shipped with the project (read-only; `python -m core prefit`).
 SHIPPED_ROOT = Path(__file__).resolve().parent.parent / "data" / "prefit"
 ENTRY_DIR = "prototokens"
+# Every key the cache makes is a sha256 hex digest; anything else (from a URL, an upload or a file's own "key"
+# field) is refused before it can become part of a path.
+KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
+
+
+class CacheKeyError(ValueError):
+    """A key that the cache cannot have made (not 64 lowercase hex characters)."""
+
+
+def is_valid_key(key: object) -> bool:
+    """Whether ``key`` has the form of a key this cache makes (sha256 hex): safe to use as a file name."""
+    return isinstance(key, str) and KEY_PATTERN.fullmatch(key) is not None
+
+
+def check_key(key: object) -> str:
+    if not is_valid_key(key):
+        shown = repr(key) if len(repr(key)) <= 40 else repr(key)[:37] + "..."
+        raise CacheKeyError(f"{shown} is not a cache key (64 hexadecimal characters).")
+    return key  # type: ignore[return-value]
 
 
 def cache_key(*parts: object) -> str:
@@ -40,9 +61,14 @@ def cache_key(*parts: object) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+# The version of what an entry key hashes (core.fit.KEY_FIELDS says which settings). Bump it only together with
+# a migration of the entries already fitted (core.migrate), the shipped pre-fit included.
+ENTRY_SCHEMA = "prototokens-v1"
+
+
 def entry_key(model_identity: str, token_ids: list[int], config_key: dict, group: str | None = None) -> str:
     """Key of one fitted text. ``group`` names the batch when texts were coupled (shared m, regulariser)."""
-    return cache_key("prototokens-v1", model_identity, list(map(int, token_ids)), config_key, group)
+    return cache_key(ENTRY_SCHEMA, model_identity, list(map(int, token_ids)), config_key, group)
 
 
 @dataclass
@@ -79,13 +105,36 @@ class CacheEntry:
         }
 
 
+class CacheWriteError(OSError):
+    """The cache cannot be written (read-only folder, a file where the folder should be, disk full, ...)."""
+
+
+# Files are created with the mode the umask gives a new file (mkstemp would make them 0600), so a cache folder
+# can be shared between users the way the folder's own permissions say.
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()
+# A temporary file older than this is left over from a process killed mid-write; younger ones may be in use.
+STALE_TMP_AGE_S = 3600.0
+TMP_SUFFIX = ".tmp"
+# Analysis kinds and keys are made by the code (a sha256 hex, or a fixed name such as "default").
+ANALYSIS_NAME = re.compile(r"[0-9a-z][0-9a-z_-]{0,127}")
+# Fields every entry's JSON carries; an entry without them is not what it claims to be.
+REQUIRED_META = {"key": str, "text": str, "token_ids": list, "config": dict, "metrics": dict}
+
+
 def _atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename (atomic on POSIX)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -103,6 +152,47 @@ def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     _atomic_write(path, lambda tmp: save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp))
 
 
+def read_json(path: Path) -> object:
+    """JSON from a file the cache or a user wrote: ValueError (never RecursionError) for anything malformed."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text ({exc.reason})") from None
+
+
+def check_meta(meta: object, key: str) -> dict:
+    """The entry metadata when it is complete and names ``key``; ValueError saying what is wrong otherwise."""
+    if not isinstance(meta, dict):
+        raise ValueError("not a JSON object")
+    for name, kind in REQUIRED_META.items():
+        if not isinstance(meta.get(name), kind):
+            raise ValueError(f"field {name!r} is missing or not a {kind.__name__}")
+    if meta["key"] != key:
+        raise ValueError("its key field names another entry")
+    ids = meta["token_ids"]
+    if not ids or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids):
+        raise ValueError("token_ids is not a list of token ids")
+    accuracy = meta["metrics"].get("accuracy")
+    if not isinstance(accuracy, (int, float)) or isinstance(accuracy, bool) or not 0 <= accuracy <= 1:
+        raise ValueError("metrics.accuracy is missing or not a number in [0, 1]")
+    for name in ("history", "snapshots"):
+        if name in meta and not isinstance(meta[name], dict if name == "history" else list):
+            raise ValueError(f"field {name!r} has the wrong type")
+    return meta
+
+
+def check_vectors(e: torch.Tensor, m: torch.Tensor, hidden: int | None = None) -> None:
+    """e and m are 1-D, of equal (and, when given, the model's) width and finite; ValueError otherwise."""
+    if e.ndim != 1 or m.ndim != 1 or e.shape != m.shape or e.numel() == 0:
+        raise ValueError(f"e and m must be 1-D vectors of one width (got {tuple(e.shape)} and {tuple(m.shape)})")
+    if hidden is not None and e.shape[0] != hidden:
+        raise ValueError(f"vectors of width {e.shape[0]}, the model's is {hidden}")
+    if not (torch.isfinite(e).all() and torch.isfinite(m).all()):
+        raise ValueError("e or m holds NaN or infinite values")
+
+
 class ProtoCache:
     """The cache under one root folder."""
 
@@ -115,17 +205,59 @@ class ProtoCache:
             shipped = os.environ.get("PROTOTOKENS_SHIPPED") or SHIPPED_ROOT
         self.shipped = ProtoCache(shipped, shipped="") if shipped and Path(shipped) != self.root else None
         self.warnings: list[str] = []  # unreadable files met so far, for the UI to show
+        self.sweep_stale_tmp()
+
+    # ---- housekeeping ---------------------------------------------------------------------------
+    def sweep_stale_tmp(self, max_age_s: float = STALE_TMP_AGE_S) -> int:
+        """Remove temporary files left by writes that never finished (a killed process). Returns how many."""
+        removed = 0
+        now = time.time()
+        for folder in (self.entries_dir, self.root / "analyses"):
+            if not folder.is_dir():
+                continue
+            for path in folder.rglob(f".*{TMP_SUFFIX}"):
+                try:
+                    if path.is_file() and now - path.stat().st_mtime > max_age_s:
+                        path.unlink()
+                        removed += 1
+                except OSError:  # gone already, or a read-only cache: nothing to do
+                    pass
+        return removed
+
+    def check_writable(self) -> None:
+        """Raise CacheWriteError (one line) unless an entry can be written now: checked before a fit starts,
+        so that hours of fitting never end in a write that fails."""
+        try:
+            self.entries_dir.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=self.entries_dir, prefix=".write-check.", suffix=TMP_SUFFIX)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise CacheWriteError(f"The cache at {self.root} cannot be written: {exc.strerror or exc}.") from None
 
     # ---- fitted entries -------------------------------------------------------------------------
     def _paths(self, key: str) -> tuple[Path, Path]:
+        check_key(key)
         return self.entries_dir / f"{key}.json", self.entries_dir / f"{key}.safetensors"
 
+    def _entry_files(self) -> list[Path]:
+        """The JSON files of entries, by their own names (a file whose name is not a key is not an entry)."""
+        if not self.entries_dir.is_dir():
+            return []
+        return [p for p in self.entries_dir.glob("*.json") if is_valid_key(p.stem)]
+
     def put(self, entry: CacheEntry) -> None:
-        """Store an entry; tensors first, so a JSON file is only ever there with its tensors."""
+        """Store an entry; tensors first, so a JSON file is only ever there with its tensors.
+
+        Raises CacheWriteError when the files cannot be written."""
         meta_path, tensor_path = self._paths(entry.key)
         entry.created = entry.created or time.time()
-        _write_tensors(tensor_path, {"e": entry.e.float(), "m": entry.m.float()})
-        _write_json(meta_path, entry.meta())
+        try:
+            _write_tensors(tensor_path, {"e": entry.e.float(), "m": entry.m.float()})
+            _write_json(meta_path, entry.meta())
+        except OSError as exc:
+            raise CacheWriteError(f"Could not write {meta_path.stem[:12]}... to the cache at {self.root}: "
+                                  f"{exc.strerror or exc}.") from None
 
     def _warn(self, message: str) -> None:
         log.warning(message)
@@ -134,57 +266,63 @@ class ProtoCache:
 
     def _read_meta(self, meta_path: Path) -> dict | None:
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            if not isinstance(meta, dict) or "key" not in meta or "token_ids" not in meta:
-                raise ValueError("missing fields")
-            return meta
+            return check_meta(read_json(meta_path), meta_path.stem)
         except (OSError, ValueError) as exc:
             self._warn(f"Ignoring unreadable cache file {meta_path.name}: {exc}")
             return None
 
-    def get(self, key: str) -> CacheEntry | None:
-        """The entry, or None when missing or unreadable (a warning is logged and kept)."""
+    def get(self, key: str, hidden: int | None = None) -> CacheEntry | None:
+        """The entry, or None when missing, malformed or not what it claims (a warning names the file).
+
+        key: anything (a URL's or an upload's) is accepted; only a well-formed key is looked up.
+        hidden: the model's width, when known: vectors of another width are refused."""
+        if not is_valid_key(key):
+            return None
         meta_path, tensor_path = self._paths(key)
         if not meta_path.exists():
-            return self.shipped.get(key) if self.shipped is not None else None
+            return self.shipped.get(key, hidden) if self.shipped is not None else None
         meta = self._read_meta(meta_path)
         if meta is None:
             return None
         try:
             tensors = load_file(str(tensor_path))
             e, m = tensors["e"].float(), tensors["m"].float()
+            check_vectors(e, m, hidden)
         except Exception as exc:  # safetensors raises its own error types for corrupt files
             self._warn(f"Ignoring unreadable cache file {tensor_path.name}: {exc}")
             return None
         return CacheEntry(
-            key=meta["key"], model=meta.get("model", ""), text=meta.get("text", ""), token_ids=meta["token_ids"],
-            config=meta.get("config", {}), metrics=meta.get("metrics", {}), history=meta.get("history", {}),
-            e=e, m=m, snapshots=meta.get("snapshots", []), model_name=meta.get("model_name", ""),
-            group=meta.get("group"), created=meta.get("created", 0.0),
+            key=key, model=str(meta.get("model", "")), text=meta["text"], token_ids=meta["token_ids"],
+            config=meta["config"], metrics=meta["metrics"], history=meta.get("history", {}),
+            e=e, m=m, snapshots=meta.get("snapshots", []), model_name=str(meta.get("model_name", "")),
+            group=meta.get("group"), created=float(meta.get("created", 0.0) or 0.0),
         )
 
     def list(self, model: str | None = None, include_shipped: bool = True) -> list[dict]:
         """Metadata of readable entries (newest first), optionally only those of one model identity.
 
-        Shipped entries come after the user's own and carry ``"shipped": True``.
+        Entries are found by their files' names; the key of each is its file's name. Shipped entries come
+        after the user's own and carry ``"shipped": True``.
         """
+        files = self._entry_files()
         shipped = []
         if include_shipped and self.shipped is not None:
-            own = {p.stem for p in self.entries_dir.glob("*.json")} if self.entries_dir.exists() else set()
+            own = {p.stem for p in files}
             shipped = [dict(m, shipped=True) for m in self.shipped.list(model) if m["key"] not in own]
-        if not self.entries_dir.exists():
-            return shipped
         metas = []
-        for meta_path in self.entries_dir.glob("*.json"):
+        for meta_path in files:
             meta = self._read_meta(meta_path)
             if meta is None or (model is not None and meta.get("model") != model):
                 continue
-            if not self._paths(meta["key"])[1].exists():
+            if not meta_path.with_suffix(".safetensors").exists():
                 continue
             metas.append(meta)
-        return sorted(metas, key=lambda m: m.get("created", 0.0), reverse=True) + shipped
+        return sorted(metas, key=lambda m: _number(m.get("created")), reverse=True) + shipped
 
     def delete(self, key: str) -> bool:
+        """Delete one entry of this cache (never a shipped one). A malformed key deletes nothing."""
+        if not is_valid_key(key):
+            return False
         found = False
         for path in self._paths(key):
             if path.exists():
@@ -193,32 +331,46 @@ class ProtoCache:
         return found
 
     def clear(self, model: str | None = None) -> int:
-        """Delete every entry (of one model identity when given) and the analyses. Returns entries removed."""
+        """Delete every entry (of one model identity when given) and the analyses. Returns entries removed.
+
+        Only files inside this cache's own folders are touched, chosen by their names."""
         removed = 0
-        for meta in self.list(model, include_shipped=False):
-            removed += self.delete(meta["key"])
+        for meta_path in self._entry_files():
+            if model is not None:
+                meta = self._read_meta(meta_path)
+                if meta is None or meta.get("model") != model:
+                    continue
+            removed += self.delete(meta_path.stem)
         analyses = self.root / "analyses"
-        if analyses.exists():
-            for path in analyses.rglob("*"):
-                if path.is_file():
-                    path.unlink()
+        if analyses.is_dir():
+            for folder in analyses.iterdir():
+                if folder.is_dir() and not folder.is_symlink() and ANALYSIS_NAME.fullmatch(folder.name):
+                    for path in folder.iterdir():
+                        if path.is_file() and not path.is_symlink():
+                            path.unlink()
         return removed
 
     def size_bytes(self) -> int:
         if not self.root.exists():
             return 0
-        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file() and not p.is_symlink())
 
     # ---- derived analyses ----------------------------------------------------------------------
     def _analysis_paths(self, kind: str, key: str) -> tuple[Path, Path]:
+        if not (ANALYSIS_NAME.fullmatch(kind) and isinstance(key, str) and ANALYSIS_NAME.fullmatch(key)):
+            raise CacheKeyError(f"{kind!r}/{key!r} is not an analysis name.")
         folder = self.root / "analyses" / kind
         return folder / f"{key}.json", folder / f"{key}.safetensors"
 
     def put_analysis(self, kind: str, key: str, meta: dict, tensors: dict[str, torch.Tensor] | None = None) -> None:
         meta_path, tensor_path = self._analysis_paths(kind, key)
-        if tensors:
-            _write_tensors(tensor_path, tensors)
-        _write_json(meta_path, {"key": key, "kind": kind, "created": time.time(), **meta})
+        try:
+            if tensors:
+                _write_tensors(tensor_path, tensors)
+            _write_json(meta_path, {"key": key, "kind": kind, "created": time.time(), **meta})
+        except OSError as exc:
+            raise CacheWriteError(f"Could not write a {kind} result to the cache at {self.root}: "
+                                  f"{exc.strerror or exc}.") from None
 
     def get_analysis(self, kind: str, key: str, with_tensors: bool = False) -> tuple[dict, dict] | None:
         """(meta, tensors) of a stored analysis, or None when missing or unreadable."""
@@ -226,9 +378,15 @@ class ProtoCache:
         if not meta_path.exists():
             return self.shipped.get_analysis(kind, key, with_tensors) if self.shipped is not None else None
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            meta = read_json(meta_path)
+            if not isinstance(meta, dict):
+                raise ValueError("not a JSON object")
             tensors = load_file(str(tensor_path)) if with_tensors and tensor_path.exists() else {}
         except Exception as exc:
             self._warn(f"Ignoring unreadable analysis file {meta_path.name}: {exc}")
             return None
         return meta, tensors
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0

@@ -20,7 +20,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from core.cache import CacheEntry, ProtoCache, entry_key
+from core.cache import CacheEntry, CacheWriteError, ProtoCache, entry_key
 from core.models import LoadedModel
 from core.reconstruct import check_layout, scored_logits
 
@@ -33,7 +33,15 @@ REDRAW_LOSS_SHARE = 0.9
 # tokens wide and stays there (seen on texts of 25-35 tokens): see preset().
 REDRAW_PLATEAU_SHARE = 0.7
 # Fields added after entries were shipped enter the cache key only when set, so the keys of those entries hold.
+# (redraw_after entered every key when it was added; the entries made before it were re-keyed: core.migrate.)
 KEY_IF_SET = ("redraw_plateau",)
+# The cache key is a promise to every entry already fitted, the shipped pre-fit included. These are the fields
+# of FitConfig.key_dict() under core.cache.ENTRY_SCHEMA; a FitConfig field that is in none of KEY_FIELDS,
+# KEY_IF_SET and DISPLAY_FIELDS stops the import (below the class), so a new field cannot move the keys
+# unnoticed: give it a default that leaves old keys alone (KEY_IF_SET), or bump ENTRY_SCHEMA and migrate.
+KEY_FIELDS = frozenset({"layout", "lr", "betas", "weight_decay", "max_steps", "threshold", "init", "init_scale",
+                        "schedule", "seed", "shared_m", "restarts", "redraw_after", "regularizer"})
+DISPLAY_FIELDS = frozenset({"preset", "snapshot_every"})  # never in the key
 MAX_SNAPSHOTS = 200
 
 
@@ -75,6 +83,11 @@ class FitConfig:
             raise FitError(f"Unknown init {self.init!r}; use one of {', '.join(INITS)}.")
         if self.schedule not in ("constant", "cosine"):
             raise FitError(f"Unknown schedule {self.schedule!r}; use constant or cosine.")
+        for name in ("lr", "weight_decay", "threshold", "init_scale"):
+            if not math.isfinite(float(getattr(self, name))):
+                raise FitError(f"{name} must be a finite number, not {getattr(self, name)}.")
+        if len(self.betas) != 2 or not all(math.isfinite(float(b)) and 0 <= b < 1 for b in self.betas):
+            raise FitError(f"betas must be two numbers in [0, 1), not {self.betas}.")
         if not (self.max_steps >= 1 and self.lr > 0 and 0 < self.threshold <= 1 and self.restarts >= 1
                 and self.redraw_after >= 0 and self.redraw_plateau >= 0):
             raise FitError("max_steps must be >= 1, lr > 0, restarts >= 1, redraw_after and redraw_plateau >= 0 "
@@ -89,8 +102,8 @@ class FitConfig:
     def key_dict(self) -> dict:
         """Settings that change the fitted vectors (everything but display options)."""
         d = asdict(self)
-        d.pop("snapshot_every")
-        d.pop("preset")  # a preset is only a name for a set of values, all of which are here
+        for name in DISPLAY_FIELDS:  # a preset is only a name for a set of values, all of which are here
+            d.pop(name)
         for name in KEY_IF_SET:
             if not d[name]:
                 d.pop(name)
@@ -102,6 +115,12 @@ class FitConfig:
         d = self.key_dict()
         d["preset"] = self.preset
         return d
+
+
+_undeclared = {f.name for f in fields(FitConfig)} - KEY_FIELDS - DISPLAY_FIELDS - set(KEY_IF_SET)
+if _undeclared:
+    raise ImportError(f"FitConfig fields {sorted(_undeclared)} are not declared in KEY_FIELDS, KEY_IF_SET or "
+                      "DISPLAY_FIELDS: decide whether they change the cache key (see KEY_FIELDS).")
 
 
 def config_from_dict(d: Mapping) -> FitConfig:
@@ -532,6 +551,9 @@ class CachedFit:
 
     entry: CacheEntry
     cached: bool  # True when it came from the cache without optimising
+    # Why the entry is not in the cache although it was fitted (the write failed): it exists only here, for the
+    # caller to offer as a download. None when it was stored (or came from the cache).
+    unsaved: str | None = None
 
 
 def coupling_group(config: FitConfig, targets: Sequence[Sequence[int]]) -> str | None:
@@ -550,7 +572,7 @@ def entry_keys(lm: LoadedModel, targets: Sequence[Sequence[int]], config: FitCon
 def lookup(lm: LoadedModel, texts: Sequence[str], config: FitConfig, cache: ProtoCache) -> list[CacheEntry | None]:
     """The cached entries these texts would have if fitted together with ``config`` (None where missing)."""
     keys, _ = entry_keys(lm, [lm.validate_text(t, config.layout) for t in texts], config)
-    return [cache.get(k) for k in keys]
+    return [cache.get(k, lm.hidden_size) for k in keys]
 
 
 def entry_from_result(lm: LoadedModel, result: FitResult, config: FitConfig, key: str, group: str | None) -> CacheEntry:
@@ -586,13 +608,16 @@ def fit_and_cache(
     receives the fit's progress and the input indices of its rows. A cancelled text is stored too (so
     nothing fitted is lost) but counts as a miss next time, so a later fit finishes it. Texts a cancel kept
     from starting are None.
+
+    Raises CacheWriteError before the first step when the cache cannot be written. When a write fails later
+    all the same, the fit goes on and the text's outcome carries the entry with ``unsaved`` saying why.
     """
     targets = [lm.validate_text(t, config.layout) for t in texts]
     keys, group = entry_keys(lm, targets, config)
     outcomes: list[CachedFit | None] = [None] * len(texts)
     misses = []
     for i, key in enumerate(keys):
-        entry = None if refit else cache.get(key)
+        entry = None if refit else cache.get(key, lm.hidden_size)
         if entry is not None and entry.metrics.get("status") != "cancelled":
             outcomes[i] = CachedFit(entry=entry, cached=True)
         else:
@@ -604,10 +629,15 @@ def fit_and_cache(
         if result.status == "cancelled" and not result.history["step"]:
             return  # never started: nothing to keep
         entry = entry_from_result(lm, result, config, keys[i], group)
-        cache.put(entry)
+        try:
+            cache.put(entry)
+        except CacheWriteError as exc:
+            outcomes[i] = CachedFit(entry=entry, cached=False, unsaved=str(exc))
+            return
         outcomes[i] = CachedFit(entry=entry, cached=False)
 
     if misses and not (cancel is not None and cancel.is_set()):
+        cache.check_writable()  # before the first step, so a long fit never ends in a write that fails
         # Each text is stored the moment it finishes, so a stop or a crash keeps everything finished so far.
         fit_texts(
             lm, [texts[i] for i in misses], config, token_ids=[targets[i] for i in misses], batch_size=batch_size,
