@@ -117,10 +117,15 @@ class FitConfig:
         return d
 
 
-_undeclared = {f.name for f in fields(FitConfig)} - KEY_FIELDS - DISPLAY_FIELDS - set(KEY_IF_SET)
-if _undeclared:
-    raise ImportError(f"FitConfig fields {sorted(_undeclared)} are not declared in KEY_FIELDS, KEY_IF_SET or "
-                      "DISPLAY_FIELDS: decide whether they change the cache key (see KEY_FIELDS).")
+def check_key_fields(config_class: type = FitConfig) -> None:
+    """Raise ImportError naming the fields of ``config_class`` that nobody decided about (see KEY_FIELDS)."""
+    undeclared = {f.name for f in fields(config_class)} - KEY_FIELDS - DISPLAY_FIELDS - set(KEY_IF_SET)
+    if undeclared:
+        raise ImportError(f"FitConfig fields {sorted(undeclared)} are not declared in KEY_FIELDS, KEY_IF_SET or "
+                          "DISPLAY_FIELDS: decide whether they change the cache key (see core.fit.KEY_FIELDS).")
+
+
+check_key_fields()
 
 
 def config_from_dict(d: Mapping) -> FitConfig:

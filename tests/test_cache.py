@@ -127,3 +127,203 @@ def test_finished_texts_are_stored_before_the_fit_ends(tiny_lm, tmp_cache):
     fit_and_cache(tiny_lm, ["Hello world", "Hi there, cat."], preset("paper", max_steps=600), tmp_cache,
                   batch_size=1, callback=watch, callback_every=1)
     assert 1 in stored_during_fit  # the first text was on disk while the second was still fitting
+
+
+# ---- issue 13: keys, paths, validation, writes -----------------------------------------------------------
+
+import dataclasses
+import math
+import os
+import time
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from core.cache import CacheKeyError, CacheWriteError, check_key, is_valid_key
+from core.fit import FitConfig, FitError, KEY_FIELDS, check_key_fields
+
+GOOD_KEY = "a" * 64
+
+
+def test_the_default_keys_have_not_moved():
+    # The shipped pre-fit and every user's cache hold entries under these keys: a change here orphans them.
+    assert entry_key("model", [1, 2], preset("paper").key_dict()) == (
+        "021540c85ff1ac19e3605c7ddcc46be1b3d3351155583ffb36ced62e800362e0")
+
+
+def test_a_new_config_field_must_say_whether_it_enters_the_key():
+    @dataclasses.dataclass(frozen=True)
+    class Grown(FitConfig):
+        momentum_trick: float = 0.0
+
+    with pytest.raises(ImportError, match="momentum_trick"):
+        check_key_fields(Grown)
+    check_key_fields(FitConfig)
+    assert set(preset("fast").key_dict()) <= KEY_FIELDS | {"redraw_plateau"}
+
+
+@pytest.mark.parametrize("bad", [
+    dict(lr=math.inf), dict(lr=math.nan), dict(weight_decay=math.nan), dict(threshold=math.nan),
+    dict(init_scale=math.inf), dict(betas=(0.9, math.nan)), dict(betas=(0.9, 1.5)),
+])
+def test_non_finite_settings_are_refused(bad):
+    with pytest.raises(FitError):
+        preset("paper", **bad)
+
+
+@pytest.mark.parametrize("key", ["../../somewhere/x", "x" * 5000, "A" * 64, "a" * 63, "", "a" * 64 + "/", None, 5])
+def test_malformed_keys_never_reach_a_path(tmp_cache, key):
+    assert not is_valid_key(key)
+    assert tmp_cache.get(key) is None  # no OSError (File name too long), no file outside the cache
+    assert tmp_cache.delete(key) is False
+    with pytest.raises(CacheKeyError):
+        check_key(key)
+
+
+def test_a_key_field_inside_a_file_never_picks_what_is_deleted(tiny_lm, tmp_path):
+    cache = ProtoCache(tmp_path / "cache")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    for name in ("data.json", "data.safetensors"):
+        (victim / name).write_text("precious")
+    [out] = fit_and_cache(tiny_lm, [TEXT], preset("paper", max_steps=5), cache)
+    crafted = json.loads((cache.entries_dir / f"{out.entry.key}.json").read_text())
+    crafted["key"] = "../../victim/data"
+    (cache.entries_dir / f"{'b' * 64}.json").write_text(json.dumps(crafted))
+    (cache.entries_dir / f"{'b' * 64}.safetensors").write_bytes(
+        (cache.entries_dir / f"{out.entry.key}.safetensors").read_bytes())
+    assert [m["key"] for m in cache.list()] == [out.entry.key]  # the crafted file names another key: refused
+    assert any("b" * 64 in w for w in cache.warnings)
+    cache.clear()
+    assert sorted(p.name for p in victim.iterdir()) == ["data.json", "data.safetensors"]
+    assert (victim / "data.json").read_text() == "precious"
+
+
+def _entry_files(tiny_lm, cache):
+    [out] = fit_and_cache(tiny_lm, [TEXT], preset("paper", max_steps=5), cache)
+    return out.entry, cache.entries_dir / f"{out.entry.key}.json", cache.entries_dir / f"{out.entry.key}.safetensors"
+
+
+@pytest.mark.parametrize("vectors", [
+    dict(e=torch.ones(2, 64), m=torch.ones(2, 64)), dict(e=torch.ones(64), m=torch.ones(32)),
+    dict(e=torch.full((64,), math.nan), m=torch.ones(64)), dict(e=torch.ones(64), m=torch.full((64,), math.inf)),
+    dict(e=torch.ones(0), m=torch.ones(0)),
+])
+def test_vectors_that_are_not_proto_tokens_are_a_miss(tiny_lm, tmp_cache, vectors):
+    from safetensors.torch import save_file
+
+    entry, meta_path, tensor_path = _entry_files(tiny_lm, tmp_cache)
+    save_file(vectors, str(tensor_path))
+    assert tmp_cache.get(entry.key) is None
+    assert any(tensor_path.name in w for w in tmp_cache.warnings)
+    [again] = fit_and_cache(tiny_lm, [TEXT], preset("paper", max_steps=5), tmp_cache)
+    assert not again.cached  # a miss, refitted
+
+
+def test_vectors_of_another_width_are_a_miss_for_that_model(tiny_lm, tmp_cache):
+    entry, _, tensor_path = _entry_files(tiny_lm, tmp_cache)
+    assert tmp_cache.get(entry.key, hidden=tiny_lm.hidden_size) is not None
+    assert tmp_cache.get(entry.key, hidden=tiny_lm.hidden_size + 1) is None
+    assert any("width" in w for w in tmp_cache.warnings)
+
+
+@pytest.mark.parametrize("drop", ["text", "metrics", "config", "token_ids", "key"])
+def test_incomplete_entries_are_a_miss_and_do_not_list(tiny_lm, tmp_cache, drop):
+    entry, meta_path, _ = _entry_files(tiny_lm, tmp_cache)
+    meta = json.loads(meta_path.read_text())
+    meta.pop(drop)
+    meta_path.write_text(json.dumps(meta))
+    assert tmp_cache.get(entry.key) is None
+    assert tmp_cache.list() == []
+    assert any(meta_path.name in w and drop in w for w in tmp_cache.warnings)
+
+
+def test_an_unwritable_cache_is_refused_before_the_first_step(tiny_lm, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    cache = ProtoCache(blocker)
+    steps = []
+    with pytest.raises(CacheWriteError, match="cannot be written"):
+        fit_and_cache(tiny_lm, [TEXT], preset("paper", max_steps=50), cache,
+                      callback=lambda p, i: steps.append(p.step), callback_every=1)
+    assert steps == []
+
+
+def test_a_write_that_fails_mid_fit_keeps_the_result(tiny_lm, tmp_cache, monkeypatch):
+    def full(entry):
+        raise CacheWriteError("Could not write to the cache: No space left on device.")
+
+    monkeypatch.setattr(tmp_cache, "put", full)
+    [out] = fit_and_cache(tiny_lm, [TEXT, "Hi there, cat."], preset("paper", max_steps=5), tmp_cache)[:1]
+    assert out.unsaved and "No space left" in out.unsaved
+    assert out.entry.e.shape == (tiny_lm.hidden_size,) and out.entry.history["step"]
+
+
+def test_stale_temporary_files_are_swept_and_fresh_ones_kept(tmp_path):
+    folder = tmp_path / "c" / "prototokens"
+    folder.mkdir(parents=True)
+    stale, fresh = folder / f".{GOOD_KEY}.json.x1.tmp", folder / f".{GOOD_KEY}.json.x2.tmp"
+    stale.write_text("{")
+    fresh.write_text("{")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    ProtoCache(tmp_path / "c")
+    assert not stale.exists() and fresh.exists()
+
+
+def test_files_get_the_umask_mode_not_0600(tiny_lm, tmp_path):
+    import core.cache as cache_mod
+
+    entry, meta_path, tensor_path = _entry_files(tiny_lm, ProtoCache(tmp_path / "c"))
+    for path in (meta_path, tensor_path):
+        assert path.stat().st_mode & 0o777 == cache_mod.FILE_MODE
+    assert cache_mod.FILE_MODE == 0o666 & ~cache_mod._umask()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(max_size=300), st.binary(max_size=80).map(lambda b: b.hex())))
+def test_property_any_key_string_is_safe(key):
+    cache = ProtoCache("/nonexistent/proto-cache-never-created", shipped="")
+    assert is_valid_key(key) == (len(key) == 64 and all(c in "0123456789abcdef" for c in key))
+    assert cache.get(key) is None
+    assert cache.delete(key) is False
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(json_bytes=st.binary(max_size=400), tensor_bytes=st.binary(max_size=400))
+def test_property_cache_files_with_random_bytes_are_a_miss(tmp_path, json_bytes, tensor_bytes):
+    cache = ProtoCache(tmp_path / f"c{time.monotonic_ns()}", shipped="")
+    cache.entries_dir.mkdir(parents=True)
+    (cache.entries_dir / f"{GOOD_KEY}.json").write_bytes(json_bytes)
+    (cache.entries_dir / f"{GOOD_KEY}.safetensors").write_bytes(tensor_bytes)
+    assert cache.get(GOOD_KEY) is None
+    assert cache.list() == []
+    assert cache.clear() == 1  # it is still removable by its own name
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(meta=st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                         lambda children: st.lists(children, max_size=4)
+                         | st.dictionaries(st.sampled_from(["key", "text", "token_ids", "config", "metrics",
+                                                            "history", "accuracy", "x"]), children, max_size=6),
+                         max_leaves=30))
+def test_property_any_json_in_an_entry_file_is_a_miss_or_an_entry(tmp_path, meta):
+    cache = ProtoCache(tmp_path / f"c{time.monotonic_ns()}", shipped="")
+    cache.entries_dir.mkdir(parents=True)
+    (cache.entries_dir / f"{GOOD_KEY}.json").write_text(json.dumps(meta))
+    torch_ok = {"e": torch.ones(8), "m": torch.ones(8)}
+    from safetensors.torch import save_file
+
+    save_file(torch_ok, str(cache.entries_dir / f"{GOOD_KEY}.safetensors"))
+    entry = cache.get(GOOD_KEY)
+    listed = cache.list()
+    assert (entry is None) == (listed == [])
+    if entry is not None:
+        assert entry.key == GOOD_KEY and isinstance(entry.text, str) and 0 <= entry.metrics["accuracy"] <= 1
+
+
+def test_deeply_nested_json_is_a_miss_not_a_recursion_error(tmp_cache):
+    tmp_cache.entries_dir.mkdir(parents=True)
+    (tmp_cache.entries_dir / f"{GOOD_KEY}.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert tmp_cache.get(GOOD_KEY) is None
+    assert any("nested" in w for w in tmp_cache.warnings)

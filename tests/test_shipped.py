@@ -1,0 +1,88 @@
+"""Every shipped result resolves with today's code: the pre-fitted sets, their teacher embeddings and default
+maps, and the regulariser sweep (issue 13). A change that moves a cache key fails here, not on a user's
+fresh install."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from core.cache import SHIPPED_ROOT, ProtoCache
+from core.migrate import current_key, rekey
+from core.shipped import load_manifest
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return ProtoCache(SHIPPED_ROOT, shipped="")
+
+
+def test_every_shipped_entry_is_valid_and_keyed_as_today_s_code_keys_it(shipped):
+    files = sorted(shipped.entries_dir.glob("*.json"))
+    metas = shipped.list()
+    assert len(metas) == len(files) > 200 and not shipped.warnings
+    for meta in metas:
+        assert current_key(meta) == meta["key"], f"{meta['key']} moved: its stored settings now key elsewhere"
+    assert rekey(shipped, dry_run=True).moved == {}
+
+
+def test_every_manifest_key_resolves(shipped):
+    manifest = load_manifest()
+    assert set(manifest) >= {"syntax", "variants", "variants-small"}
+    on_disk = {p.stem for p in shipped.entries_dir.glob("*.json")}
+    for name, record in manifest.items():
+        assert len(record.keys) == len(record.texts) == record.n_fitted, name
+        missing = [k for k in record.keys if k not in on_disk or shipped.get(k) is None]
+        assert not missing, f"{name}: {len(missing)} listed entries do not resolve"
+        for key, text in zip(record.keys, record.texts):
+            assert shipped.get(key).text == text
+
+
+def test_the_shipped_sweep_lists_only_entries_that_resolve(shipped):
+    from core.sweeps import MANIFEST_ANALYSIS, SWEEP_ANALYSIS, load_manifest as load_sweep_manifest, setting_key
+
+    manifest = load_sweep_manifest(shipped)
+    assert manifest is not None and len(manifest.settings) == 5
+    folder = shipped.root / "analyses" / SWEEP_ANALYSIS
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    assert len(records) == len(manifest.settings)
+    for record in records:
+        assert setting_key(record["keys"], record["groups"], record["teacher"]) == record["key"]
+        entries = [shipped.get(k) for k in record["keys"]]
+        assert all(e is not None for e in entries), record["label"]
+        assert [e.text for e in entries] == manifest.texts
+    assert shipped.get_analysis(MANIFEST_ANALYSIS, "default") is not None
+
+
+@pytest.mark.embedded
+def test_with_today_s_code_every_shipped_view_resolves_without_fitting(embedded_lm, tmp_path):
+    """What the pages ask for on a fresh install, asked the way they ask it, from an empty user cache."""
+    from core import embeddings as emb
+    from core.fit import config_from_dict, entry_keys
+    from core.sweeps import shipped_sweep
+    from core.textsets import builtin_set
+
+    user = ProtoCache(tmp_path / "fresh", shipped=SHIPPED_ROOT)
+    for name, record in load_manifest().items():
+        assert record.model == embedded_lm.identity, name
+        config = config_from_dict(record.config)
+        keys, _ = entry_keys(embedded_lm, [embedded_lm.validate_text(t, config.layout) for t in record.texts], config)
+        assert keys == record.keys, f"{name}: today's code keys the set's texts elsewhere"
+        assert record.teacher_key == emb.teacher_key(record.texts)
+        stored = user.get_analysis(emb.TEACHER_ANALYSIS, record.teacher_key, with_tensors=True)
+        assert stored is not None and stored[1]["embeddings"].shape[0] == len(record.texts), name
+        frame = builtin_set(name)
+        entries = [user.get(k, embedded_lm.hidden_size) for k in keys]
+        teacher = stored[1]["embeddings"].double().numpy()
+        kept = emb.assemble_set(frame, entries, min_accuracy=emb.DEFAULT_MIN_ACCURACY, teacher=teacher)
+        for space in kept.spaces:
+            key = emb.projection_key(kept, space, emb.DEFAULT_METHOD, "cosine", 0, emb.DEFAULT_PERPLEXITY)
+            assert user.get_analysis(emb.PROJECTION_ANALYSIS, key) is not None, f"{name}: no shipped {space} map"
+    found = shipped_sweep(embedded_lm, user)
+    assert found is not None
+    _, result = found
+    assert result.missing == [] and len(result.results) == 5 and all(r.cached for r in result.results)
+    assert all(np.isfinite(r.accuracy) for r in result.results)
+    assert not (tmp_path / "fresh").exists(), "resolving the shipped views wrote to the user's cache"
