@@ -8,25 +8,130 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import os
 import sys
 from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+# Arguments that name files: on POSIX a file name may be any bytes, which Python hands over as lone surrogates
+# (surrogateescape), so these are the only arguments that need not be valid UTF-8.
+PATH_ARGUMENTS = ("file", "cache")
+
+
+class UsageError(ValueError):
+    """Bad input on the command line; main() prints it as one line and exits with 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with each error on one line (argparse prints its usage first, then the error)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+class WarningsOnce(logging.Handler):
+    """The library's warnings on stderr as "warning: ...", each once. The cache logs a warning each time it
+    meets a bad file and also keeps them in a list for the UI; Python's last-resort handler printed the log
+    records, and `list` printed the list, so every warning showed twice."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: set[str] = set()
+
+    def warn(self, message: str) -> None:
+        if message not in self.seen:
+            self.seen.add(message)
+            print(f"warning: {message}", file=sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.warn(record.getMessage())
+
+
+WARNINGS = WarningsOnce()
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's whole message on one line (some spread their sentences over several)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def _not_utf8(text: str) -> str | None:
+    """None for valid text, else where it breaks: the byte a surrogateescape'd argument could not decode."""
+    for i, char in enumerate(text):
+        if 0xD800 <= ord(char) <= 0xDFFF:
+            byte = ord(char) - 0xDC00
+            what = f"byte {byte:#04x}" if 0x80 <= byte <= 0xFF else f"character {ascii(char)}"
+            return f"{what} at character {i + 1}"
+    return None
+
+
+def check_utf8(args: argparse.Namespace) -> None:
+    """A UsageError naming the first argument that is not valid UTF-8 (a terminal in another encoding, or a
+    byte typed as $'\\xff'); without this check such a text reached the tokenizer and failed with a TypeError."""
+    for name, value in vars(args).items():
+        if name in PATH_ARGUMENTS:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if not isinstance(item, str) or (where := _not_utf8(item)) is None:
+                continue
+            if name == "model" and Path(item).expanduser().exists():
+                continue  # a local folder whose name is not UTF-8
+            hint = " or put the texts in a UTF-8 file (--file)" if name == "text" else ""
+            raise UsageError(f"--{name.replace('_', '-')} is not valid UTF-8 text ({where}); "
+                             f"set the terminal to UTF-8{hint}")
+
+
+def _number_type(kind: type, name: str, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False):
+    """An argparse type: a finite number of ``kind`` in [low, high] ((low, high] with low_open), with a message
+    naming the rule. inf and nan are refused here, before a fit stores a diverged entry."""
+    noun = "a whole number" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"{ascii(text)} is not {noun}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{ascii(text)} is not a finite number")
+        below = low is not None and (value <= low if low_open else value < low)
+        if below or (high is not None and value > high):
+            if high is not None:
+                rule = f"in ({low:g}, {high:g}]" if low_open else f"between {low:g} and {high:g}"
+            else:
+                rule = f"> {low:g}" if low_open else f">= {low:g}"
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {ascii(text)}")
+        return value
+
+    parse.__name__ = name  # argparse names the type in some of its own messages
+    return parse
+
+
+finite_float = _number_type(float, "number")
+positive_float = _number_type(float, "positive number", low=0, low_open=True)
+fraction = _number_type(float, "fraction", low=0, high=1, low_open=True)
+whole_number = _number_type(int, "whole number")
+count = _number_type(int, "count", low=0)
+positive_count = _number_type(int, "positive count", low=1)
+
 
 def _read_texts(args) -> list[str]:
     texts = list(args.text or [])
     if args.file:
+        from core.textsets import check_size, parse_text_set, text_lines
+
         path = Path(args.file)
         if not path.is_file():
             raise ValueError(f"No such file: {path}")
+        check_size(path.stat().st_size, path.name)  # before reading it whole
         if path.suffix.lower() in (".jsonl", ".csv", ".json"):
-            from core.textsets import parse_text_set
-
             texts += parse_text_set(path.read_bytes(), path.name)["text"].tolist()
         else:
-            texts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            texts += text_lines(path.read_bytes(), path.name)
     if not texts:
         raise ValueError("Nothing to fit: give --text or --file.")
     return texts
@@ -102,13 +207,15 @@ def cmd_list(args) -> int:
 
     cache = ProtoCache(args.cache)
     for meta in cache.list():
-        metrics = meta.get("metrics", {})
-        row = {"key": meta["key"], "model": meta.get("model_name") or meta.get("model"), "text": meta.get("text"),
+        metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
+        row = {"key": meta.get("key"), "model": meta.get("model_name") or meta.get("model"), "text": meta.get("text"),
                "accuracy": metrics.get("accuracy"), "steps": metrics.get("steps"), "status": metrics.get("status")}
+        accuracy = row["accuracy"]
+        shown = f"{accuracy:.3f}" if isinstance(accuracy, (int, float)) else "  -  "
         print(json.dumps(row, ensure_ascii=False) if args.json else
-              f"{row['key'][:12]}  {row['accuracy']:.3f}  {row['status']:<9}  {row['text'][:60]!r}")
-    for warning in cache.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+              f"{str(row['key'])[:12]}  {shown}  {str(row['status'] or ''):<9}  {str(row['text'])[:60]!r}")
+    for warning in cache.warnings:  # those the cache did not log as it met them
+        WARNINGS.warn(warning)
     return 0
 
 
@@ -145,25 +252,25 @@ def cmd_prefit(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core", description="Fit and inspect proto-tokens.")
+    parser = OneLineParser(prog="python -m core", description="Fit and inspect proto-tokens.")
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="fit e and m for one or many texts (cached)")
     fit.add_argument("--text", action="append", help="a text to fit (repeatable)")
     fit.add_argument("--file", help="texts: .txt (one per line), .jsonl or .csv (column text)")
     fit.add_argument("--model", help="Hugging Face id or local folder (default: the embedded SmolLM2-135M)")
     fit.add_argument("--preset", default="paper", choices=["paper", "fast"])
-    fit.add_argument("--max-steps", type=int)
-    fit.add_argument("--lr", type=float)
-    fit.add_argument("--threshold", type=float)
-    fit.add_argument("--seed", type=int)
+    fit.add_argument("--max-steps", type=positive_count)
+    fit.add_argument("--lr", type=positive_float)
+    fit.add_argument("--threshold", type=fraction, help="stop at this token accuracy, in (0, 1]")
+    fit.add_argument("--seed", type=whole_number)
     fit.add_argument("--init", choices=["normal", "embedding", "token"])  # core.fit.INITS (not imported: torch)
-    fit.add_argument("--redraw-after", type=int, help="start a draw still at a uniform guess's loss after this "
+    fit.add_argument("--redraw-after", type=count, help="start a draw still at a uniform guess's loss after this "
                      "many steps over from a new init (0: never; fast preset: 20)")
-    fit.add_argument("--redraw-plateau", type=int, help="start a draw still above 0.7 of a uniform guess's loss "
+    fit.add_argument("--redraw-plateau", type=count, help="start a draw still above 0.7 of a uniform guess's loss "
                      "after this many steps over too (0: never; fast preset: 100)")
     fit.add_argument("--layout", choices=["e+m*N", "e+m*(N-1)"])
     fit.add_argument("--shared-m", action="store_true", help="one m shared by all texts")
-    fit.add_argument("--batch-size", type=int, default=8)
+    fit.add_argument("--batch-size", type=positive_count, default=8)
     fit.add_argument("--device", default="auto")
     fit.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16", "float16"])
     fit.add_argument("--cache", help="cache root (default: $PROTOTOKENS_CACHE or ./cache)")
@@ -177,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst.set_defaults(func=cmd_list)
     pre = sub.add_parser("prefit", help="regenerate the shipped pre-fitted cache of the built-in sets")
     pre.add_argument("--sets", nargs="+", metavar="SET", help="only these sets, in this order (default: all)")
-    pre.add_argument("--batch-size", type=int, default=8, help="rows per forward pass (a text's restarts count)")
+    pre.add_argument("--batch-size", type=positive_count, default=8, help="rows per forward pass (a text's restarts count)")
     pre.add_argument("--no-sweep", action="store_true", help="do not run the Regularisers page's default sweep after the sets")
     pre.add_argument("--no-fit", action="store_true",
                      help="fit nothing: record what the folder holds (after a run that was killed) and its views")
@@ -186,16 +293,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tolerant_streams() -> None:
+    """Text that is not valid UTF-8 (a lone surrogate from an argument, a file name or a cache file) is printed
+    escaped instead of ending the command in a UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):  # not a TextIOWrapper (a test's capture, a pipe wrapper)
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    _tolerant_streams()
     args = build_parser().parse_args(argv)
+    library_log = logging.getLogger("core")
+    propagate = library_log.propagate
+    WARNINGS.seen.clear()
+    library_log.addHandler(WARNINGS)
+    library_log.propagate = False  # printed once by WARNINGS, not again by the last-resort handler
     try:
+        check_utf8(args)
         return args.func(args)
     except Exception as exc:  # one clear line for people, not a traceback
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         if os.environ.get("PROTOTOKENS_DEBUG"):
             raise
         return 2
+    finally:
+        library_log.removeHandler(WARNINGS)
+        library_log.propagate = propagate
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,15 +181,91 @@ def _build_tiny(seed: int = 0):
     return model, tokenizer, config
 
 
-def _identity_of_folder(folder: Path) -> str:
+# Files whose bytes are the model: their content enters a local folder's identity, so two checkpoints of the
+# same shape with different weights never share cache entries.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt", ".npz")
+# Other files this small (config, tokenizer) are hashed whole too; larger ones by name and size only.
+SMALL_FILE_BYTES = 1_000_000
+TOKENIZER_FILES = frozenset({"tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "merges.txt"})
+_HASH_CHUNK = 1 << 20
+# sha256 of a file by (resolved path, inode, size, mtime_ns, ctime_ns): a folder of some GB is read once per
+# process, not at every load (the sidebar reloads a model whenever its settings change).
+_content_hashes: dict[tuple, str] = {}
+_content_hashes_lock = threading.Lock()
+# A file changed this recently may change again within the file system's timestamp resolution without its
+# stat changing (git's "racy" files): it is hashed again each time rather than remembered.
+_SETTLED_NS = 2_000_000_000
+
+
+def _file_sha256(path: Path) -> str:
+    resolved = path.resolve()
+    stat = resolved.stat()
+    memo = (str(resolved), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    with _content_hashes_lock:
+        known = _content_hashes.get(memo)
+    if known is not None:
+        return known
     digest = hashlib.sha256()
-    for name in sorted(os.listdir(folder)):
+    with open(resolved, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    if time.time_ns() - max(stat.st_mtime_ns, stat.st_ctime_ns) > _SETTLED_NS:
+        with _content_hashes_lock:
+            _content_hashes[memo] = digest.hexdigest()
+    return digest.hexdigest()
+
+
+def _model_files(folder: Path) -> list[str]:
+    """Names of the files in ``folder`` that can hold a model (hidden files such as .DS_Store are not)."""
+    return sorted(name for name in os.listdir(folder) if not name.startswith(".") and (folder / name).is_file())
+
+
+def _identity_of_folder(folder: Path) -> str:
+    """A digest of what a local model folder holds: the content of its weights, configs and tokenizer files
+    (sha256, streamed) and the names and sizes of the rest, so that new weights of the same shape get a new
+    identity and fits of the old weights are never shown as cached for them."""
+    digest = hashlib.sha256(b"folder-identity:v2\n")
+    for name in _model_files(folder):
         path = folder / name
-        if path.is_file():
-            digest.update(f"{name}:{path.stat().st_size}".encode())
-            if name.endswith(".json") and path.stat().st_size < 1_000_000:
-                digest.update(path.read_bytes())
+        size = path.stat().st_size
+        digest.update(f"{name}:{size}\n".encode())
+        if name.lower().endswith(WEIGHT_SUFFIXES) or size < SMALL_FILE_BYTES:
+            digest.update(f"sha256:{_file_sha256(path)}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def _check_local_folder(name: str, folder: Path) -> None:
+    """A one-line ModelLoadError when ``folder`` cannot be a transformers model folder (checked before
+    transformers, whose own messages for these cases are long and cut off)."""
+    files = _model_files(folder)
+    weights = [f for f in files if f.lower().endswith(WEIGHT_SUFFIXES)]
+    if "config.json" not in files and not weights:
+        raise ModelLoadError(
+            f"Could not load {name!r}: the folder {folder} contains no model files (config.json and weights such "
+            "as model.safetensors are needed).")
+    if "config.json" not in files:
+        raise ModelLoadError(
+            f"Could not load {name!r}: the folder {folder} has no config.json next to its weights "
+            f"({', '.join(weights[:3])}{', ...' if len(weights) > 3 else ''}).")
+    if not weights:
+        raise ModelLoadError(
+            f"Could not load {name!r}: the folder {folder} has a config.json but no weights file "
+            "(such as model.safetensors or pytorch_model.bin).")
+    if not any(f in TOKENIZER_FILES or f.endswith((".tiktoken", ".model")) for f in files):
+        raise ModelLoadError(
+            f"Could not load {name!r}: the folder {folder} has no tokenizer files (tokenizer.json, "
+            "tokenizer_config.json or tokenizer.model; save the tokenizer next to the model).")
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's whole message on one line (transformers spreads its sentences over several)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """A name no Hugging Face id can be ("org/name" at most): absolute, relative to ".", or several folders deep."""
+    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or "\\" in name
 
 
 def _in_hub_cache(repo_id: str) -> bool:
@@ -233,9 +310,16 @@ def load_model(name: str | None = None, device: str | None = "auto", dtype: str 
         else:
             local = Path(name).expanduser()
             kwargs = dict(trust_remote_code=False)
+            if local.is_file():
+                raise ModelLoadError(
+                    f"Could not load {name!r}: it is a file, not a model folder; give the folder that holds "
+                    "config.json and the weights (or a Hugging Face model id).")
             if local.is_dir():
+                _check_local_folder(name, local)
                 identity = f"local:{local.resolve()}:{_identity_of_folder(local)}"
                 source = str(local)
+            elif _looks_like_a_path(name):
+                raise ModelLoadError(f"Could not load {name!r}: there is no such folder ({local.absolute()}).")
             else:
                 source = name
                 identity = f"hf:{name}"
@@ -252,8 +336,7 @@ def load_model(name: str | None = None, device: str | None = "auto", dtype: str 
         raise
     except Exception as exc:  # transformers raises many types; the user needs one clear message
         kind = "local folder" if Path(name).expanduser().exists() else "Hugging Face model id"
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"Could not load {name!r} (tried it as a {kind}): {first_line}") from exc
+        raise ModelLoadError(f"Could not load {name!r} (tried it as a {kind}): {_one_line(exc)}") from exc
     model = _freeze(model.to(dev))
     if model.config._attn_implementation not in ("sdpa", "eager"):
         model.set_attn_implementation("sdpa")

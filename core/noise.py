@@ -48,9 +48,14 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"unknown noise type {kind!r}; valid types: {', '.join(NOISE_TYPES)}")
 
 
+# alpha is the noise's norm relative to the vector's: at 100 the vector is all noise, and much larger values
+# overflow float32 (the noisy input becomes inf and the "reconstruction" measures nothing).
+MAX_ALPHA = 100.0
+
+
 def _check_alpha(alpha: float) -> None:
-    if not math.isfinite(alpha) or alpha < 0:
-        raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
+    if not math.isfinite(alpha) or not 0 <= alpha <= MAX_ALPHA:
+        raise ValueError(f"alpha must be a number in [0, {MAX_ALPHA:g}], got {alpha}")
 
 
 def sample_sinusoid_parameters(rows: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,8 +231,9 @@ def parse_alphas(text: str) -> tuple[float, ...]:
             value = float(item)
         except ValueError:
             raise ValueError(f"{item!r} is not a number; separate alphas with commas, e.g. 0, 0.1, 0.5.") from None
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"alpha {item} is out of range: every alpha must be a finite number >= 0.")
+        if not math.isfinite(value) or not 0 <= value <= MAX_ALPHA:
+            raise ValueError(f"alpha {item} is out of range: every alpha must be a finite number from 0 to {MAX_ALPHA:g} "
+                             "(the noise's norm relative to the vector's).")
         values.append(value)
     alphas = tuple(sorted(set(values)))
     if len(alphas) > MAX_ALPHAS:

@@ -137,6 +137,10 @@ def default_settings(kinds: Sequence[str] = SWEEP_KINDS, lambdas: Sequence[float
     return list(dict.fromkeys(settings))
 
 
+# A weight far above the reconstruction loss only drowns it; much larger ones overflow the float32 loss to inf.
+MAX_LAMBDA = 1000.0
+
+
 def parse_lambdas(text: str) -> tuple[float, ...]:
     """Lambdas typed as "0.1, 1" or "0.1 1" -> sorted unique floats > 0.
 
@@ -151,8 +155,8 @@ def parse_lambdas(text: str) -> tuple[float, ...]:
             value = float(item)
         except ValueError:
             raise SweepError(f"{item!r} is not a number; separate the λ values with commas, e.g. 0.1, 1.") from None
-        if not math.isfinite(value) or value <= 0:
-            raise SweepError(f"λ = {item} is out of range: every λ must be a finite number > 0 "
+        if not math.isfinite(value) or not 0 < value <= MAX_LAMBDA:
+            raise SweepError(f"λ = {item} is out of range: every λ must be a finite number > 0 and at most {MAX_LAMBDA:g} "
                              "(the run without a regulariser is always included).")
         values.append(value)
     lambdas = tuple(sorted(set(values)))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import zlib
 from dataclasses import dataclass
 from functools import cache
@@ -33,6 +34,13 @@ KINDS = ("original", "lexical", "semantic", "syntax")
 DEFAULT_GROUP = "default"
 DEFAULT_KIND = "original"
 SUPPORTED_EXTENSIONS = (".csv", ".jsonl", ".json", ".txt")
+# Limits of one uploaded (or --file) text set. Every text is a fit of minutes on a CPU, so a set of more rows is
+# a mistake (a wrong file, a whole corpus), and a file of more bytes cannot hold that many texts the models
+# take. The byte cap is Streamlit's upload limit too: .streamlit/config.toml sets server.maxUploadSize to
+# MAX_UPLOAD_MB, so the browser refuses a larger file before sending it (Streamlit counts 1 MB as 1024 * 1024).
+MAX_ROWS = 10_000
+MAX_UPLOAD_MB = 20
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
 
 BUILTIN_SETS: dict[str, str] = {
     "variants": "12 source texts, each with 4 hand-written paraphrases and 6 lexical variants (typos etc.): "
@@ -142,9 +150,26 @@ def builtin_set(name: str, seed: int = 0) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------------
 
 
+def check_size(n_bytes: int, filename: str) -> None:
+    """A TextSetError when a file of ``n_bytes`` is over MAX_UPLOAD_BYTES (checked before reading it)."""
+    if n_bytes > MAX_UPLOAD_BYTES:
+        raise TextSetError(
+            f"{filename}: the file has {n_bytes / (1024 * 1024):,.1f} MB; the limit is {MAX_UPLOAD_MB} MB "
+            f"(and {MAX_ROWS:,} texts) per file")
+
+
+def _check_rows(n_rows: int, filename: str) -> None:
+    if n_rows > MAX_ROWS:
+        raise TextSetError(f"{filename}: more than {MAX_ROWS:,} texts; the limit is {MAX_ROWS:,} rows per file "
+                           "(split it into several files)")
+
+
 def _decode(data: bytes | str, filename: str) -> str:
     if isinstance(data, str):
         return data.removeprefix("\ufeff")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise TextSetError(f"{filename}: the file is UTF-16 (it starts with a UTF-16 byte-order mark); "
+                           "save it as UTF-8")
     try:
         # utf-8-sig drops the byte-order mark that spreadsheet programs put in front of CSV exports.
         return data.decode("utf-8-sig")
@@ -153,6 +178,12 @@ def _decode(data: bytes | str, filename: str) -> str:
             f"{filename}: cannot decode byte {data[error.start]:#04x} at position {error.start} as UTF-8; "
             "save the file as UTF-8"
         ) from None
+
+
+def _shown(value: str) -> str:
+    """``value`` for a message: a lone surrogate (from a str upload or a JSON escape) escaped, as Streamlit and
+    a UTF-8 terminal cannot show it."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _describe_type(value: Any) -> str:
@@ -177,15 +208,52 @@ def _make_row(record: dict[str, Any], row: int, filename: str) -> tuple[str, str
                 f'{filename}: row {row}, column "{column}" must be a string, got {_describe_type(value)}'
             )
         values[column] = (value or "").strip()
+        _check_encodable(values[column], f'row {row}, column "{column}"', filename)
     if not values["text"]:
         raise TextSetError(f'{filename}: empty text in row {row} (column "text")')
     kind = values["kind"].lower() or DEFAULT_KIND
     if kind not in KINDS:
         raise TextSetError(
-            f'{filename}: unknown kind "{values["kind"]}" in row {row} (column "kind"); '
+            f'{filename}: unknown kind "{_shown(values["kind"])}" in row {row} (column "kind"); '
             f"allowed kinds: {', '.join(KINDS)}"
         )
     return values["text"], values["group"] or DEFAULT_GROUP, kind
+
+
+def _check_encodable(value: str, where: str, filename: str) -> None:
+    """A TextSetError for a string that is no Unicode text: a lone surrogate, which JSON's "\\udcff" escape
+    can produce and which no tokenizer (nor UTF-8) accepts."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise TextSetError(
+            f"{filename}: {where} holds an invalid character {value[error.start]!r} (a lone surrogate, "
+            f"at character {error.start + 1}); it is not Unicode text") from None
+
+
+def _load_json(text: str, filename: str, line: int | None) -> Any:
+    """json.loads with every failure as a one-line TextSetError (line: the file line of a JSON Lines row)."""
+    where = f"on line {line}" if line is not None else "in the file"
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        number = line if line is not None else error.lineno
+        raise TextSetError(f"{filename}: invalid JSON on line {number}: {error.msg}") from None
+    except RecursionError:
+        raise TextSetError(f"{filename}: the JSON {where} is nested too deeply; a text set holds flat objects "
+                           '(one per text, e.g. {"text": "...", "group": "...", "kind": "..."})') from None
+    except ValueError as error:  # an integer of more digits than Python converts (its hint is for programmers)
+        raise TextSetError(f"{filename}: invalid JSON {where}: {str(error).split(':')[0]}") from None
+
+
+def _lines(content: str) -> list[str]:
+    """The lines of a file as a text editor counts them. Not str.splitlines(), which also splits at U+2028,
+    form feeds and other separators that JSON strings may hold unescaped (json.dumps(ensure_ascii=False) writes
+    U+2028 as it is), so a valid JSON Lines row would break in two."""
+    return _NEWLINE.split(content)
+
+
+_NEWLINE = re.compile(r"\r\n|\r|\n")
 
 
 def _parse_csv(content: str, filename: str) -> list[tuple[str, str, str]]:
@@ -198,7 +266,7 @@ def _parse_csv(content: str, filename: str) -> list[tuple[str, str, str]]:
         raise TextSetError(f"{filename}: line 1 is not valid CSV: {error}") from None
     header = [name.strip() for name in header]
     if "text" not in header:
-        found = ", ".join(f'"{name}"' for name in header)
+        found = ", ".join(f'"{_shown(name)}"' for name in header)
         raise TextSetError(f'{filename}: missing column "text" in the header (line 1 has {found})')
 
     rows: list[tuple[str, str, str]] = []
@@ -221,6 +289,7 @@ def _parse_csv(content: str, filename: str) -> list[tuple[str, str, str]]:
                 f"but the header has {len(header)} columns"
             )
         rows.append(_make_row(dict(zip(header, fields)), first_line, filename))
+        _check_rows(len(rows), filename)
     return rows
 
 
@@ -228,20 +297,16 @@ def _parse_json_lines(content: str, filename: str) -> list[tuple[str, str, str]]
     stripped = content.lstrip()
     if stripped.startswith("["):
         # A whole-file JSON array of objects is accepted too; its rows are counted by array item.
-        try:
-            items = json.loads(content)
-        except json.JSONDecodeError as error:
-            raise TextSetError(f"{filename}: invalid JSON on line {error.lineno}: {error.msg}") from None
+        items = _load_json(content, filename, None)
+        _check_rows(len(items), filename)
         numbered = list(enumerate(items, start=1))
     else:
         numbered = []
-        for number, line in enumerate(content.splitlines(), start=1):
+        for number, line in enumerate(_lines(content), start=1):
             if not line.strip():
                 continue
-            try:
-                numbered.append((number, json.loads(line)))
-            except json.JSONDecodeError as error:
-                raise TextSetError(f"{filename}: invalid JSON on line {number}: {error.msg}") from None
+            numbered.append((number, _load_json(line, filename, number)))
+            _check_rows(len(numbered), filename)
 
     rows: list[tuple[str, str, str]] = []
     for number, item in numbered:
@@ -258,7 +323,21 @@ def _parse_json_lines(content: str, filename: str) -> list[tuple[str, str, str]]
 
 
 def _parse_plain_lines(content: str, filename: str) -> list[tuple[str, str, str]]:
-    return [(line.strip(), DEFAULT_GROUP, DEFAULT_KIND) for line in content.splitlines() if line.strip()]
+    return [(line.strip(), DEFAULT_GROUP, DEFAULT_KIND) for line in text_lines(content, filename)]
+
+
+def text_lines(data: bytes | str, filename: str) -> list[str]:
+    """The non-blank lines of a plain text file as they are (``python -m core fit --file texts.txt``), with the
+    checks of parse_text_set: UTF-8, at most MAX_UPLOAD_BYTES and MAX_ROWS lines. Raises TextSetError."""
+    check_size(len(data), filename)
+    content = _decode(data, filename)
+    lines = []
+    for number, line in enumerate(_lines(content), start=1):
+        if line.strip():
+            _check_encodable(line, f"line {number}", filename)
+            lines.append(line)
+            _check_rows(len(lines), filename)
+    return lines
 
 
 def parse_text_set(data: bytes | str, filename: str) -> pd.DataFrame:
@@ -272,14 +351,16 @@ def parse_text_set(data: bytes | str, filename: str) -> pd.DataFrame:
     - .txt: one text per non-empty line.
     Missing groups become "default", missing kinds "original". Repeated texts keep their first row.
     Rows are numbered as a user counts lines in the file (the CSV header is line 1).
+    A file holds at most MAX_ROWS texts and MAX_UPLOAD_BYTES bytes.
 
-    Raises TextSetError with a one-line message naming the file, row and column at fault.
+    Raises TextSetError with a one-line message naming the file, row and column at fault (or the limit).
     """
     suffix = Path(filename).suffix.lower()
     if suffix not in SUPPORTED_EXTENSIONS:
         raise TextSetError(
             f'{filename}: unsupported file type "{suffix or "(none)"}"; use {", ".join(SUPPORTED_EXTENSIONS)}'
         )
+    check_size(len(data), filename)
     content = _decode(data, filename)
     if not content.strip():
         raise TextSetError(f"{filename}: empty file")

@@ -1,5 +1,7 @@
 import importlib.util
 import json
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +11,9 @@ from core.textsets import (
     COLUMNS,
     EXAMPLES_FILE,
     KINDS,
+    MAX_ROWS,
+    MAX_UPLOAD_BYTES,
+    MAX_UPLOAD_MB,
     TEXTS_FILE,
     Example,
     TextSetError,
@@ -197,3 +202,75 @@ def test_parse_rejects_bad_files_with_a_clear_message(data, filename, expected):
 
 def test_text_set_error_is_a_value_error():
     assert issubclass(TextSetError, ValueError)
+
+
+# ---- parse_text_set: hostile files (issue 13)
+
+
+def _one_line_error(data, filename: str) -> str:
+    with pytest.raises(TextSetError) as raised:
+        parse_text_set(data, filename)
+    message = str(raised.value)
+    assert message.startswith(filename) and "\n" not in message, message
+    message.encode("utf-8")  # showable on the page and in a terminal
+    return message
+
+
+@pytest.mark.parametrize(("data", "filename"), [
+    ("[" * 100_000, "deep.json"),
+    ('{"text": "a"}\n{"text": ' + "[" * 100_000 + "]" * 100_000 + "}\n", "deep.jsonl"),
+    ('[{"text": ' + '{"a": ' * 50_000 + "1" + "}" * 50_000 + "}]", "deep.json"),
+])
+def test_deeply_nested_json_is_a_clear_error_not_a_recursion_error(data, filename):
+    assert "nested too deeply" in _one_line_error(data, filename)
+
+
+@pytest.mark.parametrize("filename", ["many.csv", "many.jsonl", "many.json", "many.txt"])
+def test_a_file_of_more_than_max_rows_texts_names_the_limit(filename):
+    texts = [f"text {i}" for i in range(MAX_ROWS + 1)]
+    body = {
+        ".csv": "text\n" + "\n".join(texts),
+        ".jsonl": "\n".join(json.dumps({"text": t}) for t in texts),
+        ".json": json.dumps([{"text": t} for t in texts]),
+        ".txt": "\n".join(texts),
+    }[filename[filename.index("."):]]
+    assert f"the limit is {MAX_ROWS:,} rows" in _one_line_error(body.encode(), filename)
+    at_the_limit = body.rsplit("\n", 1)[0] if filename != "many.json" else json.dumps([{"text": t} for t in texts[:-1]])
+    assert len(parse_text_set(at_the_limit.encode(), filename)) == MAX_ROWS
+
+
+def test_a_file_over_the_byte_cap_names_the_limit():
+    data = b"text\n" + b"x" * MAX_UPLOAD_BYTES
+    assert f"the limit is {MAX_UPLOAD_MB} MB" in _one_line_error(data, "big.csv")
+    assert len(parse_text_set(b"x" * MAX_UPLOAD_BYTES, "just-fits.txt")) == 1
+
+
+def test_streamlit_refuses_uploads_over_the_same_cap():
+    config = tomllib.loads((Path(__file__).resolve().parent.parent / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["maxUploadSize"] == MAX_UPLOAD_MB and MAX_UPLOAD_BYTES == MAX_UPLOAD_MB * 1024 * 1024
+
+
+@pytest.mark.parametrize(("data", "filename", "expected"), [
+    ('{"text": "\\udcff"}\n', "lone.jsonl", 'row 1, column "text" holds an invalid character'),
+    ('[{"text": "ok", "group": "\\ud800"}]', "lone.json", 'row 1, column "group" holds an invalid character'),
+    ("text\nfine\nbad \udcff\n", "lone.csv", "row 3"),
+    ("fine\nbad \udcff\n", "lone.txt", "line 2 holds an invalid character"),
+    ("text,\udcff\nx,y\n", "header.csv", None),  # a valid file: the header only names an ignored column
+    ("body,\udcff\nx,y\n", "header.csv", 'missing column "text"'),
+    ('{"text": ' + "1" * 5000 + "}\n", "digits.jsonl", "invalid JSON on line 1"),
+    ("hello".encode("utf-16"), "excel.txt", "UTF-16"),
+])
+def test_text_that_no_tokenizer_takes_is_refused_when_read(data, filename, expected):
+    # A lone surrogate reached the tokenizer and failed there with a TypeError; a 5000-digit number raised a
+    # plain ValueError that the page did not catch.
+    if expected is None:
+        assert parse_text_set(data, filename)["text"].tolist() == ["x"]
+    else:
+        assert expected in _one_line_error(data, filename)
+
+
+def test_jsonl_rows_may_hold_line_separators():
+    # json.dumps(ensure_ascii=False) writes U+2028 as it is; str.splitlines() split such a row in two.
+    texts = ["one\u2028two", "form\x0cfeed", "group\x1dsep"]
+    data = "\n".join(json.dumps({"text": t}, ensure_ascii=False) for t in texts)
+    assert parse_text_set(data.encode(), "seps.jsonl")["text"].tolist() == texts

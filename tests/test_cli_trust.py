@@ -1,0 +1,132 @@
+"""python -m core with bad input (issue 13): one line on stderr, a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.models import TINY_MODEL
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _run(*args: str | bytes) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=REPO, capture_output=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def _error_line(stderr: str) -> str:
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+def test_invalid_utf8_on_the_command_line_is_one_clear_line(tmp_path):
+    # $'\xff' reaches Python as the lone surrogate '\udcff' (surrogateescape); it failed in the tokenizer with
+    # "TypeError: TextEncodeInput must be Union[...]" after loading the model.
+    done = _run("fit", "--text", b"caf\xe9", "--model", TINY_MODEL, "--cache", str(tmp_path))
+    assert done.returncode == 2
+    line = _error_line(done.stderr.decode("utf-8", "backslashreplace"))
+    assert "--text is not valid UTF-8" in line and "byte 0xe9 at character 4" in line
+
+
+def test_invalid_utf8_in_any_other_value_is_refused_too(tmp_path, capsys):
+    from core.__main__ import main
+
+    assert main(["fit", "--text", "ok", "--model", "org/\udcff", "--cache", str(tmp_path)]) == 2
+    assert "--model is not valid UTF-8" in _error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(("option", "value", "expected"), [
+    ("--lr", "inf", "not a finite number"),
+    ("--lr", "nan", "not a finite number"),
+    ("--lr", "-inf", "not a finite number"),
+    ("--lr", "1e999", "not a finite number"),
+    ("--threshold", "nan", "not a finite number"),
+    ("--threshold", "inf", "not a finite number"),
+    ("--lr", "0", "must be > 0"),
+    ("--threshold", "1.5", "must be in (0, 1]"),
+    ("--max-steps", "0", "must be >= 1"),
+    ("--batch-size", "0", "must be >= 1"),
+    ("--redraw-after", "-1", "must be >= 0"),
+    ("--max-steps", "1e3", "not a whole number"),
+    ("--lr", "fast", "not a number"),
+])
+def test_bad_numbers_are_refused_while_parsing_the_arguments(capsys, option, value, expected):
+    from core.__main__ import build_parser
+
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["fit", "--text", "x", f"{option}={value}"])  # = lets "-inf" be a value
+    assert exited.value.code == 2
+    line = _error_line(capsys.readouterr().err)
+    assert f"argument {option}" in line and expected in line
+
+
+def test_good_numbers_still_reach_the_config():
+    from core.__main__ import _config, build_parser
+
+    config = _config(build_parser().parse_args(["fit", "--text", "x", "--lr", "1e-3", "--threshold", "1",
+                                                "--max-steps", "7", "--seed", "-3", "--redraw-after", "0"]))
+    assert (config.lr, config.threshold, config.max_steps, config.seed, config.redraw_after) == (1e-3, 1, 7, -3, 0)
+
+
+def _bad_entry(cache: Path) -> str:
+    folder = cache / "prototokens"
+    folder.mkdir(parents=True)
+    name = "ab" * 32 + ".json"
+    (folder / name).write_text("{not json")
+    return name
+
+
+def test_list_prints_each_warning_once(tmp_path):
+    # A real process: pytest's own log handlers hide Python's last-resort handler, which printed the cache's
+    # log record while `list` printed the same warning from cache.warnings.
+    name = _bad_entry(tmp_path)
+    done = _run("list", "--cache", str(tmp_path))
+    assert done.returncode == 0
+    lines = [line for line in done.stderr.decode().splitlines() if name in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: Ignoring unreadable cache file"), done.stderr
+
+
+@pytest.mark.parametrize(("filename", "content", "expected"), [
+    ("deep.jsonl", b'{"text": ' + b"[" * 100_000 + b"}\n", "nested too deeply"),
+    ("deep.json", b"[" * 100_000, "nested too deeply"),
+    ("latin1.txt", b"caf\xe9\n", "cannot decode byte 0xe9 at position 3 as UTF-8"),
+    ("many.txt", b"t\n" * 10_001, "the limit is 10,000 rows"),
+    ("lone.jsonl", b'{"text": "\\udcff"}\n', "holds an invalid character"),
+])
+def test_bad_files_are_one_clear_line(tmp_path, capsys, filename, content, expected):
+    from core.__main__ import main
+
+    path = tmp_path / filename
+    path.write_bytes(content)
+    assert main(["fit", "--file", str(path), "--model", TINY_MODEL, "--max-steps", "1", "--quiet",
+                 "--cache", str(tmp_path / "cache")]) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert expected in line and filename in line
+
+
+def test_a_file_over_the_byte_cap_is_refused_before_it_is_read(tmp_path, capsys, monkeypatch):
+    from core.__main__ import main
+    from core.textsets import MAX_UPLOAD_BYTES, MAX_UPLOAD_MB
+
+    path = tmp_path / "huge.txt"
+    with open(path, "wb") as handle:  # sparse: no disk used
+        handle.truncate(MAX_UPLOAD_BYTES + 1)
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("read a file over the cap"))
+    assert main(["fit", "--file", str(path), "--cache", str(tmp_path / "cache")]) == 2
+    assert f"the limit is {MAX_UPLOAD_MB} MB" in _error_line(capsys.readouterr().err)
+
+
+def test_txt_files_keep_their_lines_as_they_are(tmp_path):
+    from core.__main__ import _read_texts, build_parser
+
+    path = tmp_path / "texts.txt"
+    path.write_bytes("\ufeff  indented\n\nsame\nsame\n".encode())
+    args = build_parser().parse_args(["fit", "--file", str(path)])
+    assert _read_texts(args) == ["  indented", "same", "same"]
