@@ -7,7 +7,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import streamlit as st
 
-from ui.sidebar import render_sidebar
+from ui.sidebar import render_sidebar, show_cache_warnings
+from ui.state import begin_run, check_url_entry
 
 st.set_page_config(page_title="Proto-token lab", page_icon=":material/token:", layout="wide")
 
@@ -19,5 +20,10 @@ PAGES = [
     st.Page("pages/regularisers.py", title="Regularisers", icon=":material/tune:"),
 ]
 navigation = st.navigation(PAGES)
-render_sidebar()
-navigation.run()
+begin_run()
+warnings_box = render_sidebar()
+check_url_entry()  # a link's ?entry= becomes the current entry only if it is a readable entry of this model
+try:
+    navigation.run()
+finally:  # also after st.stop(): the page's own reads may have met unreadable files
+    show_cache_warnings(warnings_box)

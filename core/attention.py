@@ -336,7 +336,7 @@ def compute_attention(
         seconds=time.perf_counter() - started,
     )
     if cache is not None:
-        cache.put_analysis(ANALYSIS_KIND, key, {
+        cache.keep_analysis(ANALYSIS_KIND, key, {
             "entry": entry.key, "model": lm.identity, "layout": entry.layout, "tokens": result.tokens,
             "seconds": result.seconds, "shape_to_e": list(to_e.shape), "shape_baseline": list(to_first.shape),
         }, {"to_e": to_e, "baseline_to_first": to_first})
@@ -404,6 +404,6 @@ def head_map(
     layer_weights = attentions[layer][0].float().cpu()  # [head, query, key]
     del attentions
     if cache is not None:
-        cache.put_analysis(LAYER_KIND, key, {"entry": entry.key, "model": lm.identity, "source": source,
+        cache.keep_analysis(LAYER_KIND, key, {"entry": entry.key, "model": lm.identity, "source": source,
                                              "layer": int(layer)}, {"weights": layer_weights})
     return HeadMap(source, layer, head, layer_weights[head].clone(), labels)

@@ -372,6 +372,16 @@ class ProtoCache:
             raise CacheWriteError(f"Could not write a {kind} result to the cache at {self.root}: "
                                   f"{exc.strerror or exc}.") from None
 
+    def keep_analysis(self, kind: str, key: str, meta: dict, tensors: dict[str, torch.Tensor] | None = None) -> bool:
+        """put_analysis for results that are worth keeping but cheap to recompute: a write that fails (full or
+        read-only disk) costs the next visit a recompute, not this result. Returns whether it was stored."""
+        try:
+            self.put_analysis(kind, key, meta, tensors)
+            return True
+        except CacheWriteError as exc:
+            self._warn(str(exc))
+            return False
+
     def get_analysis(self, kind: str, key: str, with_tensors: bool = False) -> tuple[dict, dict] | None:
         """(meta, tensors) of a stored analysis, or None when missing or unreadable."""
         meta_path, tensor_path = self._analysis_paths(kind, key)

@@ -137,7 +137,7 @@ def teacher_embeddings(texts: Sequence[str], cache: ProtoCache, teacher_name: st
     from core.teacher import _canonical_name, embed_texts, load_teacher
 
     embeddings = embed_texts(load_teacher(teacher_name), list(texts))
-    cache.put_analysis(TEACHER_ANALYSIS, key, {"teacher": _canonical_name(teacher_name), "n_texts": len(texts)},
+    cache.keep_analysis(TEACHER_ANALYSIS, key, {"teacher": _canonical_name(teacher_name), "n_texts": len(texts)},
                        {"embeddings": embeddings.contiguous()})
     return embeddings.numpy().astype(np.float64)
 
@@ -288,7 +288,7 @@ def project_spaces(vectors: SetVectors, spaces: Sequence[str], method: str = "ts
         if cache is not None:
             import torch
 
-            cache.put_analysis(PROJECTION_ANALYSIS, key, {
+            cache.keep_analysis(PROJECTION_ANALYSIS, key, {
                 "method": projection.method, "requested_method": projection.requested_method, "note": projection.note,
                 "space": space, "metric": metric, "seed": seed, "perplexity": perplexity, "points": vectors.n,
             }, {"coords": torch.from_numpy(np.ascontiguousarray(projection.coords, dtype=np.float32))})

@@ -46,6 +46,7 @@ class JobSnapshot:
     elapsed: float
     error: str | None = None
     outcomes: list[CachedFit | None] | None = None
+    traceback: str | None = None  # of a failed job, for a debug view
 
     @property
     def step(self) -> int:
@@ -71,6 +72,7 @@ class BackgroundJob(ABC):
         self._lock = threading.Lock()
         self._t0 = time.perf_counter()
         self._t_end: float | None = None
+        self._traceback: str | None = None
         self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
 
     def start(self):
@@ -90,7 +92,8 @@ class BackgroundJob(ABC):
             self._work()
         except Exception as exc:  # the UI shows the message
             with self._lock:
-                self._error = str(exc) or type(exc).__name__
+                self._error = " ".join(str(exc).split()) or type(exc).__name__  # one line
+                self._traceback = traceback.format_exc()
                 self._state = "failed"
             traceback.print_exc()
         finally:
@@ -168,5 +171,5 @@ class FitJob(BackgroundJob):
                                   curve_loss=list(p.curve_loss), curve_accuracy=list(p.curve_accuracy))
                           for p in self._progress],
                 elapsed=self._elapsed(), error=self._error,
-                outcomes=list(self._outcomes) if self._outcomes is not None else None,
+                outcomes=list(self._outcomes) if self._outcomes is not None else None, traceback=self._traceback,
             )

@@ -389,10 +389,7 @@ def _store_entry_table(cache: ProtoCache, key: str, entry: CacheEntry, settings:
                        table: pd.DataFrame) -> None:
     meta = {"version": SWEEP_VERSION, "entry": entry.key, "settings": settings.as_dict(),
             "columns": {column: table[column].tolist() for column in SWEEP_COLUMNS}}
-    try:
-        cache.put_analysis(ANALYSIS_KIND, key, meta)
-    except OSError as exc:  # a full or read-only disk costs the next visit a recompute, not this result
-        log.warning("Could not store noise sweep %s: %s", key[:8], exc)
+    cache.keep_analysis(ANALYSIS_KIND, key, meta)
 
 
 def cached_sweep(lm: LoadedModel, entries: Sequence[CacheEntry], settings: SweepSettings,

@@ -444,7 +444,7 @@ def run_sweep(
         meta = {key: _json_float(value) if isinstance(value, float) else value for key, value in metrics.items()}
         meta.update(setting=setting.as_dict(), label=setting.label, model=lm.identity, keys=keys, groups=groups,
                     teacher=teacher_name, config=config.as_dict(), wall_time_s=_json_float(wall))
-        cache.put_analysis(SWEEP_ANALYSIS, analysis_key, meta)
+        cache.keep_analysis(SWEEP_ANALYSIS, analysis_key, meta)
         result.results.append(_result(setting, keys, entries, meta, cached=cached))  # type: ignore[arg-type]
     return result
 
@@ -474,6 +474,7 @@ class SweepSnapshot:
     elapsed: float
     error: str | None = None
     result: SweepResult | None = None
+    traceback: str | None = None  # of a failed job, for a debug view
 
     @property
     def finished(self) -> bool:
@@ -531,7 +532,8 @@ class SweepJob(BackgroundJob):
             return SweepSnapshot(
                 state=self._state, labels=[s.label for s in self.settings], status=list(self._status),
                 index=self._index, step=self._step, max_steps=self.base_config.max_steps,
-                mean_accuracy=self._accuracy, elapsed=self._elapsed(), error=self._error, result=self._result)
+                mean_accuracy=self._accuracy, elapsed=self._elapsed(), error=self._error, result=self._result,
+                traceback=self._traceback)
 
 
 # ---- the shipped default sweep -----------------------------------------------------------------------

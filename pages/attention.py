@@ -20,7 +20,7 @@ from core.attention import (
     head_map,
 )
 from ui.state import entry_selector, get_cache, get_model, require_app_shell
-from ui.widgets import download_csv, download_figure, visible_token
+from ui.widgets import download_csv, download_figure, plotly_text, show_error, visible_token
 
 require_app_shell()  # first: a page opened by its URL on a fresh server runs inside app.py
 
@@ -31,6 +31,12 @@ VALUE_NAMES = {"proto": "attention to e", "baseline": "attention to the first to
 SOURCE_LABELS = {"proto": "Proto-tokens", "baseline": "Baseline (ordinary tokens)"}
 TRIVIAL_NOTE = "sees only key 0: weight 1 by the causal mask"
 POSITION_TITLE = "query (the token it predicts)"
+
+
+def figure_token(token: str) -> str:
+    """A token for a figure's labels and hovers, which plotly reads as HTML (tokens come from users' texts)."""
+    return plotly_text(visible_token(token))
+
 # Numbers inside the layer x head cells stay readable up to about this many layers at full width.
 MAX_ANNOTATED_LAYERS = 40
 MAX_TICK_LABELS = 60
@@ -47,7 +53,7 @@ def column_notes(result: AttentionResult, view: str, trivial: np.ndarray) -> np.
         if base_q[k] < 0:
             base = "no plain-token query predicts the first token"
         else:
-            base = f"plain query at {base_q[k]} ({visible_token(result.tokens[base_q[k]])!r})"
+            base = f"plain query at {base_q[k]} ({plotly_text(repr(visible_token(result.tokens[base_q[k]])))})"
         note = proto if view == "proto" else base if view == "baseline" else f"{proto} vs {base}"
         notes.append(note + (f" — {TRIVIAL_NOTE}" if trivial[k] else ""))
     return np.array(notes, dtype=object)
@@ -146,12 +152,12 @@ if entry is None:
 cache = get_cache()
 try:
     with st.spinner("Computing attention (two eager forward passes, cached afterwards) ..."):
-        result = compute_attention(lm, entry, cache)
+        result = compute_attention(lm, entry, cache)  # a cache that cannot keep it warns in the sidebar
 except AttentionUnavailable as exc:
-    st.error(f"Attention weights are not available. {exc}")
+    show_error(f"Attention weights are not available. {exc}", exc)
     st.stop()
 except ValueError as exc:  # vectors of another width: the entry belongs to another model
-    st.error(str(exc))
+    show_error(exc, exc)
     st.stop()
 
 n, layers, heads = result.n_tokens, result.num_layers, result.num_heads
@@ -167,7 +173,7 @@ view = col_view.radio("Show", VIEWS, format_func=VIEW_LABELS.get, horizontal=Tru
 how = col_heads.radio("Over heads", HEAD_AGGREGATES, horizontal=True, key="attention_heads",
                       help="Mean or max over heads in the layer × position heatmap.")
 
-labels = result.labels(visible_token)
+labels = result.labels(figure_token)
 trivial = result.trivial(view).numpy()
 notes = column_notes(result, view, trivial)
 value_name = VALUE_NAMES[view]
@@ -214,12 +220,14 @@ with col_controls:
     map_layer = int(st.number_input("Layer", 0, layers - 1, layer, key="attention_map_layer"))
     map_head = int(st.number_input("Head", 0, heads - 1, 0, key="attention_map_head"))
     source = st.radio("Inputs", ("proto", "baseline"), format_func=SOURCE_LABELS.get, key="attention_map_source")
-    one = head_map(lm, entry, map_layer, map_head, source, cache, compute=False, show=visible_token)
+    one = head_map(lm, entry, map_layer, map_head, source, cache, compute=False, show=figure_token)
     if one is None and st.button("Compute this head's map", key="attention_map_compute",
                                  help="One more eager forward pass; the whole layer is cached afterwards."):
         with st.spinner("One eager forward pass ..."):
-            head_map(lm, entry, map_layer, map_head, source, cache, show=visible_token)
-        st.rerun()  # the layer is cached now: redraw without the button
+            one = head_map(lm, entry, map_layer, map_head, source, cache, show=figure_token)
+        if head_map(lm, entry, map_layer, map_head, source, cache, compute=False, show=figure_token) is not None:
+            st.rerun()  # the layer is cached now: redraw without the button
+        show_error("Not saved to the cache (see the sidebar): this map is shown once.", warning=True)
 with col_map:
     if one is None:
         st.caption("Not computed yet for this layer and input: press the button (one forward pass).")

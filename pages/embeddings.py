@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
-
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -16,7 +14,7 @@ from core.shipped import load_manifest, prefit_status
 from core.textsets import BUILTIN_SETS, TextSetError, builtin_set
 from ui import jobs
 from ui.state import fit_config, get_cache, get_model, require_app_shell
-from ui.widgets import choose_text_set, download_csv, download_figure
+from ui.widgets import choose_text_set, download_csv, download_figure, hover_text, plain, plotly_text, show_error
 
 require_app_shell()  # first: a page opened by its URL on a fresh server runs inside app.py
 
@@ -71,7 +69,7 @@ shared_m = c_shared.checkbox(
 try:
     emb.validate_set(lm, frame["text"].tolist(), sidebar_config.layout)
 except TextSetError as exc:
-    st.error(f"This set cannot be fitted with {lm.name}: {exc}")
+    show_error(f"This set cannot be fitted with {lm.name}: {exc}", exc)
     st.stop()
 choices = emb.config_choices(lm, set_name, sidebar_config, shared_m, manifest=manifest)
 if len(choices) > 1:
@@ -87,18 +85,20 @@ entries = emb.set_entries(lm, texts, choices[picked], cache)
 n_fitted = sum(e is not None for e in entries)
 missing = [t for t, e in zip(texts, entries) if e is None]
 running = jobs.is_running(JOB)
-st.caption(f"**{len(frame)} texts** in {len(set(frame['group']))} groups · **{n_fitted} fitted** for {lm.name} "
-           f"with these settings · {len(missing)} to fit")
+st.caption(f"**{len(frame)} texts** in {len(set(frame['group']))} groups · **{n_fitted} fitted** for "
+           f"{plain(lm.name)} with these settings · {len(missing)} to fit")
 if missing:
     if n_fitted == 0:
-        st.info(f"This set needs fitting for {lm.name} with these settings: nothing of it is in the cache yet. "
-                "Fitting runs in the background, a batch at a time; Stop keeps every text finished so far.")
+        st.info(plain(f"This set needs fitting for {lm.name} with these settings: nothing of it is in the cache "
+                      "yet. Fitting runs in the background, a batch at a time; Stop keeps every text finished so "
+                      "far."))
     what = "the whole set (shared m: one coupled batch)" if shared_m else f"the {len(missing)} missing texts"
     if st.button(f"Fit {what}", type="primary", disabled=running, key="emb_fit"):
         # A shared m couples the whole set, so every text goes in; otherwise the cache skips the fitted ones.
         jobs.start_job(JOB, lm, texts if shared_m else missing, config, cache, batch_size=8)
 if jobs.get_job(JOB) is not None:
     jobs.poll(JOB, jobs.render_set_progress)
+    jobs.show_outcome(JOB)
 if n_fitted == 0:
     st.stop()
 
@@ -116,7 +116,7 @@ try:
     with st.spinner("Embedding the texts with the teacher (once per set) ..."):
         teacher = emb.teacher_embeddings(texts, cache)
 except Exception as exc:  # the maps of e and m are still worth showing without the reference
-    st.warning(f"No teacher reference: {exc}")
+    show_error(f"No teacher reference: {exc}", exc, warning=True)
 vectors = emb.assemble_set(frame, entries, min_accuracy=min_accuracy, teacher=teacher, shared_m=shared_m)
 st.caption(f"Showing **{vectors.n}** of {vectors.n_total} texts: {vectors.n_below} below {min_accuracy:.2f} "
            f"accuracy excluded, {vectors.n_unfitted} not fitted."
@@ -142,7 +142,7 @@ def _silhouettes(_vectors: emb.SetVectors, ident: tuple, metric: str) -> pd.Data
 # UMAP compiles its numba kernels on first use in a process (about 25 s on a 2-core CPU; bench/embeddings.py).
 first_umap = " (UMAP's first use in this process compiles it: up to half a minute)" if method == "umap" else ""
 with st.spinner(f"Projecting {vectors.n} points{first_umap} ..."):
-    projections = _projections(vectors, cache_id, method, metric, float(perplexity))
+    projections = _projections(vectors, cache_id, method, metric, float(perplexity))  # unsaved: sidebar warns
 scores = _silhouettes(vectors, cache_id, metric)
 coords = emb.coordinates_frame(vectors, projections)
 
@@ -150,10 +150,6 @@ table = vectors.table
 if st.session_state.get("emb_focus") not in set(table["text"]):
     st.session_state["emb_focus"] = table["text"].iloc[0]
 focus = int(np.flatnonzero(table["text"].to_numpy() == st.session_state["emb_focus"])[0])
-
-
-def _hover_text(text: str) -> str:
-    return "<br>".join(textwrap.wrap(text, 60))
 
 
 def maps_figure() -> go.Figure:
@@ -168,21 +164,24 @@ def maps_figure() -> go.Figure:
                         vertical_spacing=0.08)
     groups = list(dict.fromkeys(table["group"]))
     colours = {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(groups)}
-    hover = [_hover_text(t) for t in table["text"]]
+    # Plotly reads hover texts and legend names as HTML: texts and group names from an upload are escaped.
+    hover = [hover_text(t) for t in table["text"]]
     for k, space in enumerate(spaces):
         row, col = k // n_cols + 1, k % n_cols + 1
         xy = projections[space].coords
         for group in groups:
             rows = np.flatnonzero(table["group"].to_numpy() == group)
             fig.add_scatter(
-                x=xy[rows, 0], y=xy[rows, 1], mode="markers", name=str(group), legendgroup=str(group),
+                x=xy[rows, 0], y=xy[rows, 1], mode="markers", name=plotly_text(group), legendgroup=str(group),
                 showlegend=k == 0,
                 marker=dict(color=colours[group], size=9, opacity=0.85, line=dict(width=0.5, color="white"),
                             symbol=[KIND_SYMBOLS.get(table["kind"].iloc[i], "circle") for i in rows]),
+                # The group goes in as data, not into the template, where "%{...}" in its name would be read.
                 customdata=np.stack([rows, [hover[i] for i in rows], table["kind"].iloc[rows],
-                                     table["accuracy"].iloc[rows].round(3)], axis=1),
-                hovertemplate="%{customdata[1]}<br><b>" + str(group).replace("%", "%%")
-                + "</b> · %{customdata[2]} · accuracy %{customdata[3]}<extra></extra>",
+                                     table["accuracy"].iloc[rows].round(3), [plotly_text(group)] * len(rows)],
+                                    axis=1),
+                hovertemplate="%{customdata[1]}<br><b>%{customdata[4]}</b> · %{customdata[2]} · "
+                              "accuracy %{customdata[3]}<extra></extra>",
                 row=row, col=col)
         fig.add_scatter(x=[xy[focus, 0]], y=[xy[focus, 1]], mode="markers", hoverinfo="skip", showlegend=k == 0,
                         name="selected", legendgroup="selected",
@@ -211,7 +210,7 @@ def pick_point() -> None:
 
 notes = sorted({p.note for p in projections.values() if p.note})
 for note in notes:
-    st.caption(f":material/info: {note}")
+    st.caption(f":material/info: {plain(note)}")
 maps = maps_figure()
 st.plotly_chart(maps, key="emb_map", on_select=pick_point, selection_mode="points",
                 config={"scrollZoom": True})

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import html
-
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
@@ -26,7 +24,7 @@ from core.noise import (
     summarize_sweep,
 )
 from ui.state import entries_multiselect, entry_label, entry_selector, get_cache, get_model, require_app_shell
-from ui.widgets import download_csv, download_figure, show_tokens, visible_token
+from ui.widgets import download_csv, download_figure, plain, plotly_text, show_error, show_tokens, visible_token
 
 require_app_shell()  # first: a page opened by its URL on a fresh server runs inside app.py
 
@@ -52,7 +50,8 @@ if lm is None:
     st.stop()
 cache = get_cache()
 if not cache.list(lm.identity):
-    st.info(f"Nothing fitted yet for {lm.name}. Fit a text on the Reconstruct page first, then come back here.")
+    st.info(plain(f"Nothing fitted yet for {lm.name}. Fit a text on the Reconstruct page first, then come back "
+                  "here."))
     st.stop()
 
 
@@ -107,7 +106,7 @@ def prefix_figure(summary: pd.DataFrame) -> go.Figure:
 def flip_figure(rates: pd.DataFrame, tokens: list[str], title: str) -> go.Figure:
     """rates [position x alpha] -> heatmap with alpha on y (one row per grid value) and "i:token" on x."""
     # Plotly reads tick labels as HTML, so a token like "<b" must be escaped to show as typed.
-    labels = [f"{i}:{html.escape(visible_token(token))}" for i, token in enumerate(tokens)]
+    labels = [f"{i}:{plotly_text(visible_token(token))}" for i, token in enumerate(tokens)]
     alpha_labels = [f"{alpha:g}" for alpha in rates.columns]
     fig = go.Figure(go.Heatmap(
         z=rates.T.to_numpy(), x=labels, y=alpha_labels, zmin=0, zmax=1, colorscale="Reds",
@@ -144,7 +143,7 @@ seed = int(c5.number_input("Seed", 0, 2**31 - 1, 0, key="noise_seed"))
 try:
     alphas = parse_alphas(alpha_text)
 except ValueError as exc:
-    st.error(f"Invalid alphas: {exc}")
+    show_error(f"Invalid alphas: {exc}", exc)
     st.stop()
 if not kinds:
     st.warning("Choose at least one noise type.")
@@ -163,7 +162,7 @@ if st.button("Run sweep", type="primary", key="noise_run"):
         df = noise_sweep(lm, entries, settings.kinds, settings.alphas, settings.draws, settings.target,
                          settings.seed, progress=lambda f: bar.progress(f, text=f"Sweeping ... {f:.0%}"), cache=cache)
     except ValueError as exc:
-        st.error(f"The sweep could not run: {exc}")
+        show_error(f"The sweep could not run: {exc}", exc)
         st.stop()
     finally:
         bar.empty()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pandas as pd
@@ -16,9 +17,9 @@ from core.models import TextError
 from core.reconstruct import Reconstruction, reconstruct, token_metrics
 from core.textsets import load_examples
 from ui import jobs
-from ui.state import (current_entry, entry_label, fit_config, get_cache, get_model, require_app_shell,
-                      set_current_entry)
-from ui.widgets import download_csv, download_json, show_tokens
+from ui.state import (current_entry, current_entry_key, entry_label, fit_config, forget_entry, get_cache,
+                      get_model, keep_unsaved, require_app_shell, set_current_entry, unsaved_reason)
+from ui.widgets import download_csv, download_json, plain, show_error, show_tokens
 
 require_app_shell()  # first: a page opened by its URL on a fresh server runs inside app.py
 
@@ -40,7 +41,7 @@ fitted_here: set = st.session_state.setdefault("fitted_here", set())
 examples = load_examples()
 
 if "text" not in st.session_state:
-    entry = current_entry(cache)
+    entry = current_entry(cache, lm)
     st.session_state["text"] = entry.text if entry is not None else examples[0].text
     # Without a current entry, a cached fit of the prefilled text is shown at once.
     st.session_state["text_changed"] = entry is None
@@ -68,13 +69,22 @@ def show_prediction(predicted: list[int], target: list[int], title: str) -> None
     show_tokens(lm.token_strings(target), None, "target")
 
 
+def keep_outcomes(snap) -> None:
+    """A finished fit's entries: marked as fitted here; one the cache could not store is kept in memory."""
+    for outcome in snap.outcomes or []:
+        if outcome is None:
+            continue
+        if not outcome.cached:
+            fitted_here.add(outcome.entry.key)
+        if outcome.unsaved:
+            keep_unsaved(outcome.entry, outcome.unsaved)
+
+
 def finish_single(snap) -> None:
+    keep_outcomes(snap)
     outcome = (snap.outcomes or [None])[0]
     if outcome is not None:
-        fitted_here.add(outcome.entry.key)
         set_current_entry(outcome.entry.key)
-    if snap.state == "failed":
-        st.session_state["last_error"] = snap.error
 
 
 def render_live(job, snap) -> None:
@@ -86,6 +96,21 @@ def render_live(job, snap) -> None:
                         key="live_curves")
     if p.predictions:
         show_prediction(p.predictions, lm.encode(snap.texts[0]), f"one-pass reconstruction at step {p.step}")
+
+
+def cached_table_key(keys: list[str]) -> str:
+    """The cached-entries table's widget key, new whenever the entries change (a delete here, a clear in the
+    sidebar, a new fit): a kept selection would otherwise make the row that moved into its place current."""
+    return "cached_table_" + hashlib.sha256(" ".join(keys).encode()).hexdigest()[:12]
+
+
+def newly_picked(table: str, table_key: str, rows: list[int]) -> int | None:
+    """The row just selected in a table, once: a selection that stays makes its entry current only when it is
+    made, so it never overrides a later choice elsewhere (or brings back an entry deleted since)."""
+    row = rows[0] if rows else None
+    seen = st.session_state.get(f"{table}::seen")
+    st.session_state[f"{table}::seen"] = (table_key, row)
+    return row if row is not None and (table_key, row) != seen else None
 
 
 # ---- input -----------------------------------------------------------------------------------------
@@ -112,7 +137,7 @@ with tab_one:
         entry_for_text = lookup(lm, [text], config, cache)[0]
         text_ok = True
     except TextError as exc:
-        st.error(str(exc))
+        show_error(exc, exc)
         text_ok = False
 
     c1, c2, c3, _ = st.columns([1, 1, 1, 5])
@@ -122,11 +147,10 @@ with tab_one:
     if running and c3.button("Stop", help="Stop now and keep the best vectors so far"):
         jobs.get_job(SINGLE).cancel()
     if (fit_clicked or refit_clicked) and text_ok:
-        jobs.start_job(SINGLE, lm, [text], config, cache, refit=refit_clicked)
-        running = True
-    if st.session_state.get("last_error"):
-        st.error(f"The fit failed: {st.session_state.pop('last_error')}")
+        # An unwritable cache stops it here, with one line saying why.
+        running = jobs.start_job(SINGLE, lm, [text], config, cache, refit=refit_clicked) is not None
     jobs.poll(SINGLE, render_live, finish_single)
+    jobs.show_outcome(SINGLE, unsaved=False)  # an unsaved entry says so in its own view below
     if st.session_state.pop("text_changed", False) and entry_for_text is not None:
         set_current_entry(entry_for_text.key)  # a text fitted before shows its result at once
 
@@ -144,24 +168,26 @@ with tab_batch:
                     raise TextError(f"Line {i}: {exc}") from None
             jobs.start_job(BATCH, lm, lines, config, cache)
         except TextError as exc:
-            st.error(str(exc))
+            show_error(exc, exc)
     job = jobs.get_job(BATCH)
     if job is not None:
-        jobs.poll(BATCH, jobs.render_set_progress,
-                  lambda snap: fitted_here.update(o.entry.key for o in (snap.outcomes or []) if o and not o.cached))
+        jobs.poll(BATCH, jobs.render_set_progress, keep_outcomes)
+        jobs.show_outcome(BATCH)
         snap = job.snapshot()
         if snap.finished and snap.outcomes:
             done = [o for o in snap.outcomes if o is not None]
             table = pd.DataFrame([{
                 "text": o.entry.text, "tokens": o.entry.n_tokens, "accuracy": o.entry.metrics.get("accuracy"),
-                "steps": o.entry.metrics.get("steps"), "status": "cached" if o.cached else o.entry.metrics.get("status"),
+                "steps": o.entry.metrics.get("steps"),
+                "status": "cached" if o.cached else "not saved" if o.unsaved else o.entry.metrics.get("status"),
             } for o in done])
             st.caption("Select a row to open it in the view below.")
             picked = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="single-row",
                                   key="batch_table", width="stretch")
-            rows = picked.selection.rows if picked else []
-            if rows and done[rows[0]].entry.key != st.session_state.get("current_entry"):
-                set_current_entry(done[rows[0]].entry.key)
+            rows = [r for r in (picked.selection.rows if picked else []) if r < len(done)]
+            row = newly_picked("batch_table", str(id(job)), rows)
+            if row is not None and done[row].entry.key != current_entry_key():
+                set_current_entry(done[row].entry.key)
 
 with tab_cached:
     metas = cache.list(lm.identity)
@@ -175,16 +201,20 @@ with tab_cached:
             "created": pd.to_datetime(m.get("created", 0), unit="s").strftime("%Y-%m-%d %H:%M"),
         } for m in metas])
         st.caption(f"{len(metas)} entries. Select a row to make it the current entry (the other pages analyse it).")
+        table_key = cached_table_key([m["key"] for m in metas])
         picked = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="single-row",
-                              key="cached_table", width="stretch")
-        rows = picked.selection.rows if picked else []
+                              key=table_key, width="stretch")
+        rows = [r for r in (picked.selection.rows if picked else []) if r < len(metas)]
+        if newly_picked("cached_table", table_key, rows) is not None and metas[rows[0]]["key"] != current_entry_key():
+            set_current_entry(metas[rows[0]]["key"])
         if rows:
             chosen = metas[rows[0]]["key"]
-            if chosen != st.session_state.get("current_entry"):
-                set_current_entry(chosen)
-            if st.button("Delete the selected entry", key="delete_entry"):
+            if metas[rows[0]].get("shipped"):
+                st.caption("Pre-fitted entries ship with the project and cannot be deleted here.")
+            elif st.button("Delete the selected entry", key="delete_entry"):
                 cache.delete(chosen)
-                set_current_entry(None)
+                forget_entry(chosen)  # not current any more, and out of the URL: a reload does not bring it back
+                fitted_here.discard(chosen)
                 st.rerun()
 
 
@@ -198,13 +228,18 @@ def _reconstruction(key: str, created: float, model: str, _entry: CacheEntry) ->
 
 def show_entry(entry: CacheEntry) -> None:
     metrics = entry.metrics
-    origin = "fitted in this session" if entry.key in fitted_here else "from the cache"
+    unsaved = unsaved_reason(entry.key)
+    origin = ("fitted in this session, not saved" if unsaved else
+              "fitted in this session" if entry.key in fitted_here else "from the cache")
     st.subheader("Current entry")
-    st.caption(f"{entry_label(entry.meta())} · {origin} · preset {entry.config.get('preset')} · "
-               f"layout {entry.layout}")
+    st.caption(plain(f"{entry_label(entry.meta())} · {origin} · preset {entry.config.get('preset')} · "
+                     f"layout {entry.layout}"))
+    if unsaved:
+        st.warning(plain(f"Not saved to the cache: {unsaved}; download e and m below."),
+                   icon=":material/save:")
     rec = _reconstruction(entry.key, entry.created, lm.identity, entry)
     if metrics.get("status") not in (None, "converged"):
-        st.warning(metrics.get("message") or f"Status: {metrics.get('status')}")
+        st.warning(plain(metrics.get("message") or f"Status: {metrics.get('status')}"))
     cols = st.columns(6)
     cols[0].metric("Token accuracy", f"{rec.metrics.accuracy:.3f}")
     cols[1].metric("Steps", metrics.get("steps"))
@@ -218,7 +253,10 @@ def show_entry(entry: CacheEntry) -> None:
                    "too high after the steps set in *Fit settings* (a stuck draw), so the curves "
                    "jump back up there.")
     show_prediction(rec.token_ids, entry.token_ids, "one-pass reconstruction from the stored e and m")
-    st.markdown(f"**Decoded:** `{json.dumps(rec.text, ensure_ascii=False)[1:-1]}`")
+    st.markdown("**Decoded**")
+    # As code, never as Markdown: the decoded text is model output about a user's text. Escapes make newlines
+    # and other invisible characters visible.
+    st.code(json.dumps(rec.text, ensure_ascii=False)[1:-1], language=None, wrap_lines=True)
 
     snapshots = entry.snapshots
     if len(snapshots) > 1:
@@ -242,7 +280,7 @@ def show_entry(entry: CacheEntry) -> None:
 
 
 if not jobs.is_running(SINGLE):
-    entry = current_entry(cache)
+    entry = current_entry(cache, lm)
     if entry is not None and entry.model != lm.identity:
         st.info("The current entry was fitted with another model; choose that model in the sidebar to see it.")
     elif entry is not None:

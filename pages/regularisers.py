@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
-
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -18,7 +16,7 @@ from core.sweeps import SweepError, SweepJob, SweepResult, SweepSetting
 from core.textsets import BUILTIN_SETS, builtin_set
 from ui import jobs
 from ui.state import fit_config, get_cache, get_model, require_app_shell
-from ui.widgets import choose_text_set, download_csv, download_figure
+from ui.widgets import choose_text_set, download_csv, download_figure, hover_text, plain, plotly_text, show_error
 
 require_app_shell()  # first: a page opened by its URL on a fresh server runs inside app.py
 
@@ -97,7 +95,7 @@ target = c_target.radio("Applied to", ["e", "m"], format_func=VECTOR_LABELS.get,
 try:
     lambdas = sweeps.parse_lambdas(lambda_text)
 except SweepError as exc:
-    st.error(f"Invalid λ values: {exc}")
+    show_error(f"Invalid λ values: {exc}", exc)
     st.stop()
 settings = sweeps.default_settings(kinds, lambdas, target)  # type: ignore[arg-type]
 
@@ -122,30 +120,27 @@ for row, text in enumerate(texts, start=1):
     try:
         lm.validate_text(text, config.layout)
     except TextError as exc:
-        st.error(f"Text {row} cannot be fitted with {lm.name}: {exc}")
+        show_error(f"Text {row} cannot be fitted with {lm.name}: {exc}", exc)
         st.stop()
 try:
     result = sweeps.load_sweep(lm, texts, groups, settings, config, cache)
 except SweepError as exc:
-    st.error(str(exc))
+    show_error(exc, exc)
     st.stop()
 
 # ---- fitting -----------------------------------------------------------------------------------------
 missing = result.missing
 job = jobs.get_job(JOB)
-running = job is not None and not job.snapshot().finished
+running = jobs.is_running(JOB)
 st.caption(f"**{len(texts)} texts** in {len(set(groups))} groups × **{len(settings)} settings** "
            f"({', '.join(s.label for s in settings)}) · {len(result.results)} fitted, {len(missing)} to fit · "
            f"{configs[picked][0]}. Each setting fits all texts together in one batch and stops when every text "
            f"reaches accuracy {config.threshold:g} or after {config.max_steps} steps.")
 if missing and st.button(f"Fit {len(missing)} setting{'s' * (len(missing) > 1)}", type="primary", disabled=running,
                          key="reg_fit", help="Runs in the background; Stop keeps every setting finished so far."):
-    if job is not None:
-        job.cancel()
-    # ui.jobs keeps jobs under "job::<name>"; a sweep is several fits, so it has its own job class.
-    st.session_state[f"job::{JOB}"] = SweepJob(lm, texts, groups, missing, config, cache).start()
-    st.session_state.pop(f"job::{JOB}::handled", None)
-    st.rerun()  # so this run's `job` and the disabled button reflect the new job, and its progress panel shows
+    # A sweep is several fits, so it has its own job class; an unwritable cache stops it here with one line.
+    if jobs.run_job(JOB, SweepJob(lm, texts, groups, missing, config, cache), cache) is not None:
+        st.rerun()  # so this run's `job` and the disabled button reflect the new job, and its progress panel shows
 
 
 def render_progress(sweep_job: SweepJob, snap: sweeps.SweepSnapshot) -> None:
@@ -167,7 +162,7 @@ if job is not None:
     jobs.poll(JOB, render_progress)
     last = job.snapshot()
     if last.state == "failed":
-        st.error(f"The sweep failed: {last.error}")
+        jobs.show_failure("The sweep", last)
     elif last.state == "cancelled":
         st.caption(f"Stopped after {sum(s == 'done' for s in last.status)} of {len(last.status)} settings: the "
                    "finished ones are kept; the interrupted one starts again on the next Fit.")
@@ -180,7 +175,7 @@ if missing:
     st.caption(f"Not fitted yet: {', '.join(s.label for s in missing)}.")
 if using_shipped and manifest is not None:
     walls = [w for w in manifest.wall_time_s.values() if w]
-    st.caption(f"Pre-fitted results shipped with the project: {manifest.model_name}, {len(manifest.texts)} texts; "
+    st.caption(f"Pre-fitted results shipped with the project: {plain(manifest.model_name)}, {len(manifest.texts)} texts; "
                f"the sweep took {sum(walls) / 60:.0f} min on a {manifest.cpus or '?'}-core CPU "
                f"({manifest.torch_threads} torch thread{'s' * (manifest.torch_threads > 1)}).")
 
@@ -296,7 +291,7 @@ else:
         fig = make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=0.05)
         group_order = list(dict.fromkeys(groups))
         colours = {g: GROUP_COLOURS[i % len(GROUP_COLOURS)] for i, g in enumerate(group_order)}
-        hover = ["<br>".join(textwrap.wrap(t, 60)) for t in texts]
+        hover = [hover_text(t) for t in texts]  # plotly reads hovers and legend names as HTML: escaped
         notes = []
         for col, (name, r) in enumerate(pair, start=1):
             projection = _project(tuple(r.keys), vector, method, getattr(r, vector))
@@ -306,16 +301,16 @@ else:
             for group in group_order:
                 rows = [i for i, g in enumerate(groups) if g == group]
                 fig.add_scatter(
-                    x=xy[rows, 0], y=xy[rows, 1], mode="markers", name=group, legendgroup=group,
+                    x=xy[rows, 0], y=xy[rows, 1], mode="markers", name=plotly_text(group), legendgroup=group,
                     showlegend=col == 1, marker=dict(color=colours[group], size=10, line=dict(width=0.5, color="white")),
-                    customdata=[[hover[i]] for i in rows],
-                    hovertemplate="%{customdata[0]}<br><b>" + group.replace("%", "%%") + "</b><extra></extra>",
+                    customdata=[[hover[i], plotly_text(group)] for i in rows],
+                    hovertemplate="%{customdata[0]}<br><b>%{customdata[1]}</b><extra></extra>",
                     row=1, col=col)
             fig.update_xaxes(showticklabels=False, row=1, col=col)
             fig.update_yaxes(showticklabels=False, row=1, col=col)
         fig.update_layout(height=460, margin=dict(l=10, r=10, t=50, b=10), legend=dict(title="group"))
         for note in dict.fromkeys(notes):
-            st.caption(note)
+            st.caption(plain(note))
         return fig
 
     map_fig = map_figure()

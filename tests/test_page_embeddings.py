@@ -8,6 +8,7 @@ import pytest
 
 from core.fit import preset
 from tests.conftest import REPO
+from ui.widgets import plain
 
 PAGE = "pages/embeddings.py"
 # Generous: the first run imports torch and transformers and loads a model, which on the shared 2-core
@@ -93,7 +94,8 @@ def test_a_bad_upload_names_the_row_and_column(app_cache):
     at.file_uploader(key="emb_upload").set_value(("mine.csv", b"text,kind\nfine,original\nbad,poem\n", "text/csv"))
     at.run()
     assert not at.exception
-    assert 'unknown kind "poem" in row 3 (column "kind")' in _errors(at)
+    # Shown as text: the message quotes the file, so it is escaped for Markdown.
+    assert plain('unknown kind "poem" in row 3 (column "kind")') in _errors(at)
     assert not at.get("plotly_chart")
 
 

@@ -10,6 +10,7 @@ import pytest
 from core.cache import ENTRY_DIR, CacheEntry, ProtoCache
 from core.fit import fit_and_cache, preset
 from tests.conftest import open_page
+from ui.widgets import plain
 
 PAGE = "pages/noise.py"
 
@@ -81,7 +82,7 @@ def test_invalid_alpha_text_shows_an_error(tiny_entry):
     at.text_input(key="noise_alphas").set_value("0, 0.1, lots").run()
     assert not at.exception
     errors = _texts(at.error)
-    assert any("Invalid alphas" in text and "'lots' is not a number" in text for text in errors)
+    assert any(plain("Invalid alphas") in text and plain("'lots' is not a number") in text for text in errors)
     assert not at.get("button") or all(b.key != "noise_run" for b in at.button)
 
 

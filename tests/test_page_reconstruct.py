@@ -4,7 +4,9 @@ from tests.conftest import open_page
 
 
 def _markdown_text(at) -> str:
-    return "\n".join(str(getattr(el, "value", "")) for el in at.get("html")) + "\n".join(m.value for m in at.markdown)
+    """Everything the page shows as text: HTML (the tokens), Markdown, and code (the decoded text)."""
+    return "\n".join([*(str(getattr(el, "value", "")) for el in at.get("html")), *(m.value for m in at.markdown),
+                      *(c.value for c in at.code)])
 
 
 def test_page_renders_with_example(app_cache):

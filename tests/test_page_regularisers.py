@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from tests.conftest import open_page
+from ui.widgets import plain
 
 PAGE = "pages/regularisers.py"
 JOB = "job::regularisers"
@@ -28,9 +29,10 @@ def test_bad_lambdas_show_an_error(app_cache):
     at = open_page(PAGE)
     at.text_input(key="reg_lambdas").set_value("0.1, abc").run()
     assert not at.exception
-    assert any("Invalid λ values" in e.value and "'abc' is not a number" in e.value for e in at.error)
+    # Shown as text: the message quotes what was typed, so it is escaped for Markdown.
+    assert any(plain("Invalid λ values") in e.value and plain("'abc' is not a number") in e.value for e in at.error)
     at.text_input(key="reg_lambdas").set_value("-1").run()
-    assert any("> 0" in e.value for e in at.error)
+    assert any(plain("> 0") in e.value for e in at.error)
 
 
 def test_small_sweep_ends_with_the_tradeoff_chart(app_cache, monkeypatch):

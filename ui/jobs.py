@@ -1,7 +1,8 @@
-"""Background fit jobs kept in session state, and a polled progress panel for fitting several texts.
+"""Background jobs kept in session state, and a polled progress panel for fitting several texts.
 
-The job's thread never calls Streamlit; a fragment re-runs about once a second to read its snapshot,
-so the rest of the page stays responsive while a fit runs.
+Any core.jobs.BackgroundJob (a FitJob, a regulariser SweepJob, ...) runs under a name; its thread never calls
+Streamlit; a fragment re-runs about once a second to read its snapshot, so the rest of the page stays
+responsive while it runs.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from typing import Callable, Sequence
 import pandas as pd
 import streamlit as st
 
-from core.cache import ProtoCache
+from core.cache import CacheWriteError, ProtoCache
 from core.fit import FitConfig
-from core.jobs import FitJob, JobSnapshot
+from core.jobs import BackgroundJob, FitJob, JobSnapshot
 from core.models import LoadedModel
+from ui.widgets import plain, show_error
 
 POLL_SECONDS = 1.0
 
@@ -23,20 +25,68 @@ def _slot(name: str) -> str:
     return f"job::{name}"
 
 
-def get_job(name: str) -> FitJob | None:
+def get_job(name: str) -> BackgroundJob | None:
     return st.session_state.get(_slot(name))
 
 
-def start_job(name: str, lm: LoadedModel, texts: Sequence[str], config: FitConfig, cache: ProtoCache, *,
-              refit: bool = False, batch_size: int = 8) -> FitJob:
-    """Start a fit in the background under ``name``; a job already running there is stopped first."""
+def run_job(name: str, job: BackgroundJob, cache: ProtoCache | None = None) -> BackgroundJob | None:
+    """Start ``job`` in the background under ``name``; a job already running there is stopped first.
+
+    cache: the cache the job writes to. When it cannot be written, nothing starts: the reason is shown at once
+    in one line (with the traceback only under PROTOTOKENS_DEBUG=1) and None is returned.
+    """
+    if cache is not None:
+        try:
+            cache.check_writable()
+        except CacheWriteError as exc:
+            show_error(exc, exc)
+            return None
     previous = get_job(name)
     if previous is not None:
         previous.cancel()
-    job = FitJob(lm, texts, config, cache, refit=refit, batch_size=batch_size).start()
+    job.start()
     st.session_state[_slot(name)] = job
     st.session_state.pop(f"{_slot(name)}::handled", None)
     return job
+
+
+def start_job(name: str, lm: LoadedModel, texts: Sequence[str], config: FitConfig, cache: ProtoCache, *,
+              refit: bool = False, batch_size: int = 8) -> FitJob | None:
+    """Start a fit of ``texts`` in the background under ``name`` (see run_job; None when the cache is not
+    writable)."""
+    return run_job(name, FitJob(lm, texts, config, cache, refit=refit, batch_size=batch_size), cache)
+
+
+def job_traceback(snap) -> str | None:
+    """The failed job's traceback, when core.jobs keeps one (shown only under PROTOTOKENS_DEBUG=1)."""
+    return getattr(snap, "traceback", None)
+
+
+def show_failure(what: str, snap) -> None:
+    """One line for a failed job: "<what> failed: <its error>"."""
+    show_error(f"{what} failed: {snap.error}", traceback_text=job_traceback(snap))
+
+
+def unsaved_outcomes(snap) -> list:
+    """The outcomes of a finished fit whose entry the cache could not store (core.fit.CachedFit.unsaved)."""
+    return [o for o in (getattr(snap, "outcomes", None) or []) if o is not None and getattr(o, "unsaved", None)]
+
+
+def show_outcome(name: str, what: str = "The fit", unsaved: bool = True) -> None:
+    """Once the job under ``name`` has finished (until the next one starts): one error line when it failed and,
+    with ``unsaved``, one warning line when the cache could not store some of the texts it fitted."""
+    job = get_job(name)
+    if job is None:
+        return
+    snap = job.snapshot()
+    if not snap.finished:
+        return
+    if snap.state == "failed":
+        show_failure(what, snap)
+    lost = unsaved_outcomes(snap) if unsaved else []
+    if lost:
+        st.warning(plain(f"{len(lost)} fitted text{'s' * (len(lost) > 1)} not saved to the cache: "
+                         f"{lost[0].unsaved}"))
 
 
 def clear_job(name: str) -> None:
@@ -50,7 +100,7 @@ def is_running(name: str) -> bool:
     return job is not None and not job.snapshot().finished
 
 
-def poll(name: str, render: Callable[[FitJob, JobSnapshot], None], on_finish: Callable[[JobSnapshot], None] | None = None) -> None:
+def poll(name: str, render: Callable[[BackgroundJob, object], None], on_finish: Callable[[object], None] | None = None) -> None:
     """Draw ``render(job, snapshot)`` now and, while the job runs, again about once a second.
 
     When the job ends, ``on_finish`` is called once and the whole page reruns to show the result.
@@ -85,8 +135,6 @@ def render_set_progress(job: FitJob, snap: JobSnapshot) -> None:
     st.progress(done / max(len(snap.texts), 1), text=progress_text(snap))
     if not snap.finished and st.button("Stop", key=f"stop::{id(job)}", help="Keeps every text finished so far"):
         job.cancel()
-    if snap.state == "failed":
-        st.error(f"The fit failed: {snap.error}")
     table = pd.DataFrame({
         "text": [t[:80] for t in snap.texts],
         "step": [p.step for p in snap.progress],

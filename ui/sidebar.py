@@ -7,9 +7,11 @@ import streamlit as st
 from core.fit import INITS, PRESETS, REDRAW_PLATEAU_SHARE, preset
 from core.models import DEFAULT_MODEL, TINY_MODEL
 from core.reconstruct import LAYOUTS
-from ui.state import DEFAULT_MODEL_NAME, get_cache, get_model
+from ui.state import DEFAULT_MODEL_NAME, get_cache, get_model, set_current_entry
+from ui.widgets import plain
 
 CUSTOM = "Other (Hugging Face id or local folder)"
+MAX_WARNINGS = 5  # unreadable cache files listed one by one; more are counted
 
 
 def _model_section() -> None:
@@ -57,16 +59,15 @@ def _fit_section() -> None:
     st.session_state["fit_overrides"] = {k: v for k, v in values.items() if getattr(base, k) != v}
 
 
-def _cache_section() -> None:
+def _cache_section():
     cache = get_cache()
     lm = get_model()
     entries = cache.list(lm.identity) if lm else []
     own = [m for m in entries if not m.get("shipped")]
     shipped = f" + {len(entries) - len(own)} pre-fitted (shipped, read-only)" if len(entries) > len(own) else ""
     st.caption(f"Cache: {len(own)} entr{'y' if len(own) == 1 else 'ies'} for this model{shipped}; {cache.size_bytes() / 1e6:.1f} MB on disk "
-               f"in `{cache.root}`")
-    for warning in cache.warnings[-3:]:
-        st.warning(warning)
+               f"in {plain(cache.root)}")
+    warnings_box = st.container()  # filled at the end of the run: show_cache_warnings
     if own and st.button("Clear this model's cache", key="clear_cache"):
         st.session_state["confirm_clear"] = True
     if st.session_state.get("confirm_clear"):
@@ -76,15 +77,33 @@ def _cache_section() -> None:
         if c1.button("Delete", key="clear_yes", type="primary"):
             removed = cache.clear(lm.identity if lm else None)
             st.session_state["confirm_clear"] = False
-            st.session_state.pop("current_entry", None)
-            st.toast(f"Deleted {removed} entries.")
+            set_current_entry(None)  # from the URL too, so the deleted entry does not come back from it
+            st.toast(f"Deleted {removed} entr{'y' if removed == 1 else 'ies'}.")
             st.rerun()
         if c2.button("Keep", key="clear_no"):
             st.session_state["confirm_clear"] = False
             st.rerun()
+    return warnings_box
 
 
-def render_sidebar() -> None:
+def show_cache_warnings(box) -> None:
+    """The unreadable cache files met during this run (by the sidebar and by the page), each once, by name.
+
+    Called by app.py after the page has run, into the box the cache section left for them."""
+    cache = get_cache()
+    warnings = list(dict.fromkeys(cache.warnings + (cache.shipped.warnings if cache.shipped is not None else [])))
+    if box is None or not warnings:
+        return
+    with box:
+        for warning in warnings[:MAX_WARNINGS]:
+            st.warning(plain(warning), icon=":material/warning:")
+        if len(warnings) > MAX_WARNINGS:
+            st.caption(f"... and {len(warnings) - MAX_WARNINGS} more unreadable cache files (each is named in the "
+                       "server's log).")
+
+
+def render_sidebar():
+    """Draw the sidebar; returns the box where show_cache_warnings puts the cache's warnings."""
     with st.sidebar:
         _model_section()
         lm = get_model()
@@ -94,4 +113,4 @@ def render_sidebar() -> None:
         st.divider()
         _fit_section()
         st.divider()
-        _cache_section()
+        return _cache_section()

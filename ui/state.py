@@ -7,13 +7,17 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from core.cache import SHIPPED_ROOT, CacheEntry, ProtoCache
+from core.cache import SHIPPED_ROOT, CacheEntry, ProtoCache, is_valid_key
 from core.fit import FitConfig, FitError, preset
 from core.models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model
+from ui.widgets import plain, show_error
 
 # Tests and offline demos point the app at another default model or cache through the environment.
 DEFAULT_MODEL_NAME = os.environ.get("PROTOTOKENS_MODEL", DEFAULT_MODEL)
 ENTRY_PARAM = "entry"
+ENTRY_STATE = "current_entry"  # session key of the current entry's key
+UNSAVED_STATE = "unsaved_entries"
+_RUN_CACHE = "_run_cache"
 
 
 @dataclass(frozen=True)
@@ -40,15 +44,37 @@ def get_model() -> LoadedModel | None:
     """The sidebar's model, loaded once per process; shows the error and returns None when it fails."""
     choice = model_choice()
     try:
-        with st.spinner(f"Loading {choice.name} ..."):
+        with st.spinner(f"Loading {plain(choice.name)} ..."):
             return _load(choice.name, choice.device, choice.dtype)
     except ModelLoadError as exc:
-        st.error(f"Model not available. {exc}")
+        show_error(f"Model not available. {exc}", exc)
         return None
 
 
+def _loaded_model() -> LoadedModel | None:
+    """The sidebar's model when it loads, without drawing anything (None when it does not)."""
+    choice = model_choice()
+    try:
+        return _load(choice.name, choice.device, choice.dtype)
+    except ModelLoadError:
+        return None
+
+
+def begin_run() -> None:
+    """Called first in every run of app.py: the pages of this run share one cache object (see get_cache)."""
+    st.session_state.pop(_RUN_CACHE, None)
+
+
 def get_cache() -> ProtoCache:
-    return ProtoCache(os.environ.get("PROTOTOKENS_CACHE") or None, shipped=SHIPPED_ROOT)
+    """The cache, one object per script run: the warnings every page meets (unreadable files) reach the sidebar,
+    which shows them at the end of the run (ui.sidebar.show_cache_warnings)."""
+    root = os.environ.get("PROTOTOKENS_CACHE") or None
+    ident = (root, str(SHIPPED_ROOT))
+    held = st.session_state.get(_RUN_CACHE)
+    if held is None or held[0] != ident:
+        held = (ident, ProtoCache(root, shipped=SHIPPED_ROOT))
+        st.session_state[_RUN_CACHE] = held
+    return held[1]
 
 
 def fit_config() -> FitConfig | None:
@@ -57,38 +83,125 @@ def fit_config() -> FitConfig | None:
     try:
         return preset(st.session_state.get("preset", "paper"), **overrides)
     except (FitError, ValueError) as exc:
-        st.error(f"Invalid fit settings: {exc}")
+        show_error(f"Invalid fit settings: {exc}", exc)
         return None
 
 
+# ---- the current entry ---------------------------------------------------------------------------------
+# Every page reads and writes it through these functions only. The session holds its key; the URL
+# (?entry=<key>) carries it to a new session, where check_url_entry() adopts it only when it names a readable
+# entry of the sidebar's model.
+
 def current_entry_key() -> str | None:
-    key = st.session_state.get("current_entry")
-    if key is None:
-        key = st.query_params.get(ENTRY_PARAM)
-        if key:
-            st.session_state["current_entry"] = key
-    return key
+    """The key of the current entry (always a well-formed cache key), or None."""
+    key = st.session_state.get(ENTRY_STATE)
+    return key if is_valid_key(key) else None
 
 
 def set_current_entry(key: str | None) -> None:
-    """Make an entry the one every analysis page shows; kept in the URL so a link reopens it."""
-    st.session_state["current_entry"] = key
-    if key:
+    """Make an entry the one every analysis page shows; kept in the URL so a link reopens it (not an entry
+    that only lives in this session because the cache could not store it: a link to it would open nothing)."""
+    key = key if is_valid_key(key) else None
+    st.session_state[ENTRY_STATE] = key
+    if key and key not in unsaved_entries():
         st.query_params[ENTRY_PARAM] = key
     elif ENTRY_PARAM in st.query_params:
         del st.query_params[ENTRY_PARAM]
 
 
-def current_entry(cache: ProtoCache | None = None) -> CacheEntry | None:
+def forget_entry(key: str) -> None:
+    """An entry was deleted: it stops being current (and leaves the URL) and leaves the session's memory."""
+    unsaved_entries().pop(key, None)
+    if current_entry_key() == key or st.query_params.get(ENTRY_PARAM) == key:
+        set_current_entry(None)
+
+
+def unsaved_entries() -> dict[str, tuple[CacheEntry, str]]:
+    """Entries fitted in this session that the cache could not store: key -> (entry, why)."""
+    return st.session_state.setdefault(UNSAVED_STATE, {})
+
+
+def keep_unsaved(entry: CacheEntry, reason: str) -> None:
+    """Hold an entry whose write failed (core.fit.CachedFit.unsaved) for this session, so it can be shown
+    and downloaded."""
+    unsaved_entries()[entry.key] = (entry, reason)
+
+
+def unsaved_reason(key: str | None) -> str | None:
+    held = unsaved_entries().get(key) if key else None
+    return held[1] if held else None
+
+
+def _fits_model(entry: CacheEntry, lm: LoadedModel) -> bool:
+    return entry.model == lm.identity
+
+
+def check_url_entry() -> None:
+    """Adopt ``?entry=`` as the current entry when the session has none and it names a readable entry of the
+    sidebar's model; otherwise show why in one line. Called by app.py before the page runs.
+
+    A malformed key (not 64 hex characters), an unknown or unreadable entry leaves the URL; an entry of another
+    model stays in it, so choosing that model in the sidebar opens it.
+    """
+    if current_entry_key() is not None or ENTRY_PARAM not in st.query_params:
+        return
+    raw = st.query_params.get(ENTRY_PARAM) or ""
+    if not raw:
+        del st.query_params[ENTRY_PARAM]
+        return
+    lm = _loaded_model()
+    if lm is None:
+        return  # the sidebar says why the model is missing; the link is tried again once it loads
+    cache = get_cache()
+    drop = True
+    if not is_valid_key(raw):
+        shown = raw if len(raw) <= 24 else raw[:21] + "..."
+        notice = f"The link names no entry: {shown!r} is not a cache key (64 hexadecimal characters)."
+    else:
+        entry = cache.get(raw)
+        if entry is not None and not _fits_model(entry, lm):
+            name = entry.model_name or "another model"
+            notice = (f"The linked entry {raw[:12]} was fitted with {name}, not {lm.name}: choose that model in "
+                      "the sidebar to open it.")
+            drop = False
+        elif entry is not None and cache.get(raw, lm.hidden_size) is not None:
+            set_current_entry(raw)
+            return
+        elif entry is not None:
+            notice = f"The linked entry {raw[:12]} does not fit {lm.name} (see the warning in the sidebar)."
+        else:
+            notice = f"The linked entry {raw[:12]} is not in this cache (deleted, unreadable, or fitted elsewhere)."
+    st.warning(plain(notice), icon=":material/link_off:")
+    if drop:
+        del st.query_params[ENTRY_PARAM]
+
+
+def current_entry(cache: ProtoCache | None = None, lm: LoadedModel | None = None) -> CacheEntry | None:
+    """The current entry: held in memory when the cache could not store it, else read from the cache (with
+    ``lm``, an entry of that model whose vectors have another width is refused). An entry of another model is
+    returned as it is: the caller says so."""
     key = current_entry_key()
-    return (cache or get_cache()).get(key) if key else None
+    if key is None:
+        return None
+    held = unsaved_entries().get(key)
+    if held is not None:
+        return held[0]
+    cache = cache or get_cache()
+    entry = cache.get(key)
+    if entry is not None and lm is not None and _fits_model(entry, lm) and entry.e.shape[0] != lm.hidden_size:
+        entry = cache.get(key, lm.hidden_size)  # None, with a warning naming the file
+    return entry
 
 
 def entry_label(meta: dict) -> str:
+    """A one-line label of an entry (plain text: for selectbox and multiselect options, which Streamlit does not
+    read as Markdown; pass it through ui.widgets.plain for anything that is)."""
     metrics = meta.get("metrics", {})
     text = " ".join(str(meta.get("text", "")).split())
     text = text if len(text) <= 70 else text[:67] + "..."
-    return f"{text}  [{metrics.get('accuracy', 0):.2f}, {len(meta.get('token_ids', []))} tok, {meta['key'][:6]}]"
+    accuracy = metrics.get("accuracy", 0)
+    accuracy = f"{accuracy:.2f}" if isinstance(accuracy, (int, float)) else "?"
+    return f"{text}  [{accuracy}, {len(meta.get('token_ids', []))} tok, {str(meta.get('key', ''))[:6]}]"
 
 
 def entry_selector(lm: LoadedModel, label: str = "Entry", key: str = "entry_selector") -> CacheEntry | None:
@@ -108,7 +221,10 @@ def entry_selector(lm: LoadedModel, label: str = "Entry", key: str = "entry_sele
     chosen = st.selectbox(label, keys, index=index, format_func=labels.get, key=key)
     if chosen != current:
         set_current_entry(chosen)
-    return cache.get(chosen)
+    entry = cache.get(chosen, lm.hidden_size)
+    if entry is None:
+        st.warning(plain(f"Entry {chosen[:12]} cannot be read (see the warning in the sidebar)."))
+    return entry
 
 
 def entries_multiselect(lm: LoadedModel, label: str = "Entries", key: str = "entries_multiselect") -> list[CacheEntry]:
@@ -119,7 +235,7 @@ def entries_multiselect(lm: LoadedModel, label: str = "Entries", key: str = "ent
     current = current_entry_key()
     default = [current] if current in labels else [m["key"] for m in metas[:1]]
     chosen = st.multiselect(label, list(labels), default=default, format_func=labels.get, key=key)
-    return [e for e in (cache.get(k) for k in chosen) if e is not None]
+    return [e for e in (cache.get(k, lm.hidden_size) for k in chosen) if e is not None]
 
 
 def require_app_shell() -> None:

@@ -1,10 +1,14 @@
-"""Small drawing helpers shared by pages: tokens as escaped HTML, downloads of figures and tables."""
+"""Small drawing helpers shared by pages: user text shown as text, tokens as escaped HTML, errors in one line,
+downloads of figures and tables."""
 
 from __future__ import annotations
 
 import html
 import io
 import json
+import os
+import re
+import textwrap
 from typing import Callable
 
 import pandas as pd
@@ -13,6 +17,51 @@ import streamlit as st
 CORRECT_COLOUR = "#1b7f3b"
 WRONG_COLOUR = "#c0392b"
 NEUTRAL_COLOUR = "#555"
+DEBUG_ENV = "PROTOTOKENS_DEBUG"
+
+# Every ASCII punctuation character: CommonMark lets a backslash make any of them literal.
+_MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+# Streamlit turns :name: into an emoji and :material/name: into an icon after Markdown is parsed, so an escaped
+# colon still makes one; a word joiner (invisible) after a colon that starts a word breaks the pattern.
+_SHORTCODE_START = re.compile(r"\\:(?=[\w/])")
+
+
+def plain(text: object) -> str:
+    """``text`` (user text, a file name, an error quoting either) made literal inside Streamlit Markdown.
+
+    For every Markdown context: st.markdown / st.caption / st.info / st.warning / st.error / st.toast, widget
+    labels, radio and select_slider options, progress and spinner texts. Markdown, LaTeX ($...$), HTML,
+    links, images, :color[...] directives and :shortcodes: all show as typed; runs of whitespace (newlines
+    included) become one space, so a text cannot start a heading, a list or a code block either.
+    """
+    one_line = " ".join(str(text).split())
+    return _SHORTCODE_START.sub(lambda _: "\\:\u2060", _MARKDOWN_PUNCTUATION.sub(r"\\\1", one_line))
+
+
+def plotly_text(text: object) -> str:
+    """``text`` for a plotly string that is read as HTML (hover texts, tick labels, legend names, titles)."""
+    return html.escape(str(text), quote=False)
+
+
+def hover_text(text: object, width: int = 60) -> str:
+    """User text for a plotly hover: HTML-escaped and wrapped into lines of about ``width`` characters."""
+    return "<br>".join(plotly_text(line) for line in textwrap.wrap(str(text), width)) or plotly_text(text)
+
+
+def debug_enabled() -> bool:
+    """PROTOTOKENS_DEBUG=1 in the environment: errors show their traceback too."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def show_error(message: object, exc: BaseException | None = None, traceback_text: str | None = None,
+               warning: bool = False) -> None:
+    """One line for the user (as text); the exception's traceback only with PROTOTOKENS_DEBUG=1."""
+    (st.warning if warning else st.error)(plain(message))
+    if debug_enabled():
+        if exc is not None:
+            st.exception(exc)
+        elif traceback_text:
+            st.code(traceback_text, language=None)
 
 
 def visible_token(token: str) -> str:
@@ -89,5 +138,5 @@ def choose_text_set(key_prefix: str, names: list[str], load: Callable[[str], pd.
     try:
         return None, parse_text_set(upload.getvalue(), upload.name)
     except TextSetError as exc:
-        st.error(f"Cannot read this file: {exc}")
+        show_error(f"Cannot read this file: {exc}", exc)
         st.stop()
