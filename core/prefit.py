@@ -29,7 +29,7 @@ import pandas as pd
 from core.cache import SHIPPED_ROOT, CacheEntry, ProtoCache
 from core.fit import CachedFit, FitConfig, FitProgress, entry_keys, fit_and_cache, preset
 from core.models import LoadedModel
-from core.shipped import PrefitSet, compact_entry, load_manifest, write_manifest
+from core.shipped import PrefitSet, compact_entry, demo_entry, load_manifest, write_manifest
 from core.textsets import BUILTIN_SETS, PREFIT_SETS, builtin_set
 
 PREFIT_PRESET = "fast"
@@ -72,6 +72,7 @@ def prefit_builtin(
     teacher: bool = True,
     sweep: bool = True,
     fit: bool = True,
+    demo: bool = True,
     stop: threading.Event | None = None,
 ) -> dict[str, PrefitSet]:
     """Fit the built-in sets into the shipped cache under root and write its manifest.
@@ -79,7 +80,8 @@ def prefit_builtin(
     sets: built-in set names, or name -> frame (tests pass their own small sets). lm: the model (default:
     the embedded one). config: default prefit_config(). teacher: also store each
     set's teacher embeddings there. sweep: then run the Regularisers page's default sweep (core.sweeps) if
-    it exists. fit=False: fit nothing, only record (compacted) what the folder holds, e.g. after a run that
+    it exists. demo: after the sets, store the demo entry's noise sweep and attention (ship_demo_views).
+    fit=False: fit nothing, only record (compacted) what the folder holds, e.g. after a run that
     was killed. stop: set it (the CLI does on Ctrl-C or SIGTERM) to end after the running chunk: its unfinished
     texts are stored as they are, the manifest and views are written and the sweep is skipped; running
     again resumes. Returns the manifest's sets.
@@ -96,14 +98,14 @@ def prefit_builtin(
     if PREFIT_THREADS > 0:
         torch.set_num_threads(PREFIT_THREADS)
     try:
-        return _prefit(lm, config, root, sets, quiet, batch_size, chunk, teacher, sweep and fit, fit,
+        return _prefit(lm, config, root, sets, quiet, batch_size, chunk, teacher, sweep and fit, fit, demo,
                        stop or threading.Event())
     finally:
         torch.set_num_threads(threads)
 
 
 def _prefit(lm: LoadedModel, config: FitConfig, root: Path, sets: Sequence[str] | Mapping[str, pd.DataFrame],
-            quiet: bool, batch_size: int, chunk: int, teacher: bool, sweep: bool, fit: bool,
+            quiet: bool, batch_size: int, chunk: int, teacher: bool, sweep: bool, fit: bool, demo: bool,
             stop: threading.Event) -> dict[str, PrefitSet]:
     cache = ProtoCache(root, shipped="")
     frames = dict(sets) if isinstance(sets, Mapping) else {name: builtin_set(name) for name in sets}
@@ -177,6 +179,8 @@ def _prefit(lm: LoadedModel, config: FitConfig, root: Path, sets: Sequence[str] 
             f"{record.n_converged} converged, "
             f"mean accuracy {record.mean_accuracy or 0:.3f}, fitting time {_fmt_seconds(record.wall_time_s)} (this run {_fmt_seconds(time.perf_counter() - t_set)})")
     say(f"All sets done in {_fmt_seconds(time.perf_counter() - t_all)}; {_size_mb(root):.1f} MB in {root}")
+    if demo:
+        ship_demo_views(root, lm=lm, quiet=quiet)
 
     if sweep:
         try:
@@ -216,6 +220,39 @@ def ship_views(root: str | os.PathLike = SHIPPED_ROOT, quiet: bool = False) -> d
         if not quiet:
             print(f"[{name}] views stored for {sum(e is not None for e in entries)} fitted texts", file=sys.stderr)
     return load_manifest(root)
+
+
+def ship_demo_views(root: str | os.PathLike = SHIPPED_ROOT, *, lm: LoadedModel | None = None,
+                    quiet: bool = False) -> str | None:
+    """Store what the Noise and Attention pages show first for the demo entry (core.shipped.demo_entry, the
+    entry ui.state.default_entry makes current on a fresh install): the noise sweep with the Noise page's default
+    settings (SweepSettings()) and the attention analysis, so both pages draw at once without a forward pass.
+
+    Computed with the same functions and keys the pages use; whatever is stored already is read back, not
+    recomputed, so a second run changes nothing. Returns the demo entry's key (None when lm has no converged
+    entry under root: nothing is stored)."""
+    from core.attention import compute_attention
+    from core.noise import SweepSettings, noise_sweep
+
+    if lm is None:
+        from core.models import load_model
+
+        lm = load_model()
+    cache = ProtoCache(root, shipped="")
+    entry = demo_entry(lm.identity, cache, lm.hidden_size, root=root)
+    if entry is None:
+        if not quiet:
+            print(f"note: no converged entry of {lm.name} in {root}; no demo views stored", file=sys.stderr)
+        return None
+    settings = SweepSettings()
+    t0 = time.perf_counter()
+    noise_sweep(lm, [entry], settings.kinds, settings.alphas, settings.draws, settings.target, settings.seed,
+                cache=cache)
+    compute_attention(lm, entry, cache)
+    if not quiet:
+        print(f"Demo views (noise sweep, attention) of {entry.key[:12]} ({entry.n_tokens} tokens) stored in "
+              f"{_fmt_seconds(time.perf_counter() - t0)}; {_size_mb(Path(root)):.1f} MB in {root}", file=sys.stderr)
+    return entry.key
 
 
 def _set_record(name: str, lm: LoadedModel, config: FitConfig, texts: list[str], keys: list[str],

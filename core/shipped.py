@@ -12,10 +12,18 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Mapping
 
-from core.cache import SHIPPED_ROOT, CacheEntry, _write_json
+from core.cache import SHIPPED_ROOT, CacheEntry, ProtoCache, _write_json
 
 MANIFEST = "manifest.json"
 MAX_HISTORY_POINTS = 40
+
+# The demo entry: what the analysis pages show on a fresh install until the user picks an entry
+# (ui.state.default_entry), and whose noise sweep and attention ship with it (core.prefit.ship_demo_views).
+# A converged text of the "variants" set (26 tokens, accuracy 1.0 in 267 steps): long enough for the
+# heatmaps to read like the paper's figures, short enough to label every position.
+DEMO_SET = "variants"
+DEMO_TEXT = ("A thick fog rolled in from the sea this morning, so the ferries stayed in the harbour until the "
+             "sky cleared at noon.")
 
 
 @dataclass(frozen=True)
@@ -94,3 +102,24 @@ def prefit_status(record: PrefitSet | None, model: str) -> tuple[float, str]:
     if record.n_fitted >= n:
         return 1.0, f"pre-fitted, {record.n_converged} of {n} converged"
     return record.n_fitted / n, f"pre-fitted so far: {record.n_fitted} of {n} texts"
+
+
+def demo_candidates(model: str, root: str | os.PathLike | None = None) -> list[str]:
+    """Keys the demo entry of a model may be, best first: DEMO_TEXT in DEMO_SET, then every key of the
+    manifest's sets of that model, in the manifest's order. [] when nothing ships for the model."""
+    sets = [record for record in load_manifest(root).values() if record.model == model]
+    keys = [key for record in sets if record.name == DEMO_SET
+            for text, key in zip(record.texts, record.keys) if text == DEMO_TEXT]
+    keys += [key for record in sets for key in record.keys]
+    return list(dict.fromkeys(keys))
+
+
+def demo_entry(model: str, cache: ProtoCache, hidden: int | None = None,
+               root: str | os.PathLike | None = None) -> CacheEntry | None:
+    """The demo entry of a model: the first converged entry among demo_candidates (manifest under root,
+    default SHIPPED_ROOT) that the cache can read, or None (the tiny model, a model nothing ships for)."""
+    for key in demo_candidates(model, root):
+        entry = cache.get(key, hidden)
+        if entry is not None and entry.model == model and entry.metrics.get("converged"):
+            return entry
+    return None

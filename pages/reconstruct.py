@@ -18,7 +18,8 @@ from core.reconstruct import Reconstruction, reconstruct, token_metrics
 from core.textsets import load_examples
 from ui import jobs
 from ui.state import (current_entry, current_entry_key, entry_label, fit_config, forget_entry, get_cache,
-                      get_model, keep_unsaved, require_app_shell, set_current_entry, unsaved_reason)
+                      get_model, is_default_entry, keep_unsaved, require_app_shell, set_current_entry,
+                      unsaved_reason)
 from ui.widgets import download_csv, download_json, plain, show_error, show_tokens
 
 require_app_shell()  # first: a page opened by its URL on a fresh server runs inside app.py
@@ -41,7 +42,7 @@ fitted_here: set = st.session_state.setdefault("fitted_here", set())
 examples = load_examples()
 
 if "text" not in st.session_state:
-    entry = current_entry(cache, lm)
+    entry = current_entry(cache, lm)  # on a fresh install, the shipped demo entry (ui.state.default_entry)
     st.session_state["text"] = entry.text if entry is not None else examples[0].text
     # Without a current entry, a cached fit of the prefilled text is shown at once.
     st.session_state["text_changed"] = entry is None
@@ -149,6 +150,9 @@ with tab_one:
     if (fit_clicked or refit_clicked) and text_ok:
         # An unwritable cache stops it here, with one line saying why.
         running = jobs.start_job(SINGLE, lm, [text], config, cache, refit=refit_clicked) is not None
+    if is_default_entry() and not running and entry_for_text is None:
+        st.caption("Below: a pre-fitted example shipped with the lab. **Fit** fits this text with your settings in "
+                   "the sidebar; or type your own text, or pick an example.")
     jobs.poll(SINGLE, render_live, finish_single)
     jobs.show_outcome(SINGLE, unsaved=False)  # an unsaved entry says so in its own view below
     if st.session_state.pop("text_changed", False) and entry_for_text is not None:
@@ -229,8 +233,11 @@ def _reconstruction(key: str, created: float, model: str, _entry: CacheEntry) ->
 def show_entry(entry: CacheEntry) -> None:
     metrics = entry.metrics
     unsaved = unsaved_reason(entry.key)
+    shipped = cache.shipped is not None and not (cache.entries_dir / f"{entry.key}.json").exists()
     origin = ("fitted in this session, not saved" if unsaved else
-              "fitted in this session" if entry.key in fitted_here else "from the cache")
+              "fitted in this session" if entry.key in fitted_here else
+              "pre-fitted example, shipped with the lab" if shipped and is_default_entry(entry.key) else
+              "pre-fitted, shipped with the lab" if shipped else "from the cache")
     st.subheader("Current entry")
     st.caption(plain(f"{entry_label(entry.meta())} · {origin} · preset {entry.config.get('preset')} · "
                      f"layout {entry.layout}"))

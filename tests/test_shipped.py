@@ -86,3 +86,29 @@ def test_with_today_s_code_every_shipped_view_resolves_without_fitting(embedded_
     assert result.missing == [] and len(result.results) == 5 and all(r.cached for r in result.results)
     assert all(np.isfinite(r.accuracy) for r in result.results)
     assert not (tmp_path / "fresh").exists(), "resolving the shipped views wrote to the user's cache"
+
+
+@pytest.mark.embedded
+def test_the_demo_entry_and_its_noise_and_attention_views_resolve_without_computing(embedded_lm, tmp_path):
+    """The entry the pages open on while nothing is chosen (ui.state.default_entry), with the Noise page's default
+    sweep and the Attention page's analysis of it, read from the shipped folder the way the pages read them."""
+    from core.attention import compute_attention
+    from core.noise import PAPER_ALPHAS, SweepSettings, cached_sweep, parse_alphas
+    from core.shipped import DEMO_SET, DEMO_TEXT, demo_entry
+
+    user = ProtoCache(tmp_path / "fresh", shipped=SHIPPED_ROOT)
+    record = load_manifest()[DEMO_SET]
+    entry = demo_entry(embedded_lm.identity, user, embedded_lm.hidden_size)
+    assert entry is not None and entry.text == DEMO_TEXT and entry.key == record.keys[record.texts.index(DEMO_TEXT)]
+    assert entry.metrics["converged"] and 20 <= entry.n_tokens <= 35
+    # The Noise page's default grid (its alpha box shows PAPER_ALPHAS) is SweepSettings(): the shipped sweep's key.
+    settings = SweepSettings(alphas=parse_alphas(", ".join(f"{a:g}" for a in PAPER_ALPHAS)))
+    assert settings == SweepSettings()
+    table = cached_sweep(embedded_lm, [entry], settings, user)
+    assert table is not None and len(table) == settings.rows_per_entry and set(table["entry"]) == {entry.key}
+    clean = table[table["alpha"] == 0]
+    assert (clean["accuracy"] == entry.metrics["accuracy"]).all()
+    result = compute_attention(embedded_lm, entry, user)
+    assert result.from_cache and result.n_tokens == entry.n_tokens
+    assert tuple(result.to_e.shape[:2]) == (embedded_lm.num_layers, embedded_lm.num_heads)
+    assert not (tmp_path / "fresh").exists(), "resolving the demo views wrote to the user's cache"

@@ -10,12 +10,15 @@ import streamlit as st
 from core.cache import SHIPPED_ROOT, CacheEntry, ProtoCache, is_valid_key
 from core.fit import FitConfig, FitError, preset
 from core.models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model
+from core.shipped import demo_entry
 from ui.widgets import plain, show_error
 
 # Tests and offline demos point the app at another default model or cache through the environment.
 DEFAULT_MODEL_NAME = os.environ.get("PROTOTOKENS_MODEL", DEFAULT_MODEL)
 ENTRY_PARAM = "entry"
 ENTRY_STATE = "current_entry"  # session key of the current entry's key
+DEFAULT_STATE = "_default_entry"  # the current entry's key while it is the default one (nobody chose it)
+_DEFAULT_CHOICE = "_default_entry_of"  # (model, cache roots) -> the default entry's key, found once per session
 UNSAVED_STATE = "unsaved_entries"
 _RUN_CACHE = "_run_cache"
 
@@ -69,10 +72,11 @@ def get_cache() -> ProtoCache:
     """The cache, one object per script run: the warnings every page meets (unreadable files) reach the sidebar,
     which shows them at the end of the run (ui.sidebar.show_cache_warnings)."""
     root = os.environ.get("PROTOTOKENS_CACHE") or None
-    ident = (root, str(SHIPPED_ROOT))
+    shipped = os.environ.get("PROTOTOKENS_SHIPPED") or SHIPPED_ROOT  # as core.cache.ProtoCache reads it
+    ident = (root, str(shipped))
     held = st.session_state.get(_RUN_CACHE)
     if held is None or held[0] != ident:
-        held = (ident, ProtoCache(root, shipped=SHIPPED_ROOT))
+        held = (ident, ProtoCache(root, shipped=shipped))
         st.session_state[_RUN_CACHE] = held
     return held[1]
 
@@ -90,7 +94,8 @@ def fit_config() -> FitConfig | None:
 # ---- the current entry ---------------------------------------------------------------------------------
 # Every page reads and writes it through these functions only. The session holds its key; the URL
 # (?entry=<key>) carries it to a new session, where check_url_entry() adopts it only when it names a readable
-# entry of the sidebar's model.
+# entry of the sidebar's model. While neither the user nor a link has chosen one, the current entry is the
+# model's shipped demo entry (default_entry): every page opens on a result, and the URL stays clean.
 
 def current_entry_key() -> str | None:
     """The key of the current entry (always a well-formed cache key), or None."""
@@ -103,6 +108,7 @@ def set_current_entry(key: str | None) -> None:
     that only lives in this session because the cache could not store it: a link to it would open nothing)."""
     key = key if is_valid_key(key) else None
     st.session_state[ENTRY_STATE] = key
+    st.session_state.pop(DEFAULT_STATE, None)  # chosen now, not the default any more
     if key and key not in unsaved_entries():
         st.query_params[ENTRY_PARAM] = key
     elif ENTRY_PARAM in st.query_params:
@@ -136,14 +142,62 @@ def _fits_model(entry: CacheEntry, lm: LoadedModel) -> bool:
     return entry.model == lm.identity
 
 
+def default_entry(lm: LoadedModel, cache: ProtoCache) -> str | None:
+    """The key of the entry the pages show while nobody has chosen one: the shipped demo entry of lm
+    (core.shipped.demo_entry: core.shipped.DEMO_TEXT, else the first converged shipped entry), or None when
+    nothing ships for lm (the tiny model). Found once per session, model and cache."""
+    shipped = cache.shipped.root if cache.shipped is not None else None
+    ident = (lm.identity, str(cache.root), str(shipped))
+    held = st.session_state.get(_DEFAULT_CHOICE)
+    if held is None or held[0] != ident:
+        entry = demo_entry(lm.identity, cache, lm.hidden_size, root=shipped) if shipped is not None else None
+        held = (ident, entry.key if entry is not None else None)
+        st.session_state[_DEFAULT_CHOICE] = held
+    return held[1]
+
+
+def is_default_entry(key: str | None = None) -> bool:
+    """Whether the current entry (or ``key``, when it is the current one) is the default: shown because nothing
+    was chosen, not in the URL."""
+    current = current_entry_key()
+    return current is not None and (key is None or key == current) and st.session_state.get(DEFAULT_STATE) == current
+
+
+def _chosen() -> bool:
+    """Whether the session has a current entry that the user (or a link) chose."""
+    return current_entry_key() is not None and not is_default_entry()
+
+
+def _show_default_entry() -> None:
+    """Nothing chosen: make the sidebar model's default entry current, in the session only (never the URL)."""
+    lm = _loaded_model()
+    if lm is None:
+        return
+    key = default_entry(lm, get_cache())
+    st.session_state[ENTRY_STATE] = key
+    if key is None:
+        st.session_state.pop(DEFAULT_STATE, None)
+    else:
+        st.session_state[DEFAULT_STATE] = key
+
+
 def check_url_entry() -> None:
-    """Adopt ``?entry=`` as the current entry when the session has none and it names a readable entry of the
-    sidebar's model; otherwise show why in one line. Called by app.py before the page runs.
+    """Adopt ``?entry=`` as the current entry when the session has none chosen and it names a readable entry of
+    the sidebar's model; otherwise show why in one line. Then, with still nothing chosen, the default entry of
+    the sidebar's model (default_entry) is current. Called by app.py before the page runs.
 
     A malformed key (not 64 hex characters), an unknown or unreadable entry leaves the URL; an entry of another
     model stays in it, so choosing that model in the sidebar opens it.
     """
-    if current_entry_key() is not None or ENTRY_PARAM not in st.query_params:
+    if _chosen():
+        return
+    _adopt_url_entry()
+    if not _chosen():
+        _show_default_entry()
+
+
+def _adopt_url_entry() -> None:
+    if ENTRY_PARAM not in st.query_params:
         return
     raw = st.query_params.get(ENTRY_PARAM) or ""
     if not raw:
