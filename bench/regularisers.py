@@ -1,4 +1,4 @@
-"""Benchmark: what the semantic regularisers cost (PAPERS.md B item 4, the Regularisers page).
+"""Benchmark: what the semantic regularisers cost (docs/science.md, B.4, the Regularisers page).
 
     .venv/bin/python bench/regularisers.py [--steps 4] [--repeats 8] [--threads N]
 

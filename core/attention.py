@@ -1,4 +1,4 @@
-"""Attention to the e-token (PAPERS.md B item 3), and to the first token of the plain text as a baseline.
+"""Attention to the e-token (docs/science.md, B.3), and to the first token of the plain text as a baseline.
 
 One eager forward pass on an entry's proto-token inputs (``core.reconstruct.build_inputs``, the entry's
 layout) with ``output_attentions=True`` gives weights ``[layer, head, query, key]``; the slice at key 0 is the

@@ -1,4 +1,4 @@
-"""Text augmentation for the semantic-vs-syntactic probe (PAPERS.md B item 1).
+"""Text augmentation for the semantic-vs-syntactic probe (docs/science.md, B.1).
 
 Two generators, both deterministic for a seed and independent of the global random state:
 

@@ -1,4 +1,4 @@
-"""What do e and m encode? The computations behind the Embeddings page (PAPERS.md B item 1).
+"""What do e and m encode? The computations behind the Embeddings page (docs/science.md, B.1).
 
 A text set (core.textsets: columns text, group, kind) is matched to its fitted cache entries; the rows
 that are fitted well enough become row-aligned matrices in four spaces:

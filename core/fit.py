@@ -1,6 +1,6 @@
 """Fitting proto-tokens e and m so that a frozen LM rebuilds texts in one forward pass.
 
-The default :class:`FitConfig` is the recipe of PAPERS.md A exactly as published; :func:`preset`
+The default :class:`FitConfig` is the recipe of docs/science.md (A.recipe) exactly as published; :func:`preset`
 also offers ``"fast"``, measured in ``bench/fit_speed.py`` to reach the same accuracy sooner.
 
 Several texts fit together in one padded batch. Each text has its own parameters (e_i and m_i, or a
@@ -144,7 +144,7 @@ def config_from_dict(d: Mapping) -> FitConfig:
 def preset(name: str = "paper", **overrides) -> FitConfig:
     """The named preset with any field overridden.
 
-    ``paper``: PAPERS.md A verbatim. ``fast``: each vector starts like a random token embedding (per
+    ``paper``: docs/science.md, A.recipe, verbatim. ``fast``: each vector starts like a random token embedding (per
     dimension, the mean and std of the model's embedding matrix) instead of N(0, 1); a 5x larger learning
     rate decayed by a cosine schedule, faster-adapting second moments, no weight decay; and a draw whose
     loss is still near a uniform guess's after 20 steps starts over from a new init. About a third of all

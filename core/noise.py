@@ -1,4 +1,4 @@
-"""Noise on proto-tokens (PAPERS.md B item 2).
+"""Noise on proto-tokens (docs/science.md, B.2).
 
 A noisy copy of a vector v [hidden] is v' = v + alpha * ||v|| * n / ||n||, so alpha is the norm of the
 added vector relative to ||v||. The raw noise n comes from one of four distributions. Everything is
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 NOISE_TYPES = ("gaussian", "uniform", "signed_exponential", "sinusoidal")
 NOISE_TARGETS = ("e", "m", "both")
-# The alpha grid of the paper (PAPERS.md B item 2).
+# The alpha grid of the paper (docs/science.md, B.2).
 PAPER_ALPHAS = (0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
 # Integer frequencies of the sinusoidal noise, inclusive on both ends.
 SINUSOID_MIN_FREQUENCY = 4
@@ -195,7 +195,7 @@ def noisy_pair(e: torch.Tensor, m: torch.Tensor, spec: NoiseSpec) -> tuple[torch
 
 # ---- sweeps over cached entries ----------------------------------------------------------------
 
-# Seed paper, Llama-3.2-1B, ~130 texts fitted to >= 0.9, noise on e (PAPERS.md B item 2).
+# Seed paper, Llama-3.2-1B, ~130 texts fitted to >= 0.9, noise on e (docs/science.md, B.2).
 PAPER_ACCURACY: dict[float, float] = {0.0: 0.92, 0.05: 0.86, 0.1: 0.82, 0.2: 0.73, 0.5: 0.51, 1.0: 0.32}
 # Only the two ends of the relative correct-prefix curve are reported there.
 PAPER_PREFIX_REL: dict[float, float] = {0.0: 0.64, 1.0: 0.08}

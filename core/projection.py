@@ -1,6 +1,6 @@
 """Two-dimensional projections, cluster quality and neighbourhoods of fitted vectors.
 
-Used by the semantic-vs-syntactic page (PAPERS.md B item 1: t-SNE with perplexity 15 and the cosine
+Used by the semantic-vs-syntactic page (docs/science.md, B.1: t-SNE with perplexity 15 and the cosine
 metric, silhouette with the source text as label) and by the teacher module's alignment score. Inputs are
 plain numpy arrays [n, d] (rows are e- or m-vectors); torch tensors are accepted and copied to numpy.
 """

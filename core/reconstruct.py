@@ -1,6 +1,6 @@
 """One forward pass from proto-tokens (e, m) to a text, and the metrics of the papers.
 
-Layouts (PAPERS.md A):
+Layouts (docs/science.md, A.layouts):
 
 * ``"e+m*N"`` (default): inputs ``[e, m, ..., m]`` of length N+1; e's own output is unscored and the
   k-th copy of m (position k, 1-based) predicts token k-1 (0-based). Scored positions: ``1 .. N``.
@@ -81,7 +81,7 @@ def predict_tokens(lm: LoadedModel, e: torch.Tensor, m: torch.Tensor, n_tokens: 
 @dataclass
 class TokenMetrics:
     accuracy: float  # share of positions whose argmax equals the target
-    c_tokens: int  # number of such positions (PAPERS.md A)
+    c_tokens: int  # number of such positions (docs/science.md, A.metrics)
     correct_prefix: int  # length of the leading run of correct tokens
     correct_prefix_rel: float  # correct_prefix / n_tokens
     n_tokens: int

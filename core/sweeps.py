@@ -1,4 +1,4 @@
-"""Regulariser sweeps: what a sentence-embedding teacher does to e, and what it costs (PAPERS.md B item 4).
+"""Regulariser sweeps: what a sentence-embedding teacher does to e, and what it costs (docs/science.md, B.4).
 
 A sweep fits one text set once per :class:`SweepSetting` (no regulariser, anchor or relational loss at
 weight lambda, on e or on m). Every regularised setting is one coupled fit (all texts in one batch, stopped

@@ -1,4 +1,4 @@
-"""A sentence-embedding teacher and the two semantic regularisers of PAPERS.md B item 4.
+"""A sentence-embedding teacher and the two semantic regularisers of docs/science.md, B.4.
 
 anchor loss: L = mean_b (1 - cos(e_b, t_b P)), P [d_teacher, hidden] a fixed random projection.
 relational loss: L = MSE(E_hat E_hat^T, T_hat T_hat^T), the pairwise cosine-similarity matrices of a batch.

@@ -1,4 +1,4 @@
-"""Attention: where does the model look at the e-token? (PAPERS.md B item 3)
+"""Attention: where does the model look at the e-token? (docs/science.md, B.3)
 
 Thin page: widgets, calls into core.attention, plotly figures. Every number comes from one cached
 AttentionResult per entry; a single head's full map is computed only when asked.

@@ -1,4 +1,4 @@
-"""Regularisers: can a sentence-embedding teacher shape e without costing reconstruction? (PAPERS.md B item 4)"""
+"""Regularisers: can a sentence-embedding teacher shape e without costing reconstruction? (docs/science.md, B.4)"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""core.noise: the four noise generators and the alpha scaling of PAPERS.md B item 2."""
+"""core.noise: the four noise generators and the alpha scaling of docs/science.md, B.2."""
 
 from __future__ import annotations
 
