@@ -91,6 +91,7 @@ def test_a_bad_upload_names_the_row_and_column(app_cache):
     at = open_page()
     at.radio(key="emb_source").set_value("Upload")
     at.run()
+    assert "At most 20 MB and 10,000 texts per file" in at.file_uploader(key="emb_upload").help  # the caps, said
     at.file_uploader(key="emb_upload").set_value(("mine.csv", b"text,kind\nfine,original\nbad,poem\n", "text/csv"))
     at.run()
     assert not at.exception

@@ -120,7 +120,7 @@ def choose_text_set(key_prefix: str, names: list[str], load: Callable[[str], pd.
     Returns (set name or None for an upload, the set's frame with text, group, kind). Stops the page with a
     message while nothing is uploaded or when the file cannot be read (the message names the row and column).
     """
-    from core.textsets import KINDS, TextSetError, parse_text_set
+    from core.textsets import KINDS, MAX_ROWS, MAX_UPLOAD_MB, TextSetError, parse_text_set
 
     c_source, c_set = st.columns([1, 3])
     source = c_source.radio("Text set", ["Built-in", "Upload"], horizontal=True, key=f"{key_prefix}_source")
@@ -131,7 +131,8 @@ def choose_text_set(key_prefix: str, names: list[str], load: Callable[[str], pd.
         "CSV or JSONL with columns text, group, kind", type=["csv", "jsonl", "json", "txt"],
         key=f"{key_prefix}_upload",
         help=f"text is required; group (colour and silhouette label) and kind ({', '.join(KINDS)}; the marker) "
-             "are optional. CSV needs a header row; JSONL has one object per line.")
+             f"are optional. CSV needs a header row; JSONL has one object per line. At most {MAX_UPLOAD_MB} MB and "
+             f"{MAX_ROWS:,} texts per file.")
     if upload is None:
         st.info("Upload a file to use its texts here, or pick a built-in set.")
         st.stop()
