@@ -121,6 +121,7 @@ FILE_MODE = 0o666 & ~_umask()
 # A temporary file older than this is left over from a process killed mid-write; younger ones may be in use.
 STALE_TMP_AGE_S = 3600.0
 TMP_SUFFIX = ".tmp"
+_SWEPT_ROOTS: set[Path] = set()  # cache roots whose stale temporary files this process has swept
 # Analysis kinds and keys are made by the code (a sha256 hex, or a fixed name such as "default").
 ANALYSIS_NAME = re.compile(r"[0-9a-z][0-9a-z_-]{0,127}")
 # Fields every entry's JSON carries; an entry without them is not what it claims to be.
@@ -205,7 +206,9 @@ class ProtoCache:
             shipped = os.environ.get("PROTOTOKENS_SHIPPED") or SHIPPED_ROOT
         self.shipped = ProtoCache(shipped, shipped="") if shipped and Path(shipped) != self.root else None
         self.warnings: list[str] = []  # unreadable files met so far, for the UI to show
-        self.sweep_stale_tmp()
+        if self.root not in _SWEPT_ROOTS:  # once per root and process: pages open a cache at every rerun
+            _SWEPT_ROOTS.add(self.root)
+            self.sweep_stale_tmp()
 
     # ---- housekeeping ---------------------------------------------------------------------------
     def sweep_stale_tmp(self, max_age_s: float = STALE_TMP_AGE_S) -> int:
