@@ -5,7 +5,7 @@
 1. Fits (or reuses) a 128-token text on the embedded model with preset("fast") into bench/results/cache.
    The fit stops at convergence or after --fit-seconds (a cancel keeps the best vectors so far); attention
    is computed on whatever vectors come out, so the accuracy reached is only reported.
-2. core: compute_attention cold (two eager forward passes, no cache) and from the analysis cache;
+2. core: run_attention cold (two eager forward passes, no cache) and from the analysis cache;
    head_map for one layer cold (one eager pass) and for another head of the cached layer.
 3. page: pages/attention.py through streamlit's AppTest (the same script a browser runs, minus the
    browser's own drawing): first visit of the entry (compute + figures), a rerun (cached), switching to
@@ -57,10 +57,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from core.attention import compute_attention, head_map  # noqa: E402
-from core.cache import ProtoCache  # noqa: E402
-from core.fit import entry_keys, fit_and_cache, preset  # noqa: E402
-from core.models import describe, load_model  # noqa: E402
+from core.analyses.attention import run_attention, head_map  # noqa: E402
+from core.engine.cache import ProtoCache  # noqa: E402
+from core.engine.fit import entry_keys, fit_and_cache, preset  # noqa: E402
+from core.engine.models import describe, load_model  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 N_TOKENS = 128
@@ -305,10 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     scratch = Path(tempfile.mkdtemp(prefix="attention-bench-core-"))
-    report["core_compute_cold"] = measure(lambda: compute_attention(lm, entry, None), args.repeats)
+    report["core_compute_cold"] = measure(lambda: run_attention(lm, entry, None), args.repeats)
     analysis_cache = ProtoCache(scratch / "analyses")
-    compute_attention(lm, entry, analysis_cache)
-    report["core_compute_cached"] = measure(lambda: compute_attention(lm, entry, analysis_cache), args.repeats)
+    run_attention(lm, entry, analysis_cache)
+    report["core_compute_cached"] = measure(lambda: run_attention(lm, entry, analysis_cache), args.repeats)
     layer = lm.num_layers // 2
 
     def head_cold():

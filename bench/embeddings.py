@@ -29,11 +29,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from core import embeddings as emb  # noqa: E402
-from core.cache import SHIPPED_ROOT, ProtoCache  # noqa: E402
-from core.fit import preset  # noqa: E402
-from core.shipped import load_manifest  # noqa: E402
-from core.textsets import builtin_set  # noqa: E402
+from core.analyses import embeddings as emb  # noqa: E402
+from core.engine.cache import SHIPPED_ROOT, ProtoCache  # noqa: E402
+from core.engine.fit import preset  # noqa: E402
+from core.engine.sets import load_manifest, set_entries  # noqa: E402
+from core.texts.textsets import builtin_set  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHOD_LABELS = {"tsne": "t-SNE", "pca": "PCA", "umap": "UMAP"}
@@ -56,7 +56,7 @@ def fit_times() -> dict:
 
 def core_timings(set_name: str, repeats: int) -> tuple[dict, dict]:
     """Median seconds of each core step for the set (model loaded; maps computed, not read from a cache)."""
-    from core.models import load_model
+    from core.engine.models import load_model
 
     lm = load_model()
     cache = ProtoCache(Path(os.environ["PROTOTOKENS_CACHE"]), shipped=SHIPPED_ROOT)
@@ -73,7 +73,7 @@ def core_timings(set_name: str, repeats: int) -> tuple[dict, dict]:
 
     silhouettes = {}
     for _ in range(repeats):
-        entries = timed("entries from the cache", lambda: emb.set_entries(lm, texts, choice, cache))
+        entries = timed("entries from the cache", lambda: set_entries(lm, texts, choice, cache))
         teacher = timed("teacher embeddings", lambda: emb.teacher_embeddings(texts, cache))
         vectors = timed("assemble", lambda: emb.assemble_set(frame, entries, min_accuracy=0.9, teacher=teacher))
         scores = timed("silhouettes (4 spaces x subsets)", lambda: emb.silhouette_table(vectors))

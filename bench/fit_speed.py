@@ -2,10 +2,10 @@
 
 (a) a plain loop written straight from the paper, like the authors' scripts: batch 1, eager attention,
     [e, m x N] with e's output unscored, AdamW(0.01, (0.9, 0.9), 0.01), e, m ~ N(0, 1);
-(b) core.fit with the paper preset (the same recipe through the library: sdpa attention);
-(c) core.fit with the fast preset.
+(b) core.engine.fit with the paper preset (the same recipe through the library: sdpa attention);
+(c) core.engine.fit with the fast preset.
 Then texts per minute for 8 texts fitted in one batch of 8 rows vs one by one with one row per pass
-(core.fit, the same fast config with a step cap per draw and up to --batch-restarts draws per text), once
+(core.engine.fit, the same fast config with a step cap per draw and up to --batch-restarts draws per text), once
 per seed (--batch-seeds), and what a pass of 1 and of 8 rows costs.
 
 Methods run interleaved per (text, seed), so a busy machine slows them alike. Writes
@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.fit import fit_texts, preset  # noqa: E402
-from core.models import load_model  # noqa: E402
+from core.engine.fit import fit_texts, preset  # noqa: E402
+from core.engine.models import load_model  # noqa: E402
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",

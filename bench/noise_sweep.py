@@ -3,7 +3,7 @@
     .venv/bin/python bench/noise_sweep.py [--repeats 3] [--model NAME] [--draws 8]
 
 Reuses a converged entry of a 32-token text of the embedded model from the cache (or fits one with the fast
-preset), then times core.noise.noise_sweep over the default grid (4 types x 6 alphas x 8 draws) with
+preset), then times core.analyses.noise.noise_sweep over the default grid (4 types x 6 alphas x 8 draws) with
 batched=True (all draws of one (type, alpha) in one forward pass) and batched=False (one pass per draw). The two modes alternate
 within each repeat so that load from other processes hits both alike; medians are reported. Writes
 bench/results/noise_sweep.json and prints a summary.
@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from core.cache import CacheEntry, ProtoCache  # noqa: E402
-from core.fit import fit_and_cache, preset  # noqa: E402
-from core.models import describe, load_model  # noqa: E402
-from core.noise import NOISE_TYPES, PAPER_ALPHAS, SweepSettings, noise_sweep, summarize_sweep  # noqa: E402
+from core.engine.cache import CacheEntry, ProtoCache  # noqa: E402
+from core.engine.fit import fit_and_cache, preset  # noqa: E402
+from core.engine.models import describe, load_model  # noqa: E402
+from core.analyses.noise import NOISE_TYPES, PAPER_ALPHAS, NoiseSettings, run_noise, summarize_noise  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # 32 tokens with the SmolLM2 tokenizer (checked at run time and reported).
@@ -49,7 +49,7 @@ def reusable_entry(cache: ProtoCache, lm, text: str) -> CacheEntry | None:
 
 def time_sweep(lm, entry, args, batched: bool) -> tuple[float, object]:
     start = time.perf_counter()
-    table = noise_sweep(lm, [entry], args.kinds, args.alphas, args.draws, args.target, seed=0, batched=batched)
+    table = run_noise(lm, [entry], NoiseSettings(tuple(args.kinds), tuple(args.alphas), args.draws, args.target), batched=batched)
     return time.perf_counter() - start, table
 
 
@@ -78,10 +78,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{'from the cache' if fit_seconds < 5 else f'fitted in {fit_seconds:.0f} s'}", file=sys.stderr)
 
     # Warm-up: the first forward passes pay for lazy initialisation in torch and transformers.
-    noise_sweep(lm, [entry], args.kinds[:1], args.alphas[-1:], 2, args.target, batched=True)
-    noise_sweep(lm, [entry], args.kinds[:1], args.alphas[-1:], 2, args.target, batched=False)
+    warm = NoiseSettings(tuple(args.kinds[:1]), tuple(args.alphas[-1:]), 2, args.target)
+    run_noise(lm, [entry], warm, batched=True)
+    run_noise(lm, [entry], warm, batched=False)
 
-    settings = SweepSettings(tuple(args.kinds), tuple(args.alphas), args.draws, args.target)
+    settings = NoiseSettings(tuple(args.kinds), tuple(args.alphas), args.draws, args.target)
     nonzero = sum(a > 0 for a in settings.alphas)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = len(next(iter(tables.values())))
         agree = (sum(a == b for a, b in zip(tables["batched"]["tokens"], tables["per_draw"]["tokens"]))
                  if len(tables) == 2 else None)
-        summary = summarize_sweep(tables.get("batched", next(iter(tables.values()))))
+        summary = summarize_noise(tables.get("batched", next(iter(tables.values()))))
         result = {
             "benchmark": "noise_sweep",
             "complete": complete,

@@ -11,7 +11,7 @@
    embeddings are computed once beforehand (their cost is reported on its own): what is measured is the
    fitting step.
 2. The default sweep: the per-setting wall times recorded in the shipped sweep's manifest (data/prefit), as
-   measured by the pre-fit run (core.sweeps.prefit_default_sweep).
+   measured by the pre-fit run (core.analyses.regularisers.prefit_default_sweep).
 
 Writes bench/results/regularisers.json and prints a summary.
 """
@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from core.cache import SHIPPED_ROOT, ProtoCache  # noqa: E402
-from core.fit import fit_texts  # noqa: E402
-from core.models import describe, load_model  # noqa: E402
-from core.sweeps import default_base_config, default_sweep_set, load_manifest  # noqa: E402
-from core.teacher import RegularizerConfig, embed_texts, load_teacher  # noqa: E402
+from core.engine.cache import SHIPPED_ROOT, ProtoCache  # noqa: E402
+from core.engine.fit import fit_texts  # noqa: E402
+from core.engine.models import describe, load_model  # noqa: E402
+from core.shipped.default_sweep import default_base_config, default_sweep_set, load_default_sweep_manifest  # noqa: E402
+from core.engine.teacher import RegularizerConfig, embed_texts, load_teacher  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KINDS = ("none", "anchor", "relational")
@@ -98,13 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     # CPU time of this process barely depends on what else runs: the steadiest measure on a shared machine.
     cpu_medians = {kind: statistics.median(values) for kind, values in cpu_per_step.items()}
 
-    manifest = load_manifest(ProtoCache(SHIPPED_ROOT, shipped=""))
+    manifest = load_default_sweep_manifest(ProtoCache(SHIPPED_ROOT, shipped=""))
     sweep = None
     if manifest is not None:
         sweep = {"set": manifest.set_name, "n_texts": len(manifest.texts), "model": manifest.model,
                  "config": manifest.config, "wall_time_s_per_setting": manifest.wall_time_s,
                  "total_wall_time_s": manifest.total_wall_time_s, "torch_threads": manifest.torch_threads,
-                 "note": "measured by the pre-fit run (core.sweeps.prefit_default_sweep), under the machine's load then"}
+                 "note": "measured by the pre-fit run (core.analyses.regularisers.prefit_default_sweep), under the machine's load then"}
 
     result = {
         "benchmark": "regularisers",

@@ -122,7 +122,7 @@ positive_count = _number_type(int, "positive count", low=1)
 def _read_texts(args) -> list[str]:
     texts = list(args.text or [])
     if args.file:
-        from core.textsets import check_size, parse_text_set, text_lines
+        from core.texts.textsets import check_size, parse_text_set, text_lines
 
         path = Path(args.file)
         if not path.is_file():
@@ -138,7 +138,7 @@ def _read_texts(args) -> list[str]:
 
 
 def _config(args):
-    from core.fit import preset
+    from core.engine.fit import preset
 
     overrides = {k: v for k, v in {
         "max_steps": args.max_steps, "lr": args.lr, "threshold": args.threshold, "seed": args.seed,
@@ -153,10 +153,10 @@ def _config(args):
 def cmd_fit(args) -> int:
     from tqdm import tqdm
 
-    from core.cache import ProtoCache
-    from core.jobs import FitJob
-    from core.models import load_model
-    from core.reconstruct import reconstruct
+    from core.engine.cache import ProtoCache
+    from core.engine.jobs import FitJob
+    from core.engine.models import load_model
+    from core.engine.reconstruct import reconstruct
 
     texts = _read_texts(args)
     config = _config(args)
@@ -203,7 +203,7 @@ def cmd_fit(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from core.cache import ProtoCache
+    from core.engine.cache import ProtoCache
 
     cache = ProtoCache(args.cache)
     for meta in cache.list():
@@ -220,9 +220,9 @@ def cmd_list(args) -> int:
 
 
 def cmd_prefit(args) -> int:
-    from core.prefit import prefit_builtin
+    from core.shipped.prefit import prefit_builtin
 
-    from core.textsets import PREFIT_SETS
+    from core.texts.textsets import PREFIT_SETS
 
     unknown = [name for name in args.sets or () if name not in PREFIT_SETS]
     if unknown:
@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--lr", type=positive_float)
     fit.add_argument("--threshold", type=fraction, help="stop at this token accuracy, in (0, 1]")
     fit.add_argument("--seed", type=whole_number)
-    fit.add_argument("--init", choices=["normal", "embedding", "token"])  # core.fit.INITS (not imported: torch)
+    fit.add_argument("--init", choices=["normal", "embedding", "token"])  # core.engine.fit.INITS (not imported: torch)
     fit.add_argument("--redraw-after", type=count, help="start a draw still at a uniform guess's loss after this "
                      "many steps over from a new init (0: never; fast preset: 20)")
     fit.add_argument("--redraw-plateau", type=count, help="start a draw still above 0.7 of a uniform guess's loss "

@@ -1,6 +1,6 @@
 """Attention: where does the model look at the e-token? (docs/science.md, B.3)
 
-Thin page: widgets, calls into core.attention, plotly figures. Every number comes from one cached
+Thin page: widgets, calls into core.analyses.attention, plotly figures. Every number comes from one cached
 AttentionResult per entry; a single head's full map is computed only when asked.
 """
 
@@ -10,13 +10,13 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.attention import (
+from core.analyses.attention import (
     HEAD_AGGREGATES,
     VIEWS,
     AttentionResult,
     AttentionUnavailable,
     HeadMap,
-    compute_attention,
+    run_attention,
     head_map,
 )
 from ui.state import entry_selector, get_cache, get_model, require_app_shell
@@ -152,7 +152,7 @@ if entry is None:
 cache = get_cache()
 try:
     with st.spinner("Computing attention (two eager forward passes, cached afterwards) ..."):
-        result = compute_attention(lm, entry, cache)  # a cache that cannot keep it warns in the sidebar
+        result = run_attention(lm, entry, cache)  # a cache that cannot keep it warns in the sidebar
 except AttentionUnavailable as exc:
     show_error(f"Attention weights are not available. {exc}", exc)
     st.stop()

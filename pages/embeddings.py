@@ -8,10 +8,10 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from core import embeddings as emb
-from core.projection import METRICS
-from core.shipped import load_manifest, prefit_status
-from core.textsets import BUILTIN_SETS, TextSetError, builtin_set
+from core.analyses import embeddings as emb
+from core.analyses.projection import METRICS
+from core.engine.sets import load_manifest, prefit_status, set_entries, validate_set
+from core.texts.textsets import BUILTIN_SETS, TextSetError, builtin_set
 from ui import jobs
 from ui.state import fit_config, get_cache, get_model, require_app_shell
 from ui.widgets import choose_text_set, download_csv, download_figure, hover_text, plain, plotly_text, show_error
@@ -67,7 +67,7 @@ shared_m = c_shared.checkbox(
     "Shared m", key="emb_shared_m",
     help="Fit one m for the whole set (one coupled batch) and an e per text: then only e differs between texts.")
 try:
-    emb.validate_set(lm, frame["text"].tolist(), sidebar_config.layout)
+    validate_set(lm, frame["text"].tolist(), sidebar_config.layout)
 except TextSetError as exc:
     show_error(f"This set cannot be fitted with {lm.name}: {exc}", exc)
     st.stop()
@@ -81,7 +81,7 @@ else:
 config = choices[picked].config
 
 texts = frame["text"].tolist()
-entries = emb.set_entries(lm, texts, choices[picked], cache)
+entries = set_entries(lm, texts, choices[picked], cache)
 n_fitted = sum(e is not None for e in entries)
 missing = [t for t, e in zip(texts, entries) if e is None]
 running = jobs.is_running(JOB)

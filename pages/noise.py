@@ -7,8 +7,8 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.colors import hex_to_rgb, qualitative
 
-from core.cache import CacheEntry
-from core.noise import (
+from core.engine.cache import CacheEntry
+from core.analyses.noise import (
     MAX_DRAWS,
     NOISE_TARGETS,
     NOISE_TYPES,
@@ -16,12 +16,12 @@ from core.noise import (
     PAPER_ALPHAS,
     PAPER_MODEL,
     PAPER_PREFIX_REL,
-    SweepSettings,
-    cached_sweep,
+    NoiseSettings,
+    load_noise,
     flip_rates,
-    noise_sweep,
+    run_noise,
     parse_alphas,
-    summarize_sweep,
+    summarize_noise,
 )
 from ui.state import entries_multiselect, entry_label, entry_selector, get_cache, get_model, require_app_shell
 from ui.widgets import download_csv, download_figure, plain, plotly_text, show_error, show_tokens, visible_token
@@ -148,7 +148,7 @@ except ValueError as exc:
 if not kinds:
     st.warning("Choose at least one noise type.")
     st.stop()
-settings = SweepSettings(kinds=tuple(kinds), alphas=alphas, draws=draws, target=target, seed=seed)
+settings = NoiseSettings(kinds=tuple(kinds), alphas=alphas, draws=draws, target=target, seed=seed)
 passes = len(entries) * settings.passes_per_entry
 st.caption(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'} × {len(kinds)} types × {len(alphas)} alphas "
            f"× {draws} draws = {len(entries) * settings.rows_per_entry:,} noisy reconstructions in {passes:,} "
@@ -159,8 +159,8 @@ df: pd.DataFrame | None = None
 if st.button("Run sweep", type="primary", key="noise_run"):
     bar = st.progress(0.0, text="Starting the sweep ...")
     try:
-        df = noise_sweep(lm, entries, settings.kinds, settings.alphas, settings.draws, settings.target,
-                         settings.seed, progress=lambda f: bar.progress(f, text=f"Sweeping ... {f:.0%}"), cache=cache)
+        df = run_noise(lm, entries, settings, progress=lambda f: bar.progress(f, text=f"Sweeping ... {f:.0%}"),
+                       cache=cache)
     except ValueError as exc:
         show_error(f"The sweep could not run: {exc}", exc)
         st.stop()
@@ -169,14 +169,14 @@ if st.button("Run sweep", type="primary", key="noise_run"):
     st.session_state["noise_result"] = (sweep_id, df)
 else:
     kept = st.session_state.get("noise_result")
-    df = kept[1] if kept is not None and kept[0] == sweep_id else cached_sweep(lm, entries, settings, cache)
+    df = kept[1] if kept is not None and kept[0] == sweep_id else load_noise(lm, entries, settings, cache)
 if df is None:
     st.info("Press **Run sweep** to decode the noisy copies (seconds on the embedded model; a minute for many "
             "entries or draws).")
     st.stop()
 
 # ---- curves ----------------------------------------------------------------------------------------
-summary = summarize_sweep(df)
+summary = summarize_noise(df)
 over = "draws" if len(entries) == 1 else f"draws and {len(entries)} entries"
 reference_note = "" if target == "e" else " The paper's numbers are for noise on e only."
 st.caption(f"Lines: mean over {over}; shaded band: min to max of the same rows.{reference_note}")

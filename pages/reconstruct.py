@@ -11,11 +11,11 @@ import streamlit as st
 from plotly.subplots import make_subplots
 from safetensors.torch import save as safetensors_bytes
 
-from core.cache import CacheEntry
-from core.fit import lookup
-from core.models import TextError
-from core.reconstruct import Reconstruction, reconstruct, token_metrics
-from core.textsets import load_examples
+from core.engine.cache import CacheEntry
+from core.engine.fit import lookup
+from core.engine.models import TextError
+from core.engine.reconstruct import Reconstruction, reconstruct, token_metrics
+from core.texts.textsets import load_examples
 from ui import jobs
 from ui.state import (current_entry, current_entry_key, entry_label, fit_config, forget_entry, get_cache,
                       get_model, is_default_entry, keep_unsaved, require_app_shell, set_current_entry,

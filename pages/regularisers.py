@@ -9,11 +9,25 @@ import streamlit as st
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from core import sweeps
-from core.models import TextError
-from core.projection import project_2d, silhouette_by_group
-from core.sweeps import SweepError, SweepJob, SweepResult, SweepSetting
-from core.textsets import BUILTIN_SETS, builtin_set
+from core.analyses.regularisers import (
+    DEFAULT_LAMBDAS,
+    MAX_SWEEP_TEXTS,
+    SWEEP_KINDS,
+    RegulariserError,
+    RegulariserJob,
+    RegulariserResult,
+    RegulariserSetting,
+    RegulariserSnapshot,
+    default_settings,
+    load_regularisers,
+    parse_lambdas,
+    setting_map,
+    summarize_regularisers,
+    teacher_silhouette,
+)
+from core.engine.sets import validate_set
+from core.shipped.default_sweep import DEFAULT_SET_NAME, default_sweep_set, load_default_sweep_manifest, sweep_choices
+from core.texts.textsets import BUILTIN_SETS, TextSetError, builtin_set
 from ui import jobs
 from ui.state import fit_config, get_cache, get_model, require_app_shell
 from ui.widgets import choose_text_set, download_csv, download_figure, hover_text, plain, plotly_text, show_error
@@ -21,7 +35,7 @@ from ui.widgets import choose_text_set, download_csv, download_figure, hover_tex
 require_app_shell()  # first: a page opened by its URL on a fresh server runs inside app.py
 
 JOB = "regularisers"
-DEMO = sweeps.DEFAULT_SET_NAME
+DEMO = DEFAULT_SET_NAME
 DEFAULT_TEXTS = 24  # a bigger built-in set is cut to about this many texts (each setting fits them all at once)
 KIND_COLOURS = {"none": "#555555", "anchor": "#e4572e", "relational": "#1f77b4"}
 # Labels of different kinds on opposite sides of their points, so nearby settings stay readable.
@@ -55,12 +69,12 @@ sidebar_config = fit_config()
 cache = get_cache()
 if lm is None or sidebar_config is None:
     st.stop()
-manifest = sweeps.load_manifest(cache)
+manifest = load_default_sweep_manifest(cache)
 
 
 @st.cache_data(show_spinner=False)
 def _builtin(name: str) -> pd.DataFrame:
-    return sweeps.default_sweep_set() if name == DEMO else builtin_set(name)
+    return default_sweep_set() if name == DEMO else builtin_set(name)
 
 
 def _set_label(name: str) -> str:
@@ -81,50 +95,41 @@ if len(frame) > DEFAULT_TEXTS:
     per_group = int(st.number_input(
         f"Texts per group (the set has {len(frame)} texts in {n_groups} groups)", 1,
         max(1, int(frame.groupby("group").size().max())), max(1, DEFAULT_TEXTS // n_groups), key="reg_per_group",
-        help=f"A regularised fit puts every text in one batch: at most {sweeps.MAX_SWEEP_TEXTS} texts, and each "
+        help=f"A regularised fit puts every text in one batch: at most {MAX_SWEEP_TEXTS} texts, and each "
              "step costs about as much as fitting every text alone. The first texts of each group are used."))
     frame = frame.groupby("group", sort=False).head(per_group).reset_index(drop=True)
 
 # ---- the settings ------------------------------------------------------------------------------------
 c_kinds, c_lambdas, c_target = st.columns([2, 2, 2])
-kinds = c_kinds.multiselect("Regularisers", sweeps.SWEEP_KINDS, default=list(sweeps.SWEEP_KINDS), key="reg_kinds",
+kinds = c_kinds.multiselect("Regularisers", SWEEP_KINDS, default=list(SWEEP_KINDS), key="reg_kinds",
                             help="Every sweep also fits the set without a regulariser, the baseline.")
-lambda_text = c_lambdas.text_input("λ values", ", ".join(f"{x:g}" for x in sweeps.DEFAULT_LAMBDAS), key="reg_lambdas",
+lambda_text = c_lambdas.text_input("λ values", ", ".join(f"{x:g}" for x in DEFAULT_LAMBDAS), key="reg_lambdas",
                                    help="Weights of the loss, comma-separated numbers > 0; the authors used 0.1.")
 target = c_target.radio("Applied to", ["e", "m"], format_func=VECTOR_LABELS.get, horizontal=True, key="reg_target")
 try:
-    lambdas = sweeps.parse_lambdas(lambda_text)
-except SweepError as exc:
+    lambdas = parse_lambdas(lambda_text)
+except RegulariserError as exc:
     show_error(f"Invalid λ values: {exc}", exc)
     st.stop()
-settings = sweeps.default_settings(kinds, lambdas, target)  # type: ignore[arg-type]
+settings = default_settings(kinds, lambdas, target)  # type: ignore[arg-type]
 
 texts, groups = frame["text"].tolist(), frame["group"].astype(str).tolist()
-# The shipped sweep was fitted with one fixed configuration; offering it by name finds it whatever the sidebar says.
-configs = []  # (label, FitConfig, shipped)
-if manifest is not None and manifest.model == lm.identity and texts == manifest.texts:
-    shipped_config = manifest.base_config()
-    configs.append((f"pre-fitted settings (preset {shipped_config.preset}, up to {shipped_config.max_steps} steps)",
-                    shipped_config, True))
-if not configs or configs[0][1].key_dict() != sweeps.sweep_config(sidebar_config).key_dict():
-    configs.append((f"sidebar settings (preset {sidebar_config.preset}, up to {sidebar_config.max_steps} steps)",
-                    sidebar_config, False))
-if len(configs) > 1:
-    picked = st.radio("Fit with", range(len(configs)), format_func=lambda i: configs[i][0], horizontal=True,
+choices = sweep_choices(manifest, lm, texts, sidebar_config)
+if len(choices) > 1:
+    picked = st.radio("Fit with", range(len(choices)), format_func=lambda i: choices[i].label, horizontal=True,
                       key="reg_config")
 else:
     picked = 0
-config, using_shipped = configs[picked][1], configs[picked][2]
+config, using_shipped = choices[picked].config, choices[picked].shipped
 
-for row, text in enumerate(texts, start=1):
-    try:
-        lm.validate_text(text, config.layout)
-    except TextError as exc:
-        show_error(f"Text {row} cannot be fitted with {lm.name}: {exc}", exc)
-        st.stop()
 try:
-    result = sweeps.load_sweep(lm, texts, groups, settings, config, cache)
-except SweepError as exc:
+    validate_set(lm, texts, config.layout)
+except TextSetError as exc:
+    show_error(f"This set cannot be fitted with {lm.name}: {exc}", exc)
+    st.stop()
+try:
+    result = load_regularisers(lm, texts, groups, settings, config, cache)
+except RegulariserError as exc:
     show_error(exc, exc)
     st.stop()
 
@@ -134,16 +139,16 @@ job = jobs.get_job(JOB)
 running = jobs.is_running(JOB)
 st.caption(f"**{len(texts)} texts** in {len(set(groups))} groups × **{len(settings)} settings** "
            f"({', '.join(s.label for s in settings)}) · {len(result.results)} fitted, {len(missing)} to fit · "
-           f"{configs[picked][0]}. Each setting fits all texts together in one batch and stops when every text "
+           f"{choices[picked].label}. Each setting fits all texts together in one batch and stops when every text "
            f"reaches accuracy {config.threshold:g} or after {config.max_steps} steps.")
 if missing and st.button(f"Fit {len(missing)} setting{'s' * (len(missing) > 1)}", type="primary", disabled=running,
                          key="reg_fit", help="Runs in the background; Stop keeps every setting finished so far."):
     # A sweep is several fits, so it has its own job class; an unwritable cache stops it here with one line.
-    if jobs.run_job(JOB, SweepJob(lm, texts, groups, missing, config, cache), cache) is not None:
+    if jobs.run_job(JOB, RegulariserJob(lm, texts, groups, missing, config, cache), cache) is not None:
         st.rerun()  # so this run's `job` and the disabled button reflect the new job, and its progress panel shows
 
 
-def render_progress(sweep_job: SweepJob, snap: sweeps.SweepSnapshot) -> None:
+def render_progress(sweep_job: RegulariserJob, snap: RegulariserSnapshot) -> None:
     label = snap.labels[snap.index] if snap.index < len(snap.labels) else ""
     if snap.finished:
         text = f"{sum(s == 'done' for s in snap.status)} of {len(snap.labels)} settings done · {snap.elapsed:.0f} s"
@@ -179,17 +184,7 @@ if using_shipped and manifest is not None:
                f"the sweep took {sum(walls) / 60:.0f} min on a {manifest.cpus or '?'}-core CPU "
                f"({manifest.torch_threads} torch thread{'s' * (manifest.torch_threads > 1)}).")
 
-summary = sweeps.summarize(result)
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def _teacher_silhouette(texts_: tuple[str, ...], groups_: tuple[str, ...]) -> float | None:
-    from core.embeddings import teacher_embeddings
-
-    try:
-        return silhouette_by_group(teacher_embeddings(list(texts_), cache), list(groups_))
-    except Exception:  # a reference line only; the sweep's own numbers do not depend on it
-        return None
+summary = summarize_regularisers(result)
 
 
 # ---- trade-off ---------------------------------------------------------------------------------------
@@ -198,15 +193,15 @@ shown = st.radio("Vectors", ["e", "m"], index=["e", "m"].index(target), format_f
                  horizontal=True, key="reg_shown", help="Alignment and silhouette of e or of m.")
 
 
-def _kind(setting: SweepSetting) -> str:
+def _kind(setting: RegulariserSetting) -> str:
     return setting.kind if setting.active else "none"
 
 
-def tradeoff_figure(result_: SweepResult, vector: str) -> go.Figure:
+def tradeoff_figure(result_: RegulariserResult, vector: str) -> go.Figure:
     """Accuracy (y) against alignment (x), one labelled point per setting, a line per kind in λ order."""
     fig = go.Figure()
     baseline = next((r for r in result_.results if not r.setting.active), None)
-    for kind in ("none", *sweeps.SWEEP_KINDS):
+    for kind in ("none", *SWEEP_KINDS):
         rows = sorted((r for r in result_.results if _kind(r.setting) == kind), key=lambda r: r.setting.weight)
         if not rows:
             continue
@@ -231,7 +226,7 @@ def tradeoff_figure(result_: SweepResult, vector: str) -> go.Figure:
     return fig
 
 
-def silhouette_figure(result_: SweepResult, teacher_silhouette: float | None) -> go.Figure:
+def silhouette_figure(result_: RegulariserResult, teacher_silhouette: float | None) -> go.Figure:
     labels = [r.setting.label for r in result_.results]
     fig = go.Figure()
     for vector, colour in (("e", "#2ca02c"), ("m", "#9467bd")):
@@ -248,7 +243,7 @@ def silhouette_figure(result_: SweepResult, teacher_silhouette: float | None) ->
 
 
 tradeoff_fig = tradeoff_figure(result, shown)
-silhouette_fig = silhouette_figure(result, _teacher_silhouette(tuple(texts), tuple(groups)))
+silhouette_fig = silhouette_figure(result, teacher_silhouette(texts, groups, cache))
 left, right = st.columns([3, 2])
 left.plotly_chart(tradeoff_fig, key="reg_tradeoff")
 right.plotly_chart(silhouette_fig, key="reg_silhouette")
@@ -278,10 +273,6 @@ else:
     vector = c_vec.radio("Vectors", ["e", "m"], index=["e", "m"].index(target), horizontal=True, key="reg_map_vec")
     chosen = regularised[labels.index(chosen_label)]
 
-    @st.cache_data(show_spinner=False, max_entries=16)
-    def _project(keys: tuple[str, ...], vector_: str, method_: str, _matrix: np.ndarray):
-        return project_2d(_matrix, method=method_, metric="cosine")
-
     def map_figure() -> go.Figure:
         pair = [("none", baseline), (chosen.setting.label, chosen)]
         titles = []
@@ -294,7 +285,7 @@ else:
         hover = [hover_text(t) for t in texts]  # plotly reads hovers and legend names as HTML: escaped
         notes = []
         for col, (name, r) in enumerate(pair, start=1):
-            projection = _project(tuple(r.keys), vector, method, getattr(r, vector))
+            projection = setting_map(r, vector, method, cache)
             if projection.note:
                 notes.append(projection.note)
             xy = projection.coords

@@ -10,8 +10,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
 
-from core.cache import ProtoCache
-from core.models import TINY_MODEL, load_model
+from core.engine.cache import ProtoCache
+from core.engine.models import TINY_MODEL, load_model
 
 # Short texts the embedded model fits in a few hundred steps; used by every integration test.
 EMBEDDED_TEXTS = ["The cat sat quietly on the warm mat by the door.", "Rain fell on the old bridge."]
@@ -41,7 +41,7 @@ def embedded_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def embedded_fitted(embedded_lm, embedded_cache):
     """EMBEDDED_TEXTS fitted once per test session (fast preset), with the cache that holds them."""
-    from core.fit import fit_and_cache, preset
+    from core.engine.fit import fit_and_cache, preset
 
     return fit_and_cache(embedded_lm, EMBEDDED_TEXTS, preset("fast", **EMBEDDED_CONFIG_OVERRIDES), embedded_cache)
 
@@ -69,7 +69,7 @@ def app_cache(tmp_path, monkeypatch):
 @pytest.fixture
 def tiny_entry(tiny_lm, app_cache):
     """A converged entry of the tiny model in the app's cache."""
-    from core.fit import fit_and_cache, preset
+    from core.engine.fit import fit_and_cache, preset
 
     [outcome] = fit_and_cache(tiny_lm, ["Hello world"], preset("paper", max_steps=600), app_cache)
     return outcome.entry

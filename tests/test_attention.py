@@ -1,4 +1,4 @@
-"""core.attention: eager attention maps, attention to e, the baseline and its alignment, caching."""
+"""core.analyses.attention: eager attention maps, attention to e, the baseline and its alignment, caching."""
 
 from __future__ import annotations
 
@@ -7,25 +7,25 @@ import math
 import pytest
 import torch
 
-from core.attention import (
+from core.analyses.attention import (
     ANALYSIS_KIND,
     AttentionUnavailable,
     ProtoInputs,
     aligned_query_positions,
-    analysis_key,
+    attention_key,
     attention_maps,
     attention_to_e,
     baseline_maps,
-    compute_attention,
+    run_attention,
     head_map,
     max_over_heads,
     mean_over_heads,
     mean_over_positions,
     sequence_labels,
 )
-from core.cache import ProtoCache
-from core.fit import fit_and_cache, preset
-from core.reconstruct import first_scored_position, sequence_length
+from core.engine.cache import ProtoCache
+from core.engine.fit import fit_and_cache, preset
+from core.engine.reconstruct import first_scored_position, sequence_length
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_key_zero_slice_is_attention_to_e(tiny_lm, fitted, tmp_cache):
     to_e = attention_to_e(maps)
     assert to_e.shape == maps.shape[:3]
     assert torch.equal(to_e, maps[:, :, :, 0])
-    result = compute_attention(tiny_lm, fitted, tmp_cache)
+    result = run_attention(tiny_lm, fitted, tmp_cache)
     torch.testing.assert_close(result.to_e, to_e)
     assert torch.all(result.to_e[:, :, 0] == 1.0)  # e's own query sees only e
 
@@ -85,7 +85,7 @@ def test_baseline_uses_the_same_model_and_token_ids(tiny_lm, fitted, monkeypatch
         return original(*args, **kwargs)
 
     monkeypatch.setattr(tiny_lm.model, "forward", spy)
-    result = compute_attention(tiny_lm, fitted)
+    result = run_attention(tiny_lm, fitted)
     n = fitted.n_tokens
     assert result.baseline_to_first.shape == (tiny_lm.num_layers, tiny_lm.num_heads, n)
     assert len(seen) == 2  # one proto pass, one baseline pass, on the same model object
@@ -103,7 +103,7 @@ def test_views_are_aligned_on_the_predicted_token(tiny_lm, fitted, layout):
     entry = fitted
     entry.config = {**fitted.config, "layout": layout}  # same vectors, read in the other arrangement
     try:
-        result = compute_attention(tiny_lm, entry)
+        result = run_attention(tiny_lm, entry)
     finally:
         entry.config = {**fitted.config, "layout": "e+m*N"}
     n, first = fitted.n_tokens, first_scored_position(layout)
@@ -132,7 +132,7 @@ def test_aggregations_ignore_nan_and_excluded_positions():
 
 
 def test_aggregates_of_result_have_named_shapes(tiny_lm, fitted):
-    result = compute_attention(tiny_lm, fitted)
+    result = run_attention(tiny_lm, fitted)
     layers, heads, n = tiny_lm.num_layers, tiny_lm.num_heads, fitted.n_tokens
     for view in ("proto", "baseline", "difference"):
         assert result.over_heads(view, "mean").shape == (layers, n)
@@ -152,16 +152,16 @@ def test_aggregates_of_result_have_named_shapes(tiny_lm, fitted):
 
 
 def test_second_call_comes_from_the_cache_without_the_model(tiny_lm, fitted, tmp_cache, monkeypatch):
-    first = compute_attention(tiny_lm, fitted, tmp_cache)
+    first = run_attention(tiny_lm, fitted, tmp_cache)
     assert not first.from_cache
-    meta, tensors = tmp_cache.get_analysis(ANALYSIS_KIND, analysis_key(tiny_lm, fitted), with_tensors=True)
+    meta, tensors = tmp_cache.get_analysis(ANALYSIS_KIND, attention_key(tiny_lm, fitted), with_tensors=True)
     assert set(tensors) == {"to_e", "baseline_to_first"}  # the full [L, H, T, T] is not stored
 
     def no_model(*args, **kwargs):
         raise AssertionError("a cached analysis must not run the model")
 
     monkeypatch.setattr(tiny_lm.model, "forward", no_model)
-    second = compute_attention(tiny_lm, fitted, tmp_cache)
+    second = run_attention(tiny_lm, fitted, tmp_cache)
     assert second.from_cache
     torch.testing.assert_close(second.to_e, first.to_e)
     torch.testing.assert_close(second.baseline_to_first, first.baseline_to_first)
@@ -204,7 +204,7 @@ def test_no_attentions_raises_and_sdpa_is_restored(tiny_lm, fitted, monkeypatch)
     with pytest.raises(AttentionUnavailable, match="no attention weights"):
         attention_maps(tiny_lm, fitted)
     with pytest.raises(AttentionUnavailable):
-        compute_attention(tiny_lm, fitted)
+        run_attention(tiny_lm, fitted)
     assert tiny_lm.model.config._attn_implementation == "sdpa"
     monkeypatch.setattr(tiny_lm.model, "forward", original)
     attention_maps(tiny_lm, fitted)
@@ -224,7 +224,7 @@ def test_embedded_model_maps(embedded_lm, embedded_fitted):
     t = entry.n_tokens + 1
     assert maps.shape == (30, 9, t, t)
     _assert_rows_are_distributions(maps)
-    result = compute_attention(embedded_lm, entry)
+    result = run_attention(embedded_lm, entry)
     assert result.baseline_to_first.shape == (30, 9, entry.n_tokens)
     torch.testing.assert_close(result.to_e, attention_to_e(maps))
     assert embedded_lm.model.config._attn_implementation == "sdpa"

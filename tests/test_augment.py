@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from core.augment import (
+from core.texts.augment import (
     EDIT_TYPES,
     GRAMMAR,
     KEYBOARD_NEIGHBOURS,

@@ -1,12 +1,12 @@
-"""core.cache and fit_and_cache on the tiny model: round trip, keys, corrupt files, atomic writes."""
+"""core.engine.cache and fit_and_cache on the tiny model: round trip, keys, corrupt files, atomic writes."""
 
 import json
 
 import pytest
 import torch
 
-from core.cache import ProtoCache, entry_key
-from core.fit import fit_and_cache, preset
+from core.engine.cache import ProtoCache, entry_key
+from core.engine.fit import fit_and_cache, preset
 
 TEXT = "Hello world"
 
@@ -50,7 +50,7 @@ def test_key_depends_on_model_tokens_and_group_but_not_display():
 
 
 def test_key_changes_with_regularizer():
-    from core.teacher import RegularizerConfig
+    from core.engine.teacher import RegularizerConfig
 
     a = preset("paper", regularizer=RegularizerConfig(kind="anchor", weight=0.1))
     b = preset("paper", regularizer=RegularizerConfig(kind="anchor", weight=0.2))
@@ -72,7 +72,7 @@ def test_corrupt_file_is_a_miss_with_warning(tiny_lm, tmp_cache, which):
 
 
 def test_failed_write_leaves_nothing(tiny_lm, tmp_cache, monkeypatch):
-    import core.cache as cache_mod
+    import core.engine.cache as cache_mod
 
     [out] = fit_and_cache(tiny_lm, [TEXT], preset("paper", max_steps=5), tmp_cache)
     tmp_cache.delete(out.entry.key)
@@ -139,8 +139,8 @@ import time
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.cache import CacheKeyError, CacheWriteError, check_key, is_valid_key
-from core.fit import FitConfig, FitError, KEY_FIELDS, check_key_fields
+from core.engine.cache import CacheKeyError, CacheWriteError, check_key, is_valid_key
+from core.engine.fit import FitConfig, FitError, KEY_FIELDS, check_key_fields
 
 GOOD_KEY = "a" * 64
 
@@ -272,7 +272,7 @@ def test_stale_temporary_files_are_swept_and_fresh_ones_kept(tmp_path):
 
 
 def test_files_get_the_umask_mode_not_0600(tiny_lm, tmp_path):
-    import core.cache as cache_mod
+    import core.engine.cache as cache_mod
 
     entry, meta_path, tensor_path = _entry_files(tiny_lm, ProtoCache(tmp_path / "c"))
     for path in (meta_path, tensor_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.models import TINY_MODEL
+from core.engine.models import TINY_MODEL
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -113,7 +113,7 @@ def test_bad_files_are_one_clear_line(tmp_path, capsys, filename, content, expec
 
 def test_a_file_over_the_byte_cap_is_refused_before_it_is_read(tmp_path, capsys, monkeypatch):
     from core.__main__ import main
-    from core.textsets import MAX_UPLOAD_BYTES, MAX_UPLOAD_MB
+    from core.texts.textsets import MAX_UPLOAD_BYTES, MAX_UPLOAD_MB
 
     path = tmp_path / "huge.txt"
     with open(path, "wb") as handle:  # sparse: no disk used

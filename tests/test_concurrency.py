@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from core.cache import ENTRY_DIR, ProtoCache
-from core.fit import fit_and_cache, preset
-from core.models import TINY_MODEL
+from core.engine.cache import ENTRY_DIR, ProtoCache
+from core.engine.fit import fit_and_cache, preset
+from core.engine.models import TINY_MODEL
 from scripts.browser import chromium, chromium_available, streamlit_server
 
 pytestmark = [
@@ -162,7 +162,7 @@ class NoisePage:
         self._timed(f"draws {draws}", lambda: _replace_text(field, str(draws), (Keys.ENTER,)),
                     f"//*[contains(text(), '× {draws} draws')]")
 
-    def run_sweep(self) -> None:
+    def run_regularisers(self) -> None:
         button = self.driver.find_element(_by().XPATH, "//button[.//p[text()='Run sweep']]")
         self._timed("run sweep", button.click, "//*[contains(@class, 'js-plotly-plot')]")
 
@@ -174,7 +174,7 @@ def test_two_fits_at_once_finish_intact_while_a_third_session_stays_responsive(s
     noise = NoisePage(browse, server)
     noise.open()
     noise.set_draws(1)
-    noise.run_sweep()  # before the fits: the browser loads plotly.js once, outside the timings that count
+    noise.run_regularisers()  # before the fits: the browser loads plotly.js once, outside the timings that count
     warm_up = noise.timings.pop()
 
     clicked = []
@@ -186,7 +186,7 @@ def test_two_fits_at_once_finish_intact_while_a_third_session_stays_responsive(s
     both_running_seen = not _finished(fit_a) and not _finished(fit_b)
 
     # Work the Noise page for as long as both fits run.
-    actions = [noise.change_alphas, noise.change_alphas, noise.run_sweep]
+    actions = [noise.change_alphas, noise.change_alphas, noise.run_regularisers]
     i = 0
     while not _stored_texts(cache_root) & set(TEXTS) and time.time() - clicked[0] < FIT_TIMEOUT:
         actions[i % len(actions)]()

@@ -8,10 +8,11 @@ from dataclasses import replace
 
 import pytest
 
-import core.shipped
-from core.cache import ProtoCache
-from core.fit import fit_and_cache, preset
-from core.shipped import DEMO_SET, PrefitSet, demo_entry, write_manifest
+import core.shipped.demo
+from core.engine.cache import ProtoCache
+from core.engine.fit import fit_and_cache, preset
+from core.engine.sets import PrefitSet, write_manifest
+from core.shipped.demo import DEMO_SET, demo_entry
 from tests.conftest import open_page
 
 RECONSTRUCT, NOISE, ATTENTION = "pages/reconstruct.py", "pages/noise.py", "pages/attention.py"
@@ -50,7 +51,7 @@ def shipped(fitted, tiny_lm, app_cache, tmp_path, monkeypatch):
     entries = fitted
     root = tmp_path / "shipped"
     _ship(root, tiny_lm, entries, [UNCONVERGED, OTHER, DEMO])
-    monkeypatch.setattr(core.shipped, "DEMO_TEXT", DEMO)
+    monkeypatch.setattr(core.shipped.demo, "DEMO_TEXT", DEMO)
     monkeypatch.setattr(ui.state, "SHIPPED_ROOT", root)  # where the app's cache finds its shipped part
     return entries
 
@@ -108,9 +109,9 @@ def test_the_first_converged_shipped_entry_when_the_demo_text_does_not_ship(fitt
     root = tmp_path / "shipped"
     _ship(root, tiny_lm, entries, [UNCONVERGED, OTHER, DEMO])
     reader = ProtoCache(tmp_path / "user", shipped=root)
-    monkeypatch.setattr(core.shipped, "DEMO_TEXT", "a text that ships nowhere")
+    monkeypatch.setattr(core.shipped.demo, "DEMO_TEXT", "a text that ships nowhere")
     assert demo_entry(tiny_lm.identity, reader, tiny_lm.hidden_size, root=root).key == entries[OTHER].key
-    monkeypatch.setattr(core.shipped, "DEMO_TEXT", DEMO)
+    monkeypatch.setattr(core.shipped.demo, "DEMO_TEXT", DEMO)
     assert demo_entry(tiny_lm.identity, reader, tiny_lm.hidden_size, root=root).key == entries[DEMO].key
     assert demo_entry("another/model@1", reader, root=root) is None
 

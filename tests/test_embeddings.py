@@ -1,4 +1,4 @@
-"""core.embeddings and core.prefit: a set's matrices, silhouettes per space, teacher cache, the shipped pre-fit."""
+"""core.analyses.embeddings and core.shipped.prefit: a set's matrices, silhouettes per space, teacher cache, the shipped pre-fit."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ import torch
 from safetensors.torch import load_file
 from sklearn.metrics import silhouette_score
 
-from core import embeddings as emb
-from core.cache import CacheEntry, ProtoCache
-from core.fit import config_from_dict, lookup, preset
-from core.prefit import prefit_builtin, prefit_config, ship_views
-from core.shipped import MANIFEST, compact_entry, load_manifest, thin_history
-from core.textsets import BUILTIN_SETS, PREFIT_SETS, TextSetError, builtin_set, parse_text_set
+from core.analyses.projection import MAP_ANALYSIS
+import core.analyses.projection
+from core.analyses import embeddings as emb
+from core.engine.cache import CacheEntry, ProtoCache
+from core.engine.fit import config_from_dict, lookup, preset
+from core.shipped.prefit import prefit_builtin, prefit_config, ship_views
+from core.engine.sets import MANIFEST, compact_entry, load_manifest, thin_history, validate_set
+from core.texts.textsets import BUILTIN_SETS, PREFIT_SETS, TextSetError, builtin_set, parse_text_set
 
 HIDDEN = 8
 
@@ -128,7 +130,7 @@ def test_projections_are_cached_as_analyses(tmp_cache, monkeypatch):
     def no_projection(*args, **kwargs):
         raise AssertionError("a stored map must not be computed again")
 
-    monkeypatch.setattr(emb, "project_2d", no_projection)
+    monkeypatch.setattr(core.analyses.projection, "project_2d", no_projection)
     again = emb.project_spaces(vectors, ("e", "m"), method="tsne", cache=tmp_cache)
     for space in ("e", "m"):
         np.testing.assert_allclose(again[space].coords, first[space].coords, rtol=1e-6)
@@ -149,12 +151,12 @@ def test_teacher_embeddings_are_cached_as_an_analysis(tmp_cache, monkeypatch):
     stored = tmp_cache.get_analysis(emb.TEACHER_ANALYSIS, emb.teacher_key(texts), with_tensors=True)
     assert stored is not None and stored[1]["embeddings"].shape == (2, 384)
 
-    import core.teacher
+    import core.engine.teacher
 
     def no_teacher(*args, **kwargs):
         raise AssertionError("the teacher must not be loaded for cached texts")
 
-    monkeypatch.setattr(core.teacher, "load_teacher", no_teacher)
+    monkeypatch.setattr(core.engine.teacher, "load_teacher", no_teacher)
     np.testing.assert_allclose(emb.teacher_embeddings(texts, tmp_cache), first)
     # The read-only shipped cache serves them too.
     reader = ProtoCache(tmp_cache.root.parent / "other", shipped=tmp_cache.root)
@@ -186,12 +188,12 @@ def test_bad_uploads_name_row_and_column(data, name, expected):
 
 def test_validate_set_names_the_text_the_model_cannot_fit(tiny_lm):
     with pytest.raises(TextSetError, match=r"text 2 \('xxxx"):
-        emb.validate_set(tiny_lm, ["short", "x" * 500], "e+m*N")
-    assert len(emb.validate_set(tiny_lm, ["ab", "abc"], "e+m*N")[1]) == 3
+        validate_set(tiny_lm, ["short", "x" * 500], "e+m*N")
+    assert len(validate_set(tiny_lm, ["ab", "abc"], "e+m*N")[1]) == 3
 
 
 def test_config_choices_offer_the_shipped_config_first(tiny_lm):
-    from core.shipped import PrefitSet
+    from core.engine.sets import PrefitSet
 
     shipped = preset("fast", max_steps=600)
     manifest = {"variants": PrefitSet(name="variants", model=tiny_lm.identity, model_name="t",
@@ -263,7 +265,7 @@ def test_prefit_on_the_tiny_model_writes_a_manifest_and_compact_entries(tiny_lm,
     ship_views(root, quiet=True)
     vectors = emb.assemble_set(frame, found, teacher=emb.teacher_embeddings(frame["text"].tolist(), reader))
     key = emb.projection_key(vectors, "m", emb.DEFAULT_METHOD, "cosine", 0, emb.DEFAULT_PERPLEXITY)
-    assert reader.get_analysis(emb.PROJECTION_ANALYSIS, key) is not None
+    assert reader.get_analysis(MAP_ANALYSIS, key) is not None
     # A second run fits nothing and keeps the recorded fitting time.
     again = prefit_builtin(quiet=True, root=root, sets={"mini": frame}, lm=tiny_lm, config=config, sweep=False)
     assert again["mini"].wall_time_s == record.wall_time_s and again["mini"].keys == record.keys
@@ -278,7 +280,7 @@ def test_prefit_on_the_tiny_model_writes_a_manifest_and_compact_entries(tiny_lm,
 
 
 def test_prefit_status_says_how_much_of_a_set_ships():
-    from core.shipped import PrefitSet, prefit_status
+    from core.engine.sets import PrefitSet, prefit_status
 
     def record(n_fitted: int, model: str = "m1") -> PrefitSet:
         return PrefitSet(name="s", model=model, model_name="M", config={}, texts=["a", "b", "c", "d"],
@@ -320,6 +322,6 @@ def test_a_stopped_prefit_keeps_its_texts_and_no_fit_records_what_is_on_disk(tin
 
 
 def fit_and_cache_one(lm, text, config, cache):
-    from core.fit import fit_and_cache
+    from core.engine.fit import fit_and_cache
 
     return fit_and_cache(lm, [text], config, cache)

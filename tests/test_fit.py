@@ -1,4 +1,4 @@
-"""core.fit on the tiny random model: layouts, batching, per-text stopping, shared m, cancel, bad input."""
+"""core.engine.fit on the tiny random model: layouts, batching, per-text stopping, shared m, cancel, bad input."""
 
 import math
 import threading
@@ -6,9 +6,9 @@ import threading
 import pytest
 import torch
 
-from core.fit import FitConfig, FitError, fit_texts, preset, text_seed
-from core.models import TextError
-from core.reconstruct import (build_inputs, first_scored_position, predict_tokens, reconstruct, scored_logits,
+from core.engine.fit import FitConfig, FitError, fit_texts, preset, text_seed
+from core.engine.models import TextError
+from core.engine.reconstruct import (build_inputs, first_scored_position, predict_tokens, reconstruct, scored_logits,
                               token_metrics)
 
 SHORT = "Hello world"
@@ -110,7 +110,7 @@ def test_cancel_returns_best_so_far_not_converged(tiny_lm):
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_best(tiny_lm, monkeypatch):
-    import core.fit as fit_mod
+    import core.engine.fit as fit_mod
 
     real = fit_mod.scored_logits
     calls = {"n": 0}
@@ -179,20 +179,20 @@ def test_each_text_is_handed_over_when_it_finishes(tiny_lm):
 
 
 def test_a_job_that_fails_reports_failed_with_its_message(tiny_lm, tmp_cache, monkeypatch):
-    import core.jobs
-    from core.jobs import FitJob
+    import core.engine.jobs
+    from core.engine.jobs import FitJob
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(core.jobs, "fit_and_cache", broken)
+    monkeypatch.setattr(core.engine.jobs, "fit_and_cache", broken)
     snap = FitJob(tiny_lm, ["Hello"], preset("paper", max_steps=2), tmp_cache).start().wait(30)
     assert snap.state == "failed" and snap.error == "disk full" and snap.finished
     assert snap.elapsed >= 0
 
 
 def test_token_init_draws_like_the_embedding_matrix(tiny_lm):
-    from core.fit import _init_distribution, _init_vector
+    from core.engine.fit import _init_distribution, _init_vector
 
     weight = tiny_lm.model.get_input_embeddings().weight.detach().float()
     mean, std = _init_distribution(tiny_lm, preset("paper", init="token", init_scale=0.5))
@@ -205,7 +205,7 @@ def test_token_init_draws_like_the_embedding_matrix(tiny_lm):
 @pytest.mark.parametrize("rule, share", [("redraw_after", "REDRAW_LOSS_SHARE"),
                                          ("redraw_plateau", "REDRAW_PLATEAU_SHARE")])
 def test_a_stuck_draw_starts_over_from_a_new_init(tiny_lm, monkeypatch, rule, share):
-    import core.fit as fit_mod
+    import core.engine.fit as fit_mod
 
     config = preset("paper", lr=1e-4, max_steps=23, **{rule: 5})
     monkeypatch.setattr(fit_mod, share, 1e9)  # no loss counts as stuck
@@ -222,7 +222,7 @@ def test_a_stuck_draw_starts_over_from_a_new_init(tiny_lm, monkeypatch, rule, sh
 
 
 def test_restarts_wait_for_the_slots_converged_texts_free(tiny_lm, monkeypatch):
-    import core.fit as fit_mod
+    import core.engine.fit as fit_mod
 
     rows = []
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from core.cache import ENTRY_DIR, SHIPPED_ROOT
-from core.models import DEFAULT_MODEL
+from core.engine.cache import ENTRY_DIR, SHIPPED_ROOT
+from core.engine.models import DEFAULT_MODEL
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.embedded
@@ -47,8 +47,8 @@ DEFAULT_VIEWS = {
 @pytest.fixture
 def fresh_install(tmp_path, monkeypatch):
     """An empty user cache, the embedded default model, the shipped pre-fit; records every fit attempted."""
-    import core.fit
-    import core.jobs
+    import core.engine.fit
+    import core.engine.jobs
     import ui.sidebar
     import ui.state
 
@@ -63,7 +63,7 @@ def fresh_install(tmp_path, monkeypatch):
     assert Path(SHIPPED_ROOT) == REPO / "data" / "prefit"
 
     started: list[str] = []
-    real_start = core.jobs.BackgroundJob.start
+    real_start = core.engine.jobs.BackgroundJob.start
 
     def spy_start(job):
         started.append(type(job).__name__)
@@ -73,8 +73,8 @@ def fresh_install(tmp_path, monkeypatch):
         started.append("fit_texts")
         raise AssertionError("a fit ran on a fresh install")
 
-    monkeypatch.setattr(core.jobs.BackgroundJob, "start", spy_start)
-    monkeypatch.setattr(core.fit, "fit_texts", no_fit)
+    monkeypatch.setattr(core.engine.jobs.BackgroundJob, "start", spy_start)
+    monkeypatch.setattr(core.engine.fit, "fit_texts", no_fit)
     return user_cache, started
 
 

@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 
-import core.fit
-from core.fit import fit_and_cache, preset
-from core.models import TINY_MODEL
-from core.reconstruct import reconstruct
+import core.engine.fit
+from core.engine.fit import fit_and_cache, preset
+from core.engine.models import TINY_MODEL
+from core.engine.reconstruct import reconstruct
 from tests.conftest import EMBEDDED_CONFIG_OVERRIDES, EMBEDDED_TEXTS, REPO
 
 
@@ -29,7 +29,7 @@ def test_second_fit_is_a_cache_hit(embedded_lm, embedded_fitted, embedded_cache,
     def no_optimising(*args, **kwargs):
         raise AssertionError("a cached text must not be optimised again")
 
-    monkeypatch.setattr(core.fit, "_fit_items", no_optimising)
+    monkeypatch.setattr(core.engine.fit, "_fit_items", no_optimising)
     again = fit_and_cache(embedded_lm, EMBEDDED_TEXTS, preset("fast", **EMBEDDED_CONFIG_OVERRIDES), embedded_cache)
     assert all(o.cached for o in again)
     for first, second in zip(embedded_fitted, again):
@@ -67,7 +67,7 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, capsys, args, message):
 
 
 def test_cli_fit_settings_and_prefit_flags_reach_the_library(monkeypatch):
-    import core.prefit
+    import core.shipped.prefit
     from core.__main__ import _config, build_parser, main
 
     args = build_parser().parse_args(["fit", "--text", "x", "--preset", "fast", "--init", "normal", "--redraw-after", "0"])
@@ -78,6 +78,6 @@ def test_cli_fit_settings_and_prefit_flags_reach_the_library(monkeypatch):
     args = build_parser().parse_args(["fit", "--text", "x", "--preset", "fast", "--redraw-plateau", "0"])
     assert _config(args).redraw_plateau == 0
     seen = {}
-    monkeypatch.setattr(core.prefit, "prefit_builtin", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(core.shipped.prefit, "prefit_builtin", lambda **kwargs: seen.update(kwargs))
     assert main(["prefit", "--sets", "syntax", "--no-sweep", "--batch-size", "16"]) == 0
     assert seen["sweep"] is False and seen["sets"] == ["syntax"] and seen["batch_size"] == 16 and seen["fit"]

@@ -1,13 +1,13 @@
-"""core.migrate.rekey: entries keyed before a field entered the key move to today's key, with their analyses."""
+"""core.shipped.migrate.rekey: entries keyed before a field entered the key move to today's key, with their analyses."""
 
 from __future__ import annotations
 
 import json
 
-from core.cache import cache_key, ENTRY_SCHEMA, ProtoCache
-from core.fit import fit_and_cache, preset
-from core.migrate import rekey
-from core.sweeps import SWEEP_ANALYSIS, setting_key
+from core.engine.cache import cache_key, ENTRY_SCHEMA, ProtoCache
+from core.engine.fit import fit_and_cache, preset
+from core.shipped.migrate import rekey
+from core.analyses.regularisers import REGULARISER_ANALYSIS, setting_key
 
 
 def _key_without(meta: dict, field: str) -> str:
@@ -29,7 +29,7 @@ def test_entries_keyed_before_a_field_existed_move_with_their_sweep_records(tiny
     (cache.entries_dir / f"{old_key}.json").write_text(json.dumps(meta))
     (cache.entries_dir / f"{new_key}.safetensors").rename(cache.entries_dir / f"{old_key}.safetensors")
     (cache.entries_dir / f"{new_key}.json").unlink()
-    cache.put_analysis(SWEEP_ANALYSIS, setting_key([old_key], ["g"], "t"),
+    cache.put_analysis(REGULARISER_ANALYSIS, setting_key([old_key], ["g"], "t"),
                        {"keys": [old_key], "groups": ["g"], "teacher": "t", "config": meta["config"]})
     assert cache.get(new_key) is None
 
@@ -41,6 +41,6 @@ def test_entries_keyed_before_a_field_existed_move_with_their_sweep_records(tiny
     assert moved is not None and cache.get(old_key) is None
     assert moved.config["redraw_after"] == 0
     assert (moved.e == out.entry.e).all()
-    stored = cache.get_analysis(SWEEP_ANALYSIS, setting_key([new_key], ["g"], "t"))
+    stored = cache.get_analysis(REGULARISER_ANALYSIS, setting_key([new_key], ["g"], "t"))
     assert stored is not None and stored[0]["keys"] == [new_key]
     assert rekey(cache).moved == {}  # idempotent

@@ -1,9 +1,9 @@
-"""core.models: the tiny model, device resolution, clear errors."""
+"""core.engine.models: the tiny model, device resolution, clear errors."""
 
 import pytest
 import torch
 
-from core.models import (
+from core.engine.models import (
     DEFAULT_MODEL,
     TINY_MODEL,
     ModelLoadError,

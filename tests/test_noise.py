@@ -1,11 +1,11 @@
-"""core.noise: the four noise generators and the alpha scaling of docs/science.md, B.2."""
+"""core.analyses.noise: the four noise generators and the alpha scaling of docs/science.md, B.2."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from core.noise import (
+from core.analyses.noise import (
     NOISE_TYPES,
     SINUSOID_MAX_FREQUENCY,
     SINUSOID_MIN_FREQUENCY,

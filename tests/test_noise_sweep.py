@@ -1,4 +1,4 @@
-"""core.noise sweeps: batched decoding, alpha 0, seeding, the table's shape, caching, flip rates."""
+"""core.analyses.noise sweeps: batched decoding, alpha 0, seeding, the table's shape, caching, flip rates."""
 
 from __future__ import annotations
 
@@ -6,27 +6,34 @@ import pandas as pd
 import pytest
 import torch
 
-import core.noise
-from core.cache import ProtoCache
-from core.fit import fit_and_cache, preset
-from core.noise import (
+import core.analyses.noise
+from core.engine.cache import ProtoCache
+from core.engine.fit import fit_and_cache, preset
+from core.analyses.noise import (
     ANALYSIS_KIND,
     NOISE_TYPES,
     PAPER_ALPHAS,
-    SWEEP_COLUMNS,
-    SweepSettings,
-    cached_sweep,
+    NOISE_COLUMNS,
+    NoiseSettings,
+    load_noise,
     flip_rates,
-    noise_sweep,
+    run_noise,
     parse_alphas,
-    summarize_sweep,
+    summarize_noise,
 )
-from core.reconstruct import reconstruct
+from core.engine.reconstruct import reconstruct
 
 TEXT = "Hello world"
 # Too few steps to converge on purpose: the entry then has wrong tokens of its own at alpha 0, which the
 # flip-rate baseline must show; the other properties hold either way.
 FIT_STEPS = 40
+
+
+def sweep(lm, entries, kinds=NOISE_TYPES, alphas=PAPER_ALPHAS, draws=8, target="e", seed=0, progress=None,
+          cache=None, *, batched=True):
+    """run_noise with the grid spelled out, as these tests vary it."""
+    settings = NoiseSettings(kinds=tuple(kinds), alphas=tuple(alphas), draws=draws, target=target, seed=seed)
+    return run_noise(lm, entries, settings, progress, cache, batched=batched)
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +47,8 @@ def fitted(tiny_lm, tmp_path_factory):
 def test_table_columns_and_row_count(tiny_lm, fitted):
     entry, _ = fitted
     kinds, alphas, draws = ("gaussian", "sinusoidal"), (0.0, 0.1, 0.5), 3
-    df = noise_sweep(tiny_lm, [entry, entry], kinds, alphas, draws, target="e", seed=0)
-    assert tuple(df.columns) == SWEEP_COLUMNS
+    df = sweep(tiny_lm, [entry, entry], kinds, alphas, draws, target="e", seed=0)
+    assert tuple(df.columns) == NOISE_COLUMNS
     assert len(df) == 2 * len(kinds) * len(alphas) * draws
     counts = df.groupby(["type", "alpha"]).size()
     assert (counts == 2 * draws).all() and len(counts) == len(kinds) * len(alphas)
@@ -54,30 +61,30 @@ def test_batched_and_one_by_one_agree(tiny_lm, fitted):
     entry, _ = fitted
     settings = dict(kinds=("gaussian", "sinusoidal"), alphas=(0.3, 1.0), draws=3, seed=3)
     for target in ("e", "both"):
-        batched = noise_sweep(tiny_lm, [entry], target=target, **settings)
-        single = noise_sweep(tiny_lm, [entry], target=target, batched=False, **settings)
+        batched = sweep(tiny_lm, [entry], target=target, **settings)
+        single = sweep(tiny_lm, [entry], target=target, batched=False, **settings)
         pd.testing.assert_frame_equal(batched, single)
 
 
 def test_one_forward_pass_per_type_and_alpha(tiny_lm, fitted, monkeypatch):
     entry, _ = fitted
     calls = []
-    original = core.noise.predict_tokens
+    original = core.analyses.noise.predict_tokens
 
     def counting(lm, e, m, n_tokens, layout):
         calls.append(tuple(e.shape))
         return original(lm, e, m, n_tokens, layout)
 
-    monkeypatch.setattr(core.noise, "predict_tokens", counting)
-    noise_sweep(tiny_lm, [entry], ("gaussian", "uniform"), (0.0, 0.2, 1.0), draws=5)
+    monkeypatch.setattr(core.analyses.noise, "predict_tokens", counting)
+    sweep(tiny_lm, [entry], ("gaussian", "uniform"), (0.0, 0.2, 1.0), draws=5)
     # Alpha 0 is decoded once for the entry; every other (type, alpha) in one batch of all its draws.
     assert calls == [(entry.e.shape[0],)] + [(5, entry.e.shape[0])] * 4
-    assert len(calls) == SweepSettings(("gaussian", "uniform"), (0.0, 0.2, 1.0), draws=5).passes_per_entry
+    assert len(calls) == NoiseSettings(("gaussian", "uniform"), (0.0, 0.2, 1.0), draws=5).passes_per_entry
 
 
 def test_alpha_zero_is_the_entrys_own_reconstruction(tiny_lm, fitted):
     entry, _ = fitted
-    df = noise_sweep(tiny_lm, [entry], NOISE_TYPES, (0.0,), draws=3, target="both")
+    df = sweep(tiny_lm, [entry], NOISE_TYPES, (0.0,), draws=3, target="both")
     own = reconstruct(tiny_lm, entry.e, entry.m, entry.token_ids, entry.layout)
     assert (df["accuracy"] == own.metrics.accuracy).all()
     # The fit stores its accuracy through float32, hence approx.
@@ -88,16 +95,16 @@ def test_alpha_zero_is_the_entrys_own_reconstruction(tiny_lm, fitted):
 def test_same_seed_same_table_different_seed_different(tiny_lm, fitted):
     entry, _ = fitted
     args = (tiny_lm, [entry], ("gaussian", "uniform"), (0.3, 1.0), 4)
-    first = noise_sweep(*args, seed=1)
-    pd.testing.assert_frame_equal(first, noise_sweep(*args, seed=1))
-    assert first["tokens"].tolist() != noise_sweep(*args, seed=2)["tokens"].tolist()
+    first = sweep(*args, seed=1)
+    pd.testing.assert_frame_equal(first, sweep(*args, seed=1))
+    assert first["tokens"].tolist() != sweep(*args, seed=2)["tokens"].tolist()
 
 
 def test_cache_hit_returns_equal_table_without_forward_passes(tiny_lm, fitted, tmp_cache, monkeypatch):
     entry, _ = fitted
     args = (tiny_lm, [entry], ("gaussian", "signed_exponential"), (0.0, 0.2), 2)
     fractions = []
-    first = noise_sweep(*args, target="m", cache=tmp_cache, progress=fractions.append)
+    first = sweep(*args, target="m", cache=tmp_cache, progress=fractions.append)
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) == 4
     stored = list((tmp_cache.root / "analyses" / ANALYSIS_KIND).glob("*"))
     assert [p.suffix for p in stored] == [".json"]  # JSON only: no pickle, no tensors needed
@@ -105,30 +112,30 @@ def test_cache_hit_returns_equal_table_without_forward_passes(tiny_lm, fitted, t
     def no_forward_pass(*_, **__):
         raise AssertionError("a cached sweep must not run the model")
 
-    monkeypatch.setattr(core.noise, "predict_tokens", no_forward_pass)
-    second = noise_sweep(*args, target="m", cache=tmp_cache)
+    monkeypatch.setattr(core.analyses.noise, "predict_tokens", no_forward_pass)
+    second = sweep(*args, target="m", cache=tmp_cache)
     pd.testing.assert_frame_equal(first, second)
-    settings = SweepSettings(kinds=args[2], alphas=args[3], draws=2, target="m")
-    pd.testing.assert_frame_equal(cached_sweep(tiny_lm, [entry], settings, tmp_cache), first)
+    settings = NoiseSettings(kinds=args[2], alphas=args[3], draws=2, target="m")
+    pd.testing.assert_frame_equal(load_noise(tiny_lm, [entry], settings, tmp_cache), first)
     # Another setting is another key: a miss, which now needs the model.
-    assert cached_sweep(tiny_lm, [entry], SweepSettings(kinds=args[2], alphas=args[3], draws=2), tmp_cache) is None
+    assert load_noise(tiny_lm, [entry], NoiseSettings(kinds=args[2], alphas=args[3], draws=2), tmp_cache) is None
     with pytest.raises(AssertionError, match="cached sweep"):
-        noise_sweep(*args, target="e", cache=tmp_cache)
+        sweep(*args, target="e", cache=tmp_cache)
 
 
 def test_corrupt_cached_table_is_a_miss(tiny_lm, fitted, tmp_cache):
     entry, _ = fitted
     args = (tiny_lm, [entry], ("uniform",), (0.5,), 2)
-    first = noise_sweep(*args, cache=tmp_cache)
+    first = sweep(*args, cache=tmp_cache)
     [path] = (tmp_cache.root / "analyses" / ANALYSIS_KIND).glob("*.json")
     path.write_text("{not json")
-    pd.testing.assert_frame_equal(noise_sweep(*args, cache=tmp_cache), first)
+    pd.testing.assert_frame_equal(sweep(*args, cache=tmp_cache), first)
 
 
 def test_flip_rates_shape_and_values(tiny_lm, fitted):
     entry, _ = fitted
     alphas = (0.0, 0.1, 1.0)
-    df = noise_sweep(tiny_lm, [entry], ("gaussian", "uniform"), alphas, draws=4)
+    df = sweep(tiny_lm, [entry], ("gaussian", "uniform"), alphas, draws=4)
     rates = flip_rates(df, entry)
     assert rates.shape == (entry.n_tokens, len(alphas))
     assert list(rates.columns) == list(alphas) and list(rates.index) == list(range(entry.n_tokens))
@@ -145,8 +152,8 @@ def test_flip_rates_shape_and_values(tiny_lm, fitted):
 
 def test_summary_statistics(tiny_lm, fitted):
     entry, _ = fitted
-    df = noise_sweep(tiny_lm, [entry], ("gaussian", "sinusoidal"), (0.0, 0.5), draws=3)
-    summary = summarize_sweep(df)
+    df = sweep(tiny_lm, [entry], ("gaussian", "sinusoidal"), (0.0, 0.5), draws=3)
+    summary = summarize_noise(df)
     assert len(summary) == 4 and (summary["rows"] == 3).all()
     row = summary[(summary["type"] == "gaussian") & (summary["alpha"] == 0.5)].iloc[0]
     values = df[(df["type"] == "gaussian") & (df["alpha"] == 0.5)]["accuracy"]
@@ -159,20 +166,20 @@ def test_summary_statistics(tiny_lm, fitted):
 def test_bad_settings_and_entries(tiny_lm, fitted):
     entry, _ = fitted
     with pytest.raises(ValueError, match="noise type"):
-        noise_sweep(tiny_lm, [entry], (), (0.1,), 2)
+        sweep(tiny_lm, [entry], (), (0.1,), 2)
     with pytest.raises(ValueError, match="unknown noise type"):
-        noise_sweep(tiny_lm, [entry], ("pink",), (0.1,), 2)
+        sweep(tiny_lm, [entry], ("pink",), (0.1,), 2)
     with pytest.raises(ValueError, match="alpha"):
-        noise_sweep(tiny_lm, [entry], ("gaussian",), (-0.1,), 2)
+        sweep(tiny_lm, [entry], ("gaussian",), (-0.1,), 2)
     with pytest.raises(ValueError, match="draws"):
-        noise_sweep(tiny_lm, [entry], ("gaussian",), (0.1,), 0)
+        sweep(tiny_lm, [entry], ("gaussian",), (0.1,), 0)
     with pytest.raises(ValueError, match="target"):
-        noise_sweep(tiny_lm, [entry], ("gaussian",), (0.1,), 2, target="x")
+        sweep(tiny_lm, [entry], ("gaussian",), (0.1,), 2, target="x")
     with pytest.raises(ValueError, match="no entries"):
-        noise_sweep(tiny_lm, [], ("gaussian",), (0.1,), 2)
+        sweep(tiny_lm, [], ("gaussian",), (0.1,), 2)
     foreign = type(entry)(**{**entry.__dict__, "model": "another-model"})
     with pytest.raises(ValueError, match="fitted on"):
-        noise_sweep(tiny_lm, [foreign], ("gaussian",), (0.1,), 2)
+        sweep(tiny_lm, [foreign], ("gaussian",), (0.1,), 2)
 
 
 def test_parse_alphas():
@@ -182,14 +189,14 @@ def test_parse_alphas():
                          ("nan", "out of range"), ("inf", "out of range")]:
         with pytest.raises(ValueError, match=message):
             parse_alphas(bad)
-    settings = SweepSettings(kinds=("uniform", "gaussian", "uniform"), alphas=(0.5, 0, 0.5))
+    settings = NoiseSettings(kinds=("uniform", "gaussian", "uniform"), alphas=(0.5, 0, 0.5))
     assert settings.kinds == ("uniform", "gaussian") and settings.alphas == (0.0, 0.5)
 
 
 @pytest.mark.embedded
 def test_embedded_sweep_accuracy_falls_with_alpha(embedded_lm, embedded_fitted):
     entries = [outcome.entry for outcome in embedded_fitted]
-    df = noise_sweep(embedded_lm, entries, ("gaussian", "sinusoidal"), (0.0, 0.2, 1.0), draws=4)
+    df = sweep(embedded_lm, entries, ("gaussian", "sinusoidal"), (0.0, 0.2, 1.0), draws=4)
     assert len(df) == len(entries) * 2 * 3 * 4
     mean = df.groupby("alpha")["accuracy"].mean()
     assert mean[0.0] == 1.0

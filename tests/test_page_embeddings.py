@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from core.fit import preset
+from core.engine.fit import preset
 from tests.conftest import REPO
 from ui.widgets import plain
 
@@ -43,12 +43,12 @@ def _errors(at) -> str:
 @pytest.fixture
 def shipped_syntax(tiny_lm, tmp_path, monkeypatch, app_cache):
     """The "syntax" set pre-fitted on the tiny model into a shipped folder the app reads."""
-    import core.shipped
+    import core.engine.sets
     import ui.state
-    from core.prefit import prefit_builtin
+    from core.shipped.prefit import prefit_builtin
 
     root = tmp_path / "shipped"
-    monkeypatch.setattr(core.shipped, "SHIPPED_ROOT", root)  # where the page reads the manifest
+    monkeypatch.setattr(core.engine.sets, "SHIPPED_ROOT", root)  # where the page reads the manifest
     monkeypatch.setattr(ui.state, "SHIPPED_ROOT", root)
     return prefit_builtin(quiet=True, root=root, sets=("syntax",), lm=tiny_lm,
                           config=preset("fast", max_steps=3, restarts=1), sweep=False)["syntax"]
@@ -134,8 +134,8 @@ def test_an_unfitted_set_offers_fit_and_the_fit_fills_the_page(app_cache, monkey
 
 
 def test_shared_m_draws_only_e_and_the_teacher(app_cache, tiny_lm, monkeypatch):
-    from core.fit import fit_and_cache
-    from core.textsets import parse_text_set
+    from core.engine.fit import fit_and_cache
+    from core.texts.textsets import parse_text_set
 
     texts = parse_text_set(UPLOAD, "mine.csv")["text"].tolist()
     fit_and_cache(tiny_lm, texts, preset("paper", max_steps=5, shared_m=True), app_cache)

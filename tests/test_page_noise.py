@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from core.cache import ENTRY_DIR, CacheEntry, ProtoCache
-from core.fit import fit_and_cache, preset
+from core.engine.cache import ENTRY_DIR, CacheEntry, ProtoCache
+from core.engine.fit import fit_and_cache, preset
 from tests.conftest import open_page
 from ui.widgets import plain
 

@@ -34,12 +34,12 @@ def test_fit_short_text_shows_reconstruction(app_cache):
 
 
 def test_cached_entry_renders_without_fitting(tiny_entry, monkeypatch):
-    import core.fit
+    import core.engine.fit
 
     def no_fit(*a, **k):
         raise AssertionError("a cached entry must not be fitted again")
 
-    monkeypatch.setattr(core.fit, "fit_texts", no_fit)
+    monkeypatch.setattr(core.engine.fit, "fit_texts", no_fit)
     at = open_page("pages/reconstruct.py", entry_key=tiny_entry.key)
     assert not at.exception
     assert at.text_area(key="text").value == "Hello world"
@@ -60,8 +60,8 @@ def test_bad_input_shows_errors(app_cache):
 
 def test_clearing_the_cache_keeps_the_shipped_entries(tiny_lm, app_cache, tmp_path, monkeypatch):
     import ui.state
-    from core.cache import ProtoCache
-    from core.fit import fit_and_cache, preset
+    from core.engine.cache import ProtoCache
+    from core.engine.fit import fit_and_cache, preset
 
     shipped = ProtoCache(tmp_path / "shipped")
     [kept] = fit_and_cache(tiny_lm, ["Shipped text"], preset("paper", max_steps=3), shipped)

@@ -37,7 +37,7 @@ def test_bad_lambdas_show_an_error(app_cache):
 
 def test_small_sweep_ends_with_the_tradeoff_chart(app_cache, monkeypatch):
     import ui.state
-    from core.fit import preset
+    from core.engine.fit import preset
 
     # A few steps are enough to check the page; AppTest does not reach the sidebar's widgets.
     monkeypatch.setattr(ui.state, "fit_config", lambda: preset("paper", max_steps=8))

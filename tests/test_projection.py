@@ -1,15 +1,19 @@
-"""core.projection on random vectors: shapes for tiny sets, fallbacks, silhouette, neighbours."""
+"""core.analyses.projection on random vectors: shapes for tiny sets, fallbacks, silhouette, neighbours."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 import torch
+from scipy.stats import spearmanr
 from sklearn.metrics import silhouette_score
 
-from core.projection import (
+from core.analyses.projection import (
     Projection,
     cosine_similarity_matrix,
+    semantic_alignment,
     nearest_neighbours,
     project_2d,
     silhouette_by_group,
@@ -127,3 +131,19 @@ def test_cosine_similarity_matrix_matches_definition() -> None:
     np.testing.assert_allclose(np.diag(sims), 1.0)
     with_zero_row = cosine_similarity_matrix(np.vstack([x, np.zeros(16)]))
     assert np.all(np.isfinite(with_zero_row)) and np.all(with_zero_row[-1] == 0)
+
+
+def test_semantic_alignment_is_spearman_of_upper_triangles() -> None:
+    d_teacher, hidden = 24, 40
+    teacher = torch.randn(12, d_teacher, generator=torch.Generator().manual_seed(1))
+    rotation, _ = torch.linalg.qr(torch.randn(hidden, hidden, generator=torch.Generator().manual_seed(0)))
+    padded = torch.cat([teacher, torch.zeros(12, hidden - d_teacher)], dim=1) @ rotation
+    assert semantic_alignment(padded, teacher) == pytest.approx(1.0)
+
+    vectors = np.random.default_rng(0).normal(size=(12, hidden))
+    unit_v = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit_t = (teacher / teacher.norm(dim=1, keepdim=True)).numpy().astype(np.float64)
+    upper = np.triu_indices(12, k=1)
+    expected = spearmanr((unit_v @ unit_v.T)[upper], (unit_t @ unit_t.T)[upper]).statistic
+    assert semantic_alignment(vectors, teacher) == pytest.approx(expected, abs=1e-6)
+    assert math.isnan(semantic_alignment(vectors[:2], teacher[:2]))

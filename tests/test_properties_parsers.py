@@ -32,9 +32,9 @@ from core.__main__ import (
     positive_float,
     whole_number,
 )
-from core.noise import MAX_ALPHAS, SweepSettings, parse_alphas
-from core.sweeps import MAX_LAMBDAS, SweepError, parse_lambdas
-from core.textsets import COLUMNS, DEFAULT_GROUP, KINDS, MAX_ROWS, SUPPORTED_EXTENSIONS, TextSetError, parse_text_set
+from core.analyses.noise import MAX_ALPHAS, NoiseSettings, parse_alphas
+from core.analyses.regularisers import MAX_LAMBDAS, RegulariserError, parse_lambdas
+from core.texts.textsets import COLUMNS, DEFAULT_GROUP, KINDS, MAX_ROWS, SUPPORTED_EXTENSIONS, TextSetError, parse_text_set
 
 # No example database: it would be a folder in the checkout (.hypothesis/) that nothing ignores.
 FAST = settings(max_examples=60, deadline=None, database=None,
@@ -86,7 +86,7 @@ def test_parse_alphas_returns_a_valid_grid_or_raises_value_error(text):
         return
     _check_sorted_unique(alphas, lambda v: v >= 0)
     assert len(alphas) <= MAX_ALPHAS
-    assert SweepSettings(alphas=alphas).alphas == alphas  # what the page hands on is accepted downstream
+    assert NoiseSettings(alphas=alphas).alphas == alphas  # what the page hands on is accepted downstream
     assert parse_alphas(", ".join(repr(a) for a in alphas)) == alphas  # and it reads back the same
 
 
@@ -97,7 +97,7 @@ def test_parse_alphas_returns_a_valid_grid_or_raises_value_error(text):
 def test_parse_lambdas_returns_valid_weights_or_raises_sweep_error(text):
     try:
         lambdas = parse_lambdas(text)
-    except SweepError as error:
+    except RegulariserError as error:
         assert str(error) and "\n" not in str(error)
         return
     _check_sorted_unique(lambdas, lambda v: v > 0)
@@ -111,7 +111,7 @@ def test_alphas_beyond_float32_are_refused():
 
 
 def test_lambdas_beyond_float32_are_refused():
-    with pytest.raises(SweepError):
+    with pytest.raises(RegulariserError):
         parse_lambdas(f"{FLOAT32_MAX * 10:g}")
 
 
@@ -327,7 +327,7 @@ def test_fit_arguments_parse_to_valid_settings_or_exit_2_with_one_line(pairs):
 @given(_arguments)
 def test_a_fit_config_from_parsed_arguments_is_always_valid(value):
     from core.__main__ import _config
-    from core.fit import FitError
+    from core.engine.fit import FitError
 
     for option in ("--lr", "--threshold", "--max-steps", "--redraw-after", "--seed"):
         try:

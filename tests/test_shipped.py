@@ -9,9 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from core.cache import SHIPPED_ROOT, ProtoCache
-from core.migrate import current_key, rekey
-from core.shipped import load_manifest
+from core.analyses.projection import MAP_ANALYSIS
+from core.engine.cache import SHIPPED_ROOT, ProtoCache
+from core.shipped.migrate import current_key, rekey
+from core.engine.sets import load_manifest
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +42,12 @@ def test_every_manifest_key_resolves(shipped):
 
 
 def test_the_shipped_sweep_lists_only_entries_that_resolve(shipped):
-    from core.sweeps import MANIFEST_ANALYSIS, SWEEP_ANALYSIS, load_manifest as load_sweep_manifest, setting_key
+    from core.analyses.regularisers import REGULARISER_ANALYSIS, setting_key
+    from core.shipped.default_sweep import MANIFEST_ANALYSIS, load_default_sweep_manifest as load_sweep_manifest
 
     manifest = load_sweep_manifest(shipped)
     assert manifest is not None and len(manifest.settings) == 5
-    folder = shipped.root / "analyses" / SWEEP_ANALYSIS
+    folder = shipped.root / "analyses" / REGULARISER_ANALYSIS
     records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
     assert len(records) == len(manifest.settings)
     for record in records:
@@ -59,10 +61,10 @@ def test_the_shipped_sweep_lists_only_entries_that_resolve(shipped):
 @pytest.mark.embedded
 def test_with_today_s_code_every_shipped_view_resolves_without_fitting(embedded_lm, tmp_path):
     """What the pages ask for on a fresh install, asked the way they ask it, from an empty user cache."""
-    from core import embeddings as emb
-    from core.fit import config_from_dict, entry_keys
-    from core.sweeps import shipped_sweep
-    from core.textsets import builtin_set
+    from core.analyses import embeddings as emb
+    from core.engine.fit import config_from_dict, entry_keys
+    from core.shipped.default_sweep import load_default_sweep
+    from core.texts.textsets import builtin_set
 
     user = ProtoCache(tmp_path / "fresh", shipped=SHIPPED_ROOT)
     for name, record in load_manifest().items():
@@ -79,8 +81,8 @@ def test_with_today_s_code_every_shipped_view_resolves_without_fitting(embedded_
         kept = emb.assemble_set(frame, entries, min_accuracy=emb.DEFAULT_MIN_ACCURACY, teacher=teacher)
         for space in kept.spaces:
             key = emb.projection_key(kept, space, emb.DEFAULT_METHOD, "cosine", 0, emb.DEFAULT_PERPLEXITY)
-            assert user.get_analysis(emb.PROJECTION_ANALYSIS, key) is not None, f"{name}: no shipped {space} map"
-    found = shipped_sweep(embedded_lm, user)
+            assert user.get_analysis(MAP_ANALYSIS, key) is not None, f"{name}: no shipped {space} map"
+    found = load_default_sweep(embedded_lm, user)
     assert found is not None
     _, result = found
     assert result.missing == [] and len(result.results) == 5 and all(r.cached for r in result.results)
@@ -92,23 +94,23 @@ def test_with_today_s_code_every_shipped_view_resolves_without_fitting(embedded_
 def test_the_demo_entry_and_its_noise_and_attention_views_resolve_without_computing(embedded_lm, tmp_path):
     """The entry the pages open on while nothing is chosen (ui.state.default_entry), with the Noise page's default
     sweep and the Attention page's analysis of it, read from the shipped folder the way the pages read them."""
-    from core.attention import compute_attention
-    from core.noise import PAPER_ALPHAS, SweepSettings, cached_sweep, parse_alphas
-    from core.shipped import DEMO_SET, DEMO_TEXT, demo_entry
+    from core.analyses.attention import run_attention
+    from core.analyses.noise import PAPER_ALPHAS, NoiseSettings, load_noise, parse_alphas
+    from core.shipped.demo import DEMO_SET, DEMO_TEXT, demo_entry
 
     user = ProtoCache(tmp_path / "fresh", shipped=SHIPPED_ROOT)
     record = load_manifest()[DEMO_SET]
     entry = demo_entry(embedded_lm.identity, user, embedded_lm.hidden_size)
     assert entry is not None and entry.text == DEMO_TEXT and entry.key == record.keys[record.texts.index(DEMO_TEXT)]
     assert entry.metrics["converged"] and 20 <= entry.n_tokens <= 35
-    # The Noise page's default grid (its alpha box shows PAPER_ALPHAS) is SweepSettings(): the shipped sweep's key.
-    settings = SweepSettings(alphas=parse_alphas(", ".join(f"{a:g}" for a in PAPER_ALPHAS)))
-    assert settings == SweepSettings()
-    table = cached_sweep(embedded_lm, [entry], settings, user)
+    # The Noise page's default grid (its alpha box shows PAPER_ALPHAS) is NoiseSettings(): the shipped sweep's key.
+    settings = NoiseSettings(alphas=parse_alphas(", ".join(f"{a:g}" for a in PAPER_ALPHAS)))
+    assert settings == NoiseSettings()
+    table = load_noise(embedded_lm, [entry], settings, user)
     assert table is not None and len(table) == settings.rows_per_entry and set(table["entry"]) == {entry.key}
     clean = table[table["alpha"] == 0]
     assert (clean["accuracy"] == entry.metrics["accuracy"]).all()
-    result = compute_attention(embedded_lm, entry, user)
+    result = run_attention(embedded_lm, entry, user)
     assert result.from_cache and result.n_tokens == entry.n_tokens
     assert tuple(result.to_e.shape[:2]) == (embedded_lm.num_layers, embedded_lm.num_heads)
     assert not (tmp_path / "fresh").exists(), "resolving the demo views wrote to the user's cache"

@@ -1,15 +1,13 @@
-"""core.teacher: anchor and relational losses on random tensors, plus one test with the embedded teacher."""
+"""core.engine.teacher: anchor and relational losses on random tensors, plus one test with the embedded teacher."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
-from scipy.stats import spearmanr
 
-from core.teacher import (
+from core.engine.teacher import (
     DEFAULT_TEACHER,
     RegularizerConfig,
     TeacherLoadError,
@@ -19,7 +17,6 @@ from core.teacher import (
     load_teacher,
     regularizer_loss,
     relational_loss,
-    semantic_alignment,
 )
 
 D_TEACHER, HIDDEN, BATCH = 24, 40, 6
@@ -102,20 +99,6 @@ def test_regularizer_config_validation_and_cache_dict() -> None:
     anchor = RegularizerConfig(kind="anchor").as_dict()
     assert anchor == {"kind": "anchor", "weight": 0.1, "target": "e", "teacher": DEFAULT_TEACHER, "projection_seed": 0}
     assert RegularizerConfig(kind="anchor", teacher="all-MiniLM-L6-v2").as_dict() == anchor
-
-
-def test_semantic_alignment_is_spearman_of_upper_triangles() -> None:
-    teacher = torch.randn(12, D_TEACHER, generator=torch.Generator().manual_seed(1))
-    padded = torch.cat([teacher, torch.zeros(12, HIDDEN - D_TEACHER)], dim=1) @ _orthogonal(HIDDEN)
-    assert semantic_alignment(padded, teacher) == pytest.approx(1.0)
-
-    vectors = np.random.default_rng(0).normal(size=(12, HIDDEN))
-    unit_v = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    unit_t = (teacher / teacher.norm(dim=1, keepdim=True)).numpy().astype(np.float64)
-    upper = np.triu_indices(12, k=1)
-    expected = spearmanr((unit_v @ unit_v.T)[upper], (unit_t @ unit_t.T)[upper]).statistic
-    assert semantic_alignment(vectors, teacher) == pytest.approx(expected, abs=1e-6)
-    assert math.isnan(semantic_alignment(vectors[:2], teacher[:2]))
 
 
 def test_unknown_teacher_raises_clear_error(tmp_path, monkeypatch) -> None:

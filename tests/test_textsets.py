@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from core.augment import SYNTAX_CATEGORIES
-from core.textsets import (
+from core.texts.augment import SYNTAX_CATEGORIES
+from core.texts.textsets import (
     BUILTIN_SETS,
     COLUMNS,
     EXAMPLES_FILE,

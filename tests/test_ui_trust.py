@@ -12,8 +12,8 @@ from dataclasses import replace
 
 import pytest
 
-from core.cache import ENTRY_DIR, CacheEntry, CacheWriteError, ProtoCache
-from core.fit import fit_and_cache, preset
+from core.engine.cache import ENTRY_DIR, CacheEntry, CacheWriteError, ProtoCache
+from core.engine.fit import fit_and_cache, preset
 from tests.conftest import REPO, open_page
 from ui.widgets import hover_text, plain, plotly_text
 

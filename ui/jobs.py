@@ -1,6 +1,6 @@
 """Background jobs kept in session state, and a polled progress panel for fitting several texts.
 
-Any core.jobs.BackgroundJob (a FitJob, a regulariser SweepJob, ...) runs under a name; its thread never calls
+Any core.engine.jobs.BackgroundJob (a FitJob, a regulariser RegulariserJob, ...) runs under a name; its thread never calls
 Streamlit; a fragment re-runs about once a second to read its snapshot, so the rest of the page stays
 responsive while it runs.
 """
@@ -12,10 +12,10 @@ from typing import Callable, Sequence
 import pandas as pd
 import streamlit as st
 
-from core.cache import CacheWriteError, ProtoCache
-from core.fit import FitConfig
-from core.jobs import BackgroundJob, FitJob, JobSnapshot
-from core.models import LoadedModel
+from core.engine.cache import CacheWriteError, ProtoCache
+from core.engine.fit import FitConfig
+from core.engine.jobs import BackgroundJob, FitJob, JobSnapshot
+from core.engine.models import LoadedModel
 from ui.widgets import plain, show_error
 
 POLL_SECONDS = 1.0
@@ -58,7 +58,7 @@ def start_job(name: str, lm: LoadedModel, texts: Sequence[str], config: FitConfi
 
 
 def job_traceback(snap) -> str | None:
-    """The failed job's traceback, when core.jobs keeps one (shown only under PROTOTOKENS_DEBUG=1)."""
+    """The failed job's traceback, when core.engine.jobs keeps one (shown only under PROTOTOKENS_DEBUG=1)."""
     return getattr(snap, "traceback", None)
 
 
@@ -68,7 +68,7 @@ def show_failure(what: str, snap) -> None:
 
 
 def unsaved_outcomes(snap) -> list:
-    """The outcomes of a finished fit whose entry the cache could not store (core.fit.CachedFit.unsaved)."""
+    """The outcomes of a finished fit whose entry the cache could not store (core.engine.fit.CachedFit.unsaved)."""
     return [o for o in (getattr(snap, "outcomes", None) or []) if o is not None and getattr(o, "unsaved", None)]
 
 

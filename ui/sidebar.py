@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.fit import INITS, PRESETS, REDRAW_PLATEAU_SHARE, preset
-from core.models import DEFAULT_MODEL, TINY_MODEL
-from core.reconstruct import LAYOUTS
+from core.engine.fit import INITS, PRESETS, REDRAW_PLATEAU_SHARE, preset
+from core.engine.models import DEFAULT_MODEL, TINY_MODEL
+from core.engine.reconstruct import LAYOUTS
 from ui.state import DEFAULT_MODEL_NAME, get_cache, get_model, set_current_entry
 from ui.widgets import plain
 

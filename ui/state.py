@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from core.cache import SHIPPED_ROOT, CacheEntry, ProtoCache, is_valid_key
-from core.fit import FitConfig, FitError, preset
-from core.models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model
-from core.shipped import demo_entry
+from core.engine.cache import SHIPPED_ROOT, CacheEntry, ProtoCache, is_valid_key
+from core.engine.fit import FitConfig, FitError, preset
+from core.engine.models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model
+from core.shipped.demo import demo_entry
 from ui.widgets import plain, show_error
 
 # Tests and offline demos point the app at another default model or cache through the environment.
@@ -72,7 +72,7 @@ def get_cache() -> ProtoCache:
     """The cache, one object per script run: the warnings every page meets (unreadable files) reach the sidebar,
     which shows them at the end of the run (ui.sidebar.show_cache_warnings)."""
     root = os.environ.get("PROTOTOKENS_CACHE") or None
-    shipped = os.environ.get("PROTOTOKENS_SHIPPED") or SHIPPED_ROOT  # as core.cache.ProtoCache reads it
+    shipped = os.environ.get("PROTOTOKENS_SHIPPED") or SHIPPED_ROOT  # as core.engine.cache.ProtoCache reads it
     ident = (root, str(shipped))
     held = st.session_state.get(_RUN_CACHE)
     if held is None or held[0] != ident:
@@ -128,7 +128,7 @@ def unsaved_entries() -> dict[str, tuple[CacheEntry, str]]:
 
 
 def keep_unsaved(entry: CacheEntry, reason: str) -> None:
-    """Hold an entry whose write failed (core.fit.CachedFit.unsaved) for this session, so it can be shown
+    """Hold an entry whose write failed (core.engine.fit.CachedFit.unsaved) for this session, so it can be shown
     and downloaded."""
     unsaved_entries()[entry.key] = (entry, reason)
 
@@ -144,7 +144,7 @@ def _fits_model(entry: CacheEntry, lm: LoadedModel) -> bool:
 
 def default_entry(lm: LoadedModel, cache: ProtoCache) -> str | None:
     """The key of the entry the pages show while nobody has chosen one: the shipped demo entry of lm
-    (core.shipped.demo_entry: core.shipped.DEMO_TEXT, else the first converged shipped entry), or None when
+    (core.shipped.demo.demo_entry: core.shipped.demo.DEMO_TEXT, else the first converged shipped entry), or None when
     nothing ships for lm (the tiny model). Found once per session, model and cache."""
     shipped = cache.shipped.root if cache.shipped is not None else None
     ident = (lm.identity, str(cache.root), str(shipped))

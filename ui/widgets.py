@@ -120,7 +120,7 @@ def choose_text_set(key_prefix: str, names: list[str], load: Callable[[str], pd.
     Returns (set name or None for an upload, the set's frame with text, group, kind). Stops the page with a
     message while nothing is uploaded or when the file cannot be read (the message names the row and column).
     """
-    from core.textsets import KINDS, MAX_ROWS, MAX_UPLOAD_MB, TextSetError, parse_text_set
+    from core.texts.textsets import KINDS, MAX_ROWS, MAX_UPLOAD_MB, TextSetError, parse_text_set
 
     c_source, c_set = st.columns([1, 3])
     source = c_source.radio("Text set", ["Built-in", "Upload"], horizontal=True, key=f"{key_prefix}_source")

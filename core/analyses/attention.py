@@ -1,6 +1,6 @@
 """Attention to the e-token (docs/science.md, B.3), and to the first token of the plain text as a baseline.
 
-One eager forward pass on an entry's proto-token inputs (``core.reconstruct.build_inputs``, the entry's
+One eager forward pass on an entry's proto-token inputs (``core.engine.reconstruct.build_inputs``, the entry's
 layout) with ``output_attentions=True`` gives weights ``[layer, head, query, key]``; the slice at key 0 is the
 attention every query pays to e: ``[layer, head, query]``. Eager attention is the only kernel that returns
 weights (sdpa returns an empty tuple), so the pass runs inside ``LoadedModel.eager_attention()``.
@@ -35,9 +35,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core.cache import CacheEntry, ProtoCache, cache_key
-from core.models import LoadedModel
-from core.reconstruct import build_inputs, check_layout, first_scored_position, sequence_length
+from core.engine.cache import CacheEntry, ProtoCache, cache_key
+from core.engine.models import LoadedModel
+from core.engine.reconstruct import build_inputs, check_layout, first_scored_position, sequence_length
 
 ANALYSIS_KIND = "attention"
 LAYER_KIND = "attention-layer"
@@ -286,13 +286,14 @@ def _check_view(view: str) -> None:
         raise ValueError(f"Unknown view {view!r}; use one of {', '.join(VIEWS)}.")
 
 
-def analysis_key(lm: LoadedModel, entry: CacheEntry) -> str:
+def attention_key(lm: LoadedModel, entry: CacheEntry) -> str:
     """Cache key of an entry's attention analysis (the model identity includes the dtype, which changes weights)."""
     return cache_key(ANALYSIS_VERSION, entry.key, lm.identity)
 
 
-def _from_cache(cache: ProtoCache, key: str, lm: LoadedModel, entry: CacheEntry) -> AttentionResult | None:
-    hit = cache.get_analysis(ANALYSIS_KIND, key, with_tensors=True)
+def load_attention(lm: LoadedModel, entry: CacheEntry, cache: ProtoCache) -> AttentionResult | None:
+    """The entry's attention analysis when the cache holds a sound one (no forward pass), else None."""
+    hit = cache.get_analysis(ANALYSIS_KIND, attention_key(lm, entry), with_tensors=True)
     if hit is None:
         return None
     meta, tensors = hit
@@ -308,7 +309,7 @@ def _from_cache(cache: ProtoCache, key: str, lm: LoadedModel, entry: CacheEntry)
     )
 
 
-def compute_attention(
+def run_attention(
     lm: LoadedModel, entry: CacheEntry, cache: ProtoCache | None = None, *, refresh: bool = False
 ) -> AttentionResult:
     """Attention to e and the baseline for one entry: two eager forward passes, or none when cached.
@@ -317,9 +318,8 @@ def compute_attention(
     (kind "attention": tensors to_e [layer, head, query] and baseline_to_first [layer, head, N]).
     Raises :class:`AttentionUnavailable` when the model returns no weights.
     """
-    key = analysis_key(lm, entry)
     if cache is not None and not refresh:
-        cached = _from_cache(cache, key, lm, entry)
+        cached = load_attention(lm, entry, cache)
         if cached is not None:
             return cached
     started = time.perf_counter()
@@ -336,7 +336,7 @@ def compute_attention(
         seconds=time.perf_counter() - started,
     )
     if cache is not None:
-        cache.keep_analysis(ANALYSIS_KIND, key, {
+        cache.keep_analysis(ANALYSIS_KIND, attention_key(lm, entry), {
             "entry": entry.key, "model": lm.identity, "layout": entry.layout, "tokens": result.tokens,
             "seconds": result.seconds, "shape_to_e": list(to_e.shape), "shape_baseline": list(to_first.shape),
         }, {"to_e": to_e, "baseline_to_first": to_first})

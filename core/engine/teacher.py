@@ -2,7 +2,7 @@
 
 anchor loss: L = mean_b (1 - cos(e_b, t_b P)), P [d_teacher, hidden] a fixed random projection.
 relational loss: L = MSE(E_hat E_hat^T, T_hat T_hat^T), the pairwise cosine-similarity matrices of a batch.
-Both act on e by default (the paper), weight 0.1 each in the authors' code; core.fit adds
+Both act on e by default (the paper), weight 0.1 each in the authors' code; core.engine.fit adds
 `regularizer_loss(config, vectors, teacher_emb)` to its cross-entropy.
 """
 
@@ -19,7 +19,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.projection import cosine_similarity_matrix
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -64,7 +63,7 @@ def embedded_teacher_path() -> str:
     return path
 
 
-def _canonical_name(name: str | None) -> str:
+def canonical_teacher_name(name: str | None) -> str:
     return DEFAULT_TEACHER if name is None or name in _EMBEDDED_ALIASES else name
 
 
@@ -107,7 +106,7 @@ def load_teacher(name: str | None = None, device: str = "cpu") -> SentenceTransf
     name: None (or DEFAULT_TEACHER / "all-MiniLM-L6-v2") for the embedded all-MiniLM-L6-v2, a local folder,
     or a Hugging Face model id (the local HF cache is tried before the network). Raises TeacherLoadError.
     """
-    key = (_canonical_name(name), str(device))
+    key = (canonical_teacher_name(name), str(device))
     with _TEACHERS_LOCK:
         if key not in _TEACHERS:
             _TEACHERS[key] = _load_uncached(*key)
@@ -237,7 +236,7 @@ class RegularizerConfig:
             "kind": self.kind,
             "weight": float(self.weight),
             "target": self.target,
-            "teacher": _canonical_name(self.teacher),
+            "teacher": canonical_teacher_name(self.teacher),
         }
         if self.kind == "anchor":
             settings["projection_seed"] = int(self.projection_seed)
@@ -262,23 +261,3 @@ def regularizer_loss(
     else:
         loss = relational_loss(vectors, teacher_emb)
     return config.weight * loss
-
-
-def semantic_alignment(vectors: Any, teacher_emb: Any) -> float:
-    """Spearman correlation between the pairwise cosine similarities of vectors [n, h] and teacher_emb [n, d].
-
-    Only the upper triangle (i < j) counts. Returns NaN when undefined: fewer than 3 rows (fewer than 2
-    pairs) or constant similarities on either side.
-    """
-    from scipy.stats import spearmanr
-
-    sims_vectors = cosine_similarity_matrix(vectors)
-    sims_teacher = cosine_similarity_matrix(teacher_emb)
-    n = sims_vectors.shape[0]
-    if sims_teacher.shape[0] != n:
-        raise ValueError(f"row counts differ: {n} vectors, {sims_teacher.shape[0]} teacher embeddings")
-    upper = np.triu_indices(n, k=1)
-    pairs_vectors, pairs_teacher = sims_vectors[upper], sims_teacher[upper]
-    if pairs_vectors.size < 2 or np.ptp(pairs_vectors) == 0 or np.ptp(pairs_teacher) == 0:
-        return float("nan")
-    return float(spearmanr(pairs_vectors, pairs_teacher).statistic)

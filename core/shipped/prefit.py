@@ -1,7 +1,7 @@
 """The pre-fitted cache of the built-in text sets, shipped in data/prefit (``python -m core prefit``).
 
 Fitting 200 texts takes the better part of an hour on a 2-core CPU, so the project ships the proto-tokens
-of the built-in sets (core.textsets.PREFIT_SETS) for the embedded model, fitted with the "fast" preset.
+of the built-in sets (core.texts.textsets.PREFIT_SETS) for the embedded model, fitted with the "fast" preset.
 Each entry is compacted (no replay snapshots, a thinned history) so the folder stays a few MB.
 
 ``data/prefit/manifest.json`` records, per set, the model identity, the exact FitConfig and the cache
@@ -26,11 +26,12 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from core.cache import SHIPPED_ROOT, CacheEntry, ProtoCache
-from core.fit import CachedFit, FitConfig, FitProgress, entry_keys, fit_and_cache, preset
-from core.models import LoadedModel
-from core.shipped import PrefitSet, compact_entry, demo_entry, load_manifest, write_manifest
-from core.textsets import BUILTIN_SETS, PREFIT_SETS, builtin_set
+from core.engine.cache import SHIPPED_ROOT, CacheEntry, ProtoCache
+from core.engine.fit import CachedFit, FitConfig, FitProgress, entry_keys, fit_and_cache, preset
+from core.engine.models import LoadedModel
+from core.engine.sets import PrefitSet, compact_entry, load_manifest, write_manifest
+from core.shipped.demo import demo_entry
+from core.texts.textsets import BUILTIN_SETS, PREFIT_SETS, builtin_set
 
 PREFIT_PRESET = "fast"
 # A text still below the threshold after this many steps is left as it is (the page excludes entries
@@ -79,7 +80,7 @@ def prefit_builtin(
 
     sets: built-in set names, or name -> frame (tests pass their own small sets). lm: the model (default:
     the embedded one). config: default prefit_config(). teacher: also store each
-    set's teacher embeddings there. sweep: then run the Regularisers page's default sweep (core.sweeps) if
+    set's teacher embeddings there. sweep: then run the Regularisers page's default sweep (core.analyses.regularisers) if
     it exists. demo: after the sets, store the demo entry's noise sweep and attention (ship_demo_views).
     fit=False: fit nothing, only record (compacted) what the folder holds, e.g. after a run that
     was killed. stop: set it (the CLI does on Ctrl-C or SIGTERM) to end after the running chunk: its unfinished
@@ -88,7 +89,7 @@ def prefit_builtin(
     """
     root = Path(root)
     if lm is None:
-        from core.models import load_model
+        from core.engine.models import load_model
 
         lm = load_model()
     config = config or prefit_config()
@@ -184,7 +185,7 @@ def _prefit(lm: LoadedModel, config: FitConfig, root: Path, sets: Sequence[str] 
 
     if sweep:
         try:
-            from core.sweeps import prefit_default_sweep
+            from core.shipped.default_sweep import prefit_default_sweep
         except ImportError as error:
             say(f"note: no default regulariser sweep pre-fitted ({error})")
         else:
@@ -197,7 +198,7 @@ def _ship_views(cache: ProtoCache, record: PrefitSet, frame: pd.DataFrame,
                 entries: Sequence[CacheEntry | None]) -> PrefitSet:
     """Store the set's teacher embeddings and the page's first view of it (default threshold and map), so
     the page draws it without loading the teacher or running t-SNE. Returns the record with its teacher key."""
-    from core import embeddings as emb
+    from core.analyses import embeddings as emb
 
     texts = frame["text"].tolist()
     teacher = emb.teacher_embeddings(texts, cache)
@@ -224,18 +225,18 @@ def ship_views(root: str | os.PathLike = SHIPPED_ROOT, quiet: bool = False) -> d
 
 def ship_demo_views(root: str | os.PathLike = SHIPPED_ROOT, *, lm: LoadedModel | None = None,
                     quiet: bool = False) -> str | None:
-    """Store what the Noise and Attention pages show first for the demo entry (core.shipped.demo_entry, the
+    """Store what the Noise and Attention pages show first for the demo entry (core.shipped.demo.demo_entry, the
     entry ui.state.default_entry makes current on a fresh install): the noise sweep with the Noise page's default
-    settings (SweepSettings()) and the attention analysis, so both pages draw at once without a forward pass.
+    settings (NoiseSettings()) and the attention analysis, so both pages draw at once without a forward pass.
 
     Computed with the same functions and keys the pages use; whatever is stored already is read back, not
     recomputed, so a second run changes nothing. Returns the demo entry's key (None when lm has no converged
     entry under root: nothing is stored)."""
-    from core.attention import compute_attention
-    from core.noise import SweepSettings, noise_sweep
+    from core.analyses.attention import run_attention
+    from core.analyses.noise import NoiseSettings, run_noise
 
     if lm is None:
-        from core.models import load_model
+        from core.engine.models import load_model
 
         lm = load_model()
     cache = ProtoCache(root, shipped="")
@@ -244,11 +245,10 @@ def ship_demo_views(root: str | os.PathLike = SHIPPED_ROOT, *, lm: LoadedModel |
         if not quiet:
             print(f"note: no converged entry of {lm.name} in {root}; no demo views stored", file=sys.stderr)
         return None
-    settings = SweepSettings()
+    settings = NoiseSettings()
     t0 = time.perf_counter()
-    noise_sweep(lm, [entry], settings.kinds, settings.alphas, settings.draws, settings.target, settings.seed,
-                cache=cache)
-    compute_attention(lm, entry, cache)
+    run_noise(lm, [entry], settings, cache=cache)
+    run_attention(lm, entry, cache)
     if not quiet:
         print(f"Demo views (noise sweep, attention) of {entry.key[:12]} ({entry.n_tokens} tokens) stored in "
               f"{_fmt_seconds(time.perf_counter() - t0)}; {_size_mb(Path(root)):.1f} MB in {root}", file=sys.stderr)

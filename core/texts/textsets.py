@@ -6,7 +6,7 @@ A text set is a pandas DataFrame with one row per text and the columns
   (the colour and the silhouette label of the projection views),
 - kind: one of KINDS, how the text was made (the marker of the projection views).
 
-Built-in sets come from the files in data/ (written for this project) and core.augment.
+Built-in sets come from the files in data/ (written for this project) and core.texts.augment.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any
 
 import pandas as pd
 
-from core.augment import lexical_variants, syntax_sentences
+from core.texts.augment import lexical_variants, syntax_sentences
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 TEXTS_FILE = DATA_DIR / "texts.json"
 EXAMPLES_FILE = DATA_DIR / "examples.json"
 

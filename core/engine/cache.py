@@ -30,9 +30,9 @@ from safetensors.torch import load_file, save_file
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "cache"
+DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "cache"
 # Pre-fitted entries of the built-in text sets, shipped with the project (read-only; `python -m core prefit`).
-SHIPPED_ROOT = Path(__file__).resolve().parent.parent / "data" / "prefit"
+SHIPPED_ROOT = Path(__file__).resolve().parents[2] / "data" / "prefit"
 ENTRY_DIR = "prototokens"
 # Every key the cache makes is a sha256 hex digest; anything else (from a URL, an upload or a file's own "key"
 # field) is refused before it can become part of a path.
@@ -61,8 +61,8 @@ def cache_key(*parts: object) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-# The version of what an entry key hashes (core.fit.KEY_FIELDS says which settings). Bump it only together with
-# a migration of the entries already fitted (core.migrate), the shipped pre-fit included.
+# The version of what an entry key hashes (core.engine.fit.KEY_FIELDS says which settings). Bump it only together with
+# a migration of the entries already fitted (core.shipped.migrate), the shipped pre-fit included.
 ENTRY_SCHEMA = "prototokens-v1"
 
 
@@ -142,7 +142,7 @@ def _atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
-def _write_json(path: Path, obj: dict) -> None:
+def write_json(path: Path, obj: dict) -> None:
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, ensure_ascii=False)
@@ -257,7 +257,7 @@ class ProtoCache:
         entry.created = entry.created or time.time()
         try:
             _write_tensors(tensor_path, {"e": entry.e.float(), "m": entry.m.float()})
-            _write_json(meta_path, entry.meta())
+            write_json(meta_path, entry.meta())
         except OSError as exc:
             raise CacheWriteError(f"Could not write {meta_path.stem[:12]}... to the cache at {self.root}: "
                                   f"{exc.strerror or exc}.") from None
@@ -370,7 +370,7 @@ class ProtoCache:
         try:
             if tensors:
                 _write_tensors(tensor_path, tensors)
-            _write_json(meta_path, {"key": key, "kind": kind, "created": time.time(), **meta})
+            write_json(meta_path, {"key": key, "kind": kind, "created": time.time(), **meta})
         except OSError as exc:
             raise CacheWriteError(f"Could not write a {kind} result to the cache at {self.root}: "
                                   f"{exc.strerror or exc}.") from None

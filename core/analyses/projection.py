@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
+
+from core.engine.cache import ProtoCache, cache_key
 
 PROJECTION_METHODS = ("pca", "tsne", "umap")
 METRICS = ("cosine", "euclidean")
@@ -24,9 +27,13 @@ _NORM_EPS = 1e-12
 # very small graphs; random init works for any size.
 _UMAP_SPECTRAL_MIN_POINTS = 10
 _UMAP_MIN_POINTS = 4
-# Below this many points exact t-SNE is both more faithful and faster than Barnes-Hut (measured: 0.1-0.3 s
-# vs 0.6-2 s for 3-60 points on a busy 2-core machine, where Barnes-Hut's OpenMP threads contend).
+# Below this many points exact t-SNE is both more faithful and faster than Barnes-Hut, whose OpenMP threads
+# contend on a busy machine (bench/embeddings.py times both).
 _TSNE_EXACT_MAX_POINTS = 250
+# The maps are small problems (a few hundred rows): one BLAS thread does them as fast as many, and on a busy
+# machine much faster, because threads that wait on each other stall whenever one is descheduled.
+BLAS_THREADS = 1
+MAP_ANALYSIS = "embedding-maps"  # one cached 2-D map per (rows, space, method, metric, seed, perplexity)
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,26 @@ def cosine_similarity_matrix(x: Any) -> np.ndarray:
     """
     unit = _l2_normalise_rows(_as_matrix(x))
     return np.clip(unit @ unit.T, -1.0, 1.0)
+
+
+def semantic_alignment(vectors: Any, teacher_emb: Any) -> float:
+    """Spearman correlation between the pairwise cosine similarities of vectors [n, h] and teacher_emb [n, d].
+
+    Only the upper triangle (i < j) counts. Returns NaN when undefined: fewer than 3 rows (fewer than 2
+    pairs) or constant similarities on either side.
+    """
+    from scipy.stats import spearmanr
+
+    sims_vectors = cosine_similarity_matrix(vectors)
+    sims_teacher = cosine_similarity_matrix(teacher_emb)
+    n = sims_vectors.shape[0]
+    if sims_teacher.shape[0] != n:
+        raise ValueError(f"row counts differ: {n} vectors, {sims_teacher.shape[0]} teacher embeddings")
+    upper = np.triu_indices(n, k=1)
+    pairs_vectors, pairs_teacher = sims_vectors[upper], sims_teacher[upper]
+    if pairs_vectors.size < 2 or np.ptp(pairs_vectors) == 0 or np.ptp(pairs_teacher) == 0:
+        return float("nan")
+    return float(spearmanr(pairs_vectors, pairs_teacher).statistic)
 
 
 def _pca_2d(x: np.ndarray, metric: str) -> np.ndarray:
@@ -229,3 +256,36 @@ def nearest_neighbours(x: Any, index: int, k: int = 5, metric: str = "cosine") -
         order = np.argsort(scores, kind="stable")
     others = [int(i) for i in order if i != index][:k]
     return [(i, float(scores[i])) for i in others]
+
+
+# ---- cached maps ------------------------------------------------------------------------------------
+
+def map_key(row_keys: Sequence[str], space: str, method: str, metric: str = "cosine", seed: int = 0,
+            perplexity: float = 15.0) -> str:
+    """Analysis key of a 2-D map: its rows (by cache entry key), the space they are taken from ("e", "m", ...;
+    "teacher" rows follow the texts, named by the keys) and every projection setting that changes the map."""
+    teacher = "teacher" if space == "teacher" else None
+    return cache_key("projection-v1", list(row_keys), space, teacher, method, metric, int(seed),
+                     float(perplexity) if method == "tsne" else None)
+
+
+def cached_map(x: Any, row_keys: Sequence[str], space: str, method: str = "pca", metric: str = "cosine",
+               seed: int = 0, perplexity: float = 15.0, cache: ProtoCache | None = None) -> Projection:
+    """project_2d of x [n, d], read from the cache when it holds this map and stored there after (the one way
+    every page caches its maps; the pre-fit ships the default maps of the built-in sets)."""
+    key = map_key(row_keys, space, method, metric, seed, perplexity) if cache is not None else ""
+    stored = cache.get_analysis(MAP_ANALYSIS, key, with_tensors=True) if cache is not None else None
+    if stored is not None and tuple(stored[1].get("coords", np.zeros(0)).shape) == (len(row_keys), 2):
+        meta, tensors = stored
+        return Projection(tensors["coords"].double().numpy(), meta["method"], meta["requested_method"],
+                          meta.get("note"))
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(BLAS_THREADS):
+        projection = project_2d(x, method=method, metric=metric, seed=seed, perplexity=perplexity)
+    if cache is not None:
+        cache.keep_analysis(MAP_ANALYSIS, key, {
+            "method": projection.method, "requested_method": projection.requested_method, "note": projection.note,
+            "space": space, "metric": metric, "seed": seed, "perplexity": perplexity, "points": len(row_keys),
+        }, {"coords": torch.from_numpy(np.ascontiguousarray(projection.coords, dtype=np.float32))})
+    return projection

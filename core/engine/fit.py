@@ -20,9 +20,9 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from core.cache import CacheEntry, CacheWriteError, ProtoCache, entry_key
-from core.models import LoadedModel
-from core.reconstruct import check_layout, scored_logits
+from core.engine.cache import CacheEntry, CacheWriteError, ProtoCache, entry_key
+from core.engine.models import LoadedModel
+from core.engine.reconstruct import check_layout, scored_logits
 
 PRESETS = ("paper", "fast")
 INITS = ("normal", "embedding", "token")
@@ -33,10 +33,10 @@ REDRAW_LOSS_SHARE = 0.9
 # tokens wide and stays there (seen on texts of 25-35 tokens): see preset().
 REDRAW_PLATEAU_SHARE = 0.7
 # Fields added after entries were shipped enter the cache key only when set, so the keys of those entries hold.
-# (redraw_after entered every key when it was added; the entries made before it were re-keyed: core.migrate.)
+# (redraw_after entered every key when it was added; the entries made before it were re-keyed: core.shipped.migrate.)
 KEY_IF_SET = ("redraw_plateau",)
 # The cache key is a promise to every entry already fitted, the shipped pre-fit included. These are the fields
-# of FitConfig.key_dict() under core.cache.ENTRY_SCHEMA; a FitConfig field that is in none of KEY_FIELDS,
+# of FitConfig.key_dict() under core.engine.cache.ENTRY_SCHEMA; a FitConfig field that is in none of KEY_FIELDS,
 # KEY_IF_SET and DISPLAY_FIELDS stops the import (below the class), so a new field cannot move the keys
 # unnoticed: give it a default that leaves old keys alone (KEY_IF_SET), or bump ENTRY_SCHEMA and migrate.
 KEY_FIELDS = frozenset({"layout", "lr", "betas", "weight_decay", "max_steps", "threshold", "init", "init_scale",
@@ -74,7 +74,7 @@ class FitConfig:
     # > 0: a draw whose loss is still above REDRAW_PLATEAU_SHARE of a uniform guess's after this many steps starts
     # over too (same texts as redraw_after)
     redraw_plateau: int = 0
-    regularizer: object | None = None  # core.teacher.RegularizerConfig
+    regularizer: object | None = None  # core.engine.teacher.RegularizerConfig
     snapshot_every: int = 10  # how often reconstructions are recorded for replay; does not change the result
 
     def __post_init__(self):
@@ -122,7 +122,7 @@ def check_key_fields(config_class: type = FitConfig) -> None:
     undeclared = {f.name for f in fields(config_class)} - KEY_FIELDS - DISPLAY_FIELDS - set(KEY_IF_SET)
     if undeclared:
         raise ImportError(f"FitConfig fields {sorted(undeclared)} are not declared in KEY_FIELDS, KEY_IF_SET or "
-                          "DISPLAY_FIELDS: decide whether they change the cache key (see core.fit.KEY_FIELDS).")
+                          "DISPLAY_FIELDS: decide whether they change the cache key (see core.engine.fit.KEY_FIELDS).")
 
 
 check_key_fields()
@@ -135,7 +135,7 @@ def config_from_dict(d: Mapping) -> FitConfig:
     if "betas" in values:
         values["betas"] = tuple(values["betas"])
     if d.get("regularizer"):
-        from core.teacher import RegularizerConfig
+        from core.engine.teacher import RegularizerConfig
 
         values["regularizer"] = RegularizerConfig(**d["regularizer"])
     return FitConfig(**values)
@@ -269,7 +269,7 @@ def _fit_items(
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
 
     if regularize:
-        from core import teacher as teacher_mod
+        from core.engine import teacher as teacher_mod
 
         if teacher_embeddings is None:
             teacher_embeddings = teacher_mod.embed_texts(teacher_mod.load_teacher(config.regularizer.teacher), list(texts))
@@ -383,7 +383,7 @@ def _fit_items(
         # Sum, not mean: each text's gradient is what it would be if fitted alone.
         loss = torch.stack(per_text_loss).sum()
         if regularize:
-            from core.teacher import regularizer_loss
+            from core.engine.teacher import regularizer_loss
 
             vectors = e_batch if config.regularizer.target == "e" else m_batch
             loss = loss + regularizer_loss(config.regularizer, vectors, teacher_embeddings[active]) * len(active)

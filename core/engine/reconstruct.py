@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from core.models import LoadedModel
+from core.engine.models import LoadedModel
 
 LAYOUTS = ("e+m*N", "e+m*(N-1)")
 

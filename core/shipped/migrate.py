@@ -1,7 +1,7 @@
 """Re-keying entries whose cache key moved: the migration that goes with a change of what a key hashes.
 
 An entry's key is recomputed from its own stored fields (model identity, token ids, config, coupling group)
-with today's :class:`core.fit.FitConfig`. Where that differs from the file's name, the entry moved: it was
+with today's :class:`core.engine.fit.FitConfig`. Where that differs from the file's name, the entry moved: it was
 keyed before a field entered the key (redraw_after did, in every key, and orphaned the shipped regulariser
 sweep). The entry is written again under its new key, with its config as today's code writes it, and the
 analyses that list entries by key (the regulariser sweep's settings) follow. Vectors and metrics are untouched:
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from core.cache import ProtoCache, entry_key
+from core.engine.cache import ProtoCache, entry_key
 
 
 @dataclass
@@ -24,7 +24,7 @@ class Migration:
 
 def current_key(meta: dict) -> str:
     """The key today's code gives the entry whose metadata this is."""
-    from core.fit import config_from_dict
+    from core.engine.fit import config_from_dict
 
     return entry_key(meta.get("model", ""), meta["token_ids"], config_from_dict(meta["config"]).key_dict(),
                      meta.get("group"))
@@ -32,8 +32,8 @@ def current_key(meta: dict) -> str:
 
 def rekey(cache: ProtoCache, dry_run: bool = False) -> Migration:
     """Move every entry of ``cache`` (its own folder, not the shipped fallback) whose key moved; see above."""
-    from core.fit import FitError, config_from_dict
-    from core.sweeps import SWEEP_ANALYSIS, setting_key
+    from core.engine.fit import FitError, config_from_dict
+    from core.analyses.regularisers import REGULARISER_ANALYSIS, setting_key
 
     result = Migration()
     for meta in cache.list(include_shipped=False):
@@ -53,9 +53,9 @@ def rekey(cache: ProtoCache, dry_run: bool = False) -> Migration:
             continue
         cache.put(replace(entry, key=new, config=config.as_dict()))
         cache.delete(meta["key"])
-    folder = cache.root / "analyses" / SWEEP_ANALYSIS
+    folder = cache.root / "analyses" / REGULARISER_ANALYSIS
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        stored = cache.get_analysis(SWEEP_ANALYSIS, path.stem)
+        stored = cache.get_analysis(REGULARISER_ANALYSIS, path.stem)
         if stored is None or not any(k in result.moved for k in stored[0].get("keys", [])):
             continue
         meta = dict(stored[0])
@@ -67,6 +67,6 @@ def rekey(cache: ProtoCache, dry_run: bool = False) -> Migration:
             continue
         for name in ("key", "kind", "created"):
             meta.pop(name, None)
-        cache.put_analysis(SWEEP_ANALYSIS, setting_key(meta["keys"], meta["groups"], meta["teacher"]), meta)
+        cache.put_analysis(REGULARISER_ANALYSIS, setting_key(meta["keys"], meta["groups"], meta["teacher"]), meta)
         path.unlink()
     return result

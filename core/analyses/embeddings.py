@@ -1,6 +1,6 @@
 """What do e and m encode? The computations behind the Embeddings page (docs/science.md, B.1).
 
-A text set (core.textsets: columns text, group, kind) is matched to its fitted cache entries; the rows
+A text set (core.texts.textsets: columns text, group, kind) is matched to its fitted cache entries; the rows
 that are fitted well enough become row-aligned matrices in four spaces:
 
 - "e" and "m": the proto-tokens, [n, hidden] each;
@@ -22,16 +22,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from core.cache import CacheEntry, ProtoCache, cache_key
-from core.fit import FitConfig, lookup
-from core.models import LoadedModel, TextError
-from core.projection import Projection, nearest_neighbours, project_2d, silhouette_by_group
-from core.textsets import TextSetError
-
-# The maps and scores are small problems (a few hundred rows): one BLAS thread does them as fast as many, and
-# on a busy 2-core machine it is 3-5x faster (PCA and t-SNE of 132 x 1152: 1.8-2.1 s against 5.6-9.7 s),
-# because threads that wait on each other stall whenever one of them is descheduled.
-_BLAS_THREADS = 1
+from core.engine.cache import CacheEntry, ProtoCache, cache_key
+from core.engine.fit import FitConfig
+from core.engine.models import LoadedModel
+from core.analyses.projection import BLAS_THREADS, Projection, cached_map, map_key, nearest_neighbours, silhouette_by_group
+from core.engine.sets import ConfigChoice, fit_choices, load_manifest
 
 CONCAT = "e‖m"
 SPACES: tuple[str, ...] = ("e", "m", CONCAT, "teacher")
@@ -42,7 +37,6 @@ SPACE_LABELS: dict[str, str] = {
     "teacher": "teacher sentence embedding",
 }
 TEACHER_ANALYSIS = "teacher-embeddings"
-PROJECTION_ANALYSIS = "embedding-maps"
 DEFAULT_METHOD = "tsne"  # the seed paper's maps: t-SNE, perplexity 15, cosine
 DEFAULT_PERPLEXITY = 15.0
 DEFAULT_MIN_ACCURACY = 0.9  # the paper keeps texts fitted to >= 0.9
@@ -55,73 +49,30 @@ SUBSETS: dict[str, tuple[str, ...]] = {
 
 # ---- matching a set to its fitted entries -----------------------------------------------------------
 
-def validate_set(lm: LoadedModel, texts: Sequence[str], layout: str) -> list[list[int]]:
-    """Token ids of every text [n][n_tokens]; a TextSetError names the first text the model cannot fit."""
-    targets = []
-    for row, text in enumerate(texts, start=1):
-        try:
-            targets.append(lm.validate_text(text, layout))
-        except TextError as error:
-            short = text if len(text) <= 50 else text[:47] + "..."
-            raise TextSetError(f"text {row} ({short!r}): {error}") from None
-    return targets
-
-
-@dataclass(frozen=True)
-class ConfigChoice:
-    """A fit configuration the page can show a set with: a label for people and the config itself."""
-
-    label: str
-    config: FitConfig
-    shipped: bool = False  # the pre-fitted configuration of a built-in set
-    # text -> cache key recorded by the pre-fit: found even if a later FitConfig field changes the key
-    keys: dict[str, str] = field(default_factory=dict)
-
-
 def config_choices(lm: LoadedModel, set_name: str | None, sidebar: FitConfig, shared_m: bool,
                    manifest: dict | None = None) -> list[ConfigChoice]:
-    """Configurations to look a set up with, the shipped pre-fit first when it exists for this model.
-
-    The shipped entries of a built-in set were fitted with one fixed configuration (data/prefit/manifest.json);
-    offering it by name means the page finds them whatever preset the sidebar shows.
-    """
-    from core.fit import config_from_dict
-    from core.shipped import load_manifest
+    """Configurations to look a built-in set up with, its shipped pre-fit (data/prefit/manifest.json) first when
+    it exists for this model, each with m shared across the set when asked."""
+    from core.engine.fit import config_from_dict
 
     def with_sharing(config: FitConfig) -> FitConfig:
         # Restarts pick the best of several independent inits per text, which a shared m cannot do.
         return replace(config, shared_m=True, restarts=1) if shared_m else config
 
-    choices = []
     manifest = load_manifest() if manifest is None else manifest
     prefit = manifest.get(set_name) if set_name else None
-    if prefit is not None and prefit.model == lm.identity:
-        shipped = with_sharing(config_from_dict(prefit.config))
-        keys = {} if shared_m else dict(zip(prefit.texts, prefit.keys))
-        choices.append(ConfigChoice(
-            f"pre-fitted settings (preset {shipped.preset}, up to {shipped.max_steps} steps)", shipped, True, keys))
-    own = with_sharing(sidebar)
-    if not choices or own.key_dict() != choices[0].config.key_dict():
-        choices.append(ConfigChoice(f"sidebar settings (preset {own.preset}, up to {own.max_steps} steps)", own))
-    return choices
-
-
-def set_entries(lm: LoadedModel, texts: Sequence[str], choice: ConfigChoice, cache: ProtoCache
-                ) -> list[CacheEntry | None]:
-    """The cached entry of each text fitted with the choice's config (None where missing)."""
-    entries = lookup(lm, texts, choice.config, cache)
-    for i, text in enumerate(texts):
-        if entries[i] is None and text in choice.keys:
-            entries[i] = cache.get(choice.keys[text])
-    return entries
+    if prefit is None or prefit.model != lm.identity:
+        return fit_choices(None, with_sharing(sidebar))
+    keys = {} if shared_m else dict(zip(prefit.texts, prefit.keys))
+    return fit_choices(with_sharing(config_from_dict(prefit.config)), with_sharing(sidebar), keys)
 
 
 # ---- teacher embeddings ----------------------------------------------------------------------------
 
 def teacher_key(texts: Sequence[str], teacher_name: str | None = None) -> str:
-    from core.teacher import _canonical_name
+    from core.engine.teacher import canonical_teacher_name
 
-    return cache_key("teacher-embeddings-v1", _canonical_name(teacher_name), list(texts))
+    return cache_key("teacher-embeddings-v1", canonical_teacher_name(teacher_name), list(texts))
 
 
 def teacher_embeddings(texts: Sequence[str], cache: ProtoCache, teacher_name: str | None = None) -> np.ndarray:
@@ -134,10 +85,10 @@ def teacher_embeddings(texts: Sequence[str], cache: ProtoCache, teacher_name: st
     stored = cache.get_analysis(TEACHER_ANALYSIS, key, with_tensors=True)
     if stored is not None and "embeddings" in stored[1] and stored[1]["embeddings"].shape[0] == len(texts):
         return stored[1]["embeddings"].float().numpy().astype(np.float64)
-    from core.teacher import _canonical_name, embed_texts, load_teacher
+    from core.engine.teacher import canonical_teacher_name, embed_texts, load_teacher
 
     embeddings = embed_texts(load_teacher(teacher_name), list(texts))
-    cache.keep_analysis(TEACHER_ANALYSIS, key, {"teacher": _canonical_name(teacher_name), "n_texts": len(texts)},
+    cache.keep_analysis(TEACHER_ANALYSIS, key, {"teacher": canonical_teacher_name(teacher_name), "n_texts": len(texts)},
                        {"embeddings": embeddings.contiguous()})
     return embeddings.numpy().astype(np.float64)
 
@@ -235,7 +186,7 @@ def silhouette_table(vectors: SetVectors, metric: str = "cosine") -> pd.DataFram
     """
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(_BLAS_THREADS):
+    with threadpool_limits(BLAS_THREADS):
         return _silhouette_table(vectors, metric)
 
 
@@ -258,42 +209,17 @@ def _silhouette_table(vectors: SetVectors, metric: str) -> pd.DataFrame:
 
 
 def projection_key(vectors: SetVectors, space: str, method: str, metric: str, seed: int, perplexity: float) -> str:
-    """Analysis key of one space's 2-D map: the rows (by entry key), the space and every projection setting."""
-    teacher = "teacher" if space == "teacher" else None  # the teacher rows follow the texts, named by the keys
-    return cache_key("projection-v1", list(vectors.table["key"]), space, teacher, method, metric, int(seed),
-                     float(perplexity) if method == "tsne" else None)
+    """Analysis key of one space's 2-D map of a set: its rows by entry key (core.analyses.projection.map_key)."""
+    return map_key(list(vectors.table["key"]), space, method, metric, seed, perplexity)
 
 
 def project_spaces(vectors: SetVectors, spaces: Sequence[str], method: str = "tsne", metric: str = "cosine",
                    seed: int = 0, perplexity: float = 15.0, cache: ProtoCache | None = None) -> dict[str, Projection]:
-    """A 2-D projection (coords [n, 2]) of each requested space.
-
-    With a cache, each map is stored as an analysis and read back next time: a t-SNE of the four spaces of
-    a 132-text set takes seconds, and the pre-fit ships the default maps of the built-in sets.
-    """
-    projections = {}
-    for space in spaces:
-        key = projection_key(vectors, space, method, metric, seed, perplexity) if cache is not None else ""
-        stored = cache.get_analysis(PROJECTION_ANALYSIS, key, with_tensors=True) if cache is not None else None
-        if stored is not None and tuple(stored[1].get("coords", np.zeros(0)).shape) == (vectors.n, 2):
-            meta, tensors = stored
-            projections[space] = Projection(tensors["coords"].double().numpy(), meta["method"],
-                                            meta["requested_method"], meta.get("note"))
-            continue
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(_BLAS_THREADS):
-            projection = project_2d(vectors.matrix(space), method=method, metric=metric, seed=seed,
-                                    perplexity=perplexity)
-        if cache is not None:
-            import torch
-
-            cache.keep_analysis(PROJECTION_ANALYSIS, key, {
-                "method": projection.method, "requested_method": projection.requested_method, "note": projection.note,
-                "space": space, "metric": metric, "seed": seed, "perplexity": perplexity, "points": vectors.n,
-            }, {"coords": torch.from_numpy(np.ascontiguousarray(projection.coords, dtype=np.float32))})
-        projections[space] = projection
-    return projections
+    """A 2-D projection (coords [n, 2]) of each requested space, each cached as a map analysis when a cache is
+    given (core.analyses.projection.cached_map)."""
+    keys = list(vectors.table["key"])
+    return {space: cached_map(vectors.matrix(space), keys, space, method, metric, seed, perplexity, cache)
+            for space in spaces}
 
 
 def coordinates_frame(vectors: SetVectors, projections: dict[str, Projection]) -> pd.DataFrame:

@@ -6,9 +6,9 @@ seeded through a torch.Generator: the same seed gives the same noise, and becaus
 does not depend on alpha, a sweep over alphas with one seed moves along the same directions (common
 random numbers), which keeps accuracy-vs-alpha curves from jittering between grid points.
 
-`noise_sweep` runs the paper's experiment over cached entries: for every (entry, type, alpha) it draws
+`run_noise` runs the paper's experiment over cached entries: for every (entry, type, alpha) it draws
 all noisy copies with `noisy_pair` and decodes them in one batched forward pass, and returns a tidy table
-(one row per draw) that `summarize_sweep` and `flip_rates` turn into what the Noise page plots.
+(one row per draw) that `summarize_noise` and `flip_rates` turn into what the Noise page plots.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any, Literal
 import pandas as pd
 import torch
 
-from core.cache import CacheEntry, ProtoCache, cache_key
-from core.models import LoadedModel
-from core.reconstruct import predict_tokens, token_metrics
+from core.engine.cache import CacheEntry, ProtoCache, cache_key
+from core.engine.models import LoadedModel
+from core.engine.reconstruct import predict_tokens, token_metrics
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +203,8 @@ PAPER_MODEL = "Llama-3.2-1B"
 
 ANALYSIS_KIND = "noise"
 # Part of every cache key: bump it when the table's meaning or columns change.
-SWEEP_VERSION = "noise-sweep-v1"
-SWEEP_COLUMNS = (
+NOISE_VERSION = "noise-sweep-v1"
+NOISE_COLUMNS = (
     "entry", "type", "alpha", "draw", "accuracy", "c_tokens", "correct_prefix", "correct_prefix_rel",
     "n_tokens", "tokens",
 )
@@ -242,7 +242,7 @@ def parse_alphas(text: str) -> tuple[float, ...]:
 
 
 @dataclass(frozen=True)
-class SweepSettings:
+class NoiseSettings:
     """The grid of one noise sweep; normalised (types deduplicated, alphas sorted) so equal grids hash equal.
 
     as_dict() is JSON-ready and enters the cache key of every entry's table.
@@ -298,10 +298,10 @@ def entry_seed(seed: int, key: str) -> int:
     return int(cache_key("noise-seed", int(seed), key)[:8], 16)
 
 
-def sweep_key(lm: LoadedModel, entry: CacheEntry, settings: SweepSettings) -> str:
+def noise_key(lm: LoadedModel, entry: CacheEntry, settings: NoiseSettings) -> str:
     """Cache key of one entry's sweep table: the entry, the model it runs on and every grid setting."""
     # The device type enters because CPU and GPU kernels may round differently and flip a near-tie.
-    return cache_key(SWEEP_VERSION, lm.identity, lm.device.type, entry.key, settings.as_dict())
+    return cache_key(NOISE_VERSION, lm.identity, lm.device.type, entry.key, settings.as_dict())
 
 
 def _check_entry(lm: LoadedModel, entry: CacheEntry) -> None:
@@ -325,7 +325,7 @@ def _decode_draws(lm: LoadedModel, entry: CacheEntry, noisy_e: torch.Tensor, noi
     return torch.cat(rows)
 
 
-def _entry_rows(lm: LoadedModel, entry: CacheEntry, settings: SweepSettings, batched: bool,
+def _entry_rows(lm: LoadedModel, entry: CacheEntry, settings: NoiseSettings, batched: bool,
                 tick: Callable[[], None]) -> list[dict[str, Any]]:
     """All rows of one entry's sweep; tick() after every (type, alpha)."""
     seed = entry_seed(settings.seed, entry.key)
@@ -355,7 +355,7 @@ def _entry_rows(lm: LoadedModel, entry: CacheEntry, settings: SweepSettings, bat
 
 def _table(rows: list[dict[str, Any]] | dict[str, list]) -> pd.DataFrame:
     """The sweep table with fixed column order and dtypes, so a table read back from JSON equals the original."""
-    df = pd.DataFrame(rows, columns=list(SWEEP_COLUMNS))
+    df = pd.DataFrame(rows, columns=list(NOISE_COLUMNS))
     for column in _INT_COLUMNS:
         df[column] = df[column].astype("int64")
     for column in _FLOAT_COLUMNS:
@@ -367,7 +367,7 @@ def _table(rows: list[dict[str, Any]] | dict[str, list]) -> pd.DataFrame:
 
 def _table_from_meta(meta: dict) -> pd.DataFrame | None:
     columns = meta.get("columns")
-    if not isinstance(columns, dict) or set(columns) != set(SWEEP_COLUMNS):
+    if not isinstance(columns, dict) or set(columns) != set(NOISE_COLUMNS):
         return None
     try:
         return _table(columns)
@@ -385,35 +385,31 @@ def _load_entry_table(cache: ProtoCache, key: str) -> pd.DataFrame | None:
     return table
 
 
-def _store_entry_table(cache: ProtoCache, key: str, entry: CacheEntry, settings: SweepSettings,
+def _store_entry_table(cache: ProtoCache, key: str, entry: CacheEntry, settings: NoiseSettings,
                        table: pd.DataFrame) -> None:
-    meta = {"version": SWEEP_VERSION, "entry": entry.key, "settings": settings.as_dict(),
-            "columns": {column: table[column].tolist() for column in SWEEP_COLUMNS}}
+    meta = {"version": NOISE_VERSION, "entry": entry.key, "settings": settings.as_dict(),
+            "columns": {column: table[column].tolist() for column in NOISE_COLUMNS}}
     cache.keep_analysis(ANALYSIS_KIND, key, meta)
 
 
-def cached_sweep(lm: LoadedModel, entries: Sequence[CacheEntry], settings: SweepSettings,
+def load_noise(lm: LoadedModel, entries: Sequence[CacheEntry], settings: NoiseSettings,
                  cache: ProtoCache) -> pd.DataFrame | None:
     """The sweep table when every entry's part is already cached (no forward pass), else None."""
     if not entries:
         return None
     tables = []
     for entry in entries:
-        table = _load_entry_table(cache, sweep_key(lm, entry, settings))
+        table = _load_entry_table(cache, noise_key(lm, entry, settings))
         if table is None:
             return None
         tables.append(table)
     return pd.concat(tables, ignore_index=True)
 
 
-def noise_sweep(
+def run_noise(
     lm: LoadedModel,
     entries: Sequence[CacheEntry],
-    kinds: Sequence[str] = NOISE_TYPES,
-    alphas: Sequence[float] = PAPER_ALPHAS,
-    draws: int = 8,
-    target: NoiseTarget = "e",
-    seed: int = 0,
+    settings: NoiseSettings | None = None,
     progress: ProgressCallback | None = None,
     cache: ProtoCache | None = None,
     *,
@@ -421,14 +417,17 @@ def noise_sweep(
 ) -> pd.DataFrame:
     """Noisy reconstructions of every entry for every noise type x alpha x draw: one row per draw.
 
-    Columns: entry (key), type, alpha, draw, accuracy, c_tokens, correct_prefix, correct_prefix_rel, n_tokens,
-    tokens (list of [n_tokens] ids). Rows: len(entries) x len(kinds) x len(alphas) x draws, in that order.
+    settings: the sweep (default NoiseSettings(): the paper's four types and alphas, 8 draws, noise on e).
+    Returns the analysis's result, a table with the columns NOISE_COLUMNS: entry (key), type, alpha, draw,
+    accuracy, c_tokens, correct_prefix, correct_prefix_rel, n_tokens, tokens (list of [n_tokens] ids).
+    Rows: len(entries) x len(kinds) x len(alphas) x draws, in that order.
     All draws of one (entry, type, alpha) are decoded in one forward pass of batch `draws` (batched=False:
     one pass per draw, the reference for tests and benchmarks). Alpha 0 rows are the entry's own
     reconstruction. The same seed gives the same table. progress(fraction in [0, 1]) is called after
-    every (entry, type, alpha). With a cache, each entry's part is read from it when there and stored after.
+    every (entry, type, alpha). With a cache, each entry's part is read from it when there and stored after;
+    load_noise reads it without computing.
     """
-    settings = SweepSettings(kinds=tuple(kinds), alphas=tuple(alphas), draws=draws, target=target, seed=seed)
+    settings = NoiseSettings() if settings is None else settings
     if not entries:
         raise ValueError("no entries to sweep: choose at least one fitted entry")
     for entry in entries:
@@ -445,7 +444,7 @@ def noise_sweep(
 
     tables = []
     for entry in entries:
-        key = sweep_key(lm, entry, settings)
+        key = noise_key(lm, entry, settings)
         table = _load_entry_table(cache, key) if cache is not None else None
         if table is not None:
             tick(units_per_entry)
@@ -457,7 +456,7 @@ def noise_sweep(
     return pd.concat(tables, ignore_index=True)
 
 
-def summarize_sweep(df: pd.DataFrame, by: Sequence[str] = ("type", "alpha")) -> pd.DataFrame:
+def summarize_noise(df: pd.DataFrame, by: Sequence[str] = ("type", "alpha")) -> pd.DataFrame:
     """Mean, std, min and max of accuracy and correct_prefix_rel per group (default type x alpha).
 
     The statistics run over every row of a group, i.e. over draws and entries together; std is the

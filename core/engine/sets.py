@@ -1,29 +1,23 @@
-"""The shipped pre-fit's format (data/prefit): its manifest and its compact entries.
-
-Read by the pages' analyses (core.embeddings finds a set's entries through the manifest) and written by
-core.prefit and core.sweeps, which fit them. See core.prefit for how the folder is made.
+"""Named sets of cache entries: a manifest (manifest.json beside the entries) lists, per set, its texts, their
+cache keys, the fit settings and what the fit cost. The shipped pre-fit (data/prefit, written by
+core.shipped.prefit) is read through it; core.analyses.embeddings finds a set's entries by it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
-from core.cache import SHIPPED_ROOT, CacheEntry, ProtoCache, _write_json
+from core.engine.cache import SHIPPED_ROOT, CacheEntry, ProtoCache, write_json
+from core.engine.fit import FitConfig, lookup
+from core.engine.models import LoadedModel, TextError
+from core.texts.textsets import TextSetError
 
 MANIFEST = "manifest.json"
 MAX_HISTORY_POINTS = 40
-
-# The demo entry: what the analysis pages show on a fresh install until the user picks an entry
-# (ui.state.default_entry), and whose noise sweep and attention ship with it (core.prefit.ship_demo_views).
-# A converged text of the "variants" set (26 tokens, accuracy 1.0 in 267 steps): long enough for the
-# heatmaps to read like the paper's figures, short enough to label every position.
-DEMO_SET = "variants"
-DEMO_TEXT = ("A thick fog rolled in from the sea this morning, so the ferries stayed in the harbour until the "
-             "sky cleared at noon.")
 
 
 @dataclass(frozen=True)
@@ -72,7 +66,7 @@ def write_manifest(root: Path, record: PrefitSet) -> dict[str, PrefitSet]:
     pre-fitting another set into the same folder)."""
     sets = load_manifest(root)
     sets[record.name] = record
-    _write_json(root / MANIFEST, {
+    write_json(root / MANIFEST, {
         "about": "Pre-fitted proto-tokens of the built-in text sets; regenerate with `python -m core prefit`.",
         "sets": {name: s.as_dict() for name, s in sets.items()},
     })
@@ -104,22 +98,51 @@ def prefit_status(record: PrefitSet | None, model: str) -> tuple[float, str]:
     return record.n_fitted / n, f"pre-fitted so far: {record.n_fitted} of {n} texts"
 
 
-def demo_candidates(model: str, root: str | os.PathLike | None = None) -> list[str]:
-    """Keys the demo entry of a model may be, best first: DEMO_TEXT in DEMO_SET, then every key of the
-    manifest's sets of that model, in the manifest's order. [] when nothing ships for the model."""
-    sets = [record for record in load_manifest(root).values() if record.model == model]
-    keys = [key for record in sets if record.name == DEMO_SET
-            for text, key in zip(record.texts, record.keys) if text == DEMO_TEXT]
-    keys += [key for record in sets for key in record.keys]
-    return list(dict.fromkeys(keys))
+# ---- a set's texts, the configurations it can be looked up with, and its entries ---------------------
+
+def validate_set(lm: LoadedModel, texts: Sequence[str], layout: str) -> list[list[int]]:
+    """Token ids of every text [n][n_tokens]; a TextSetError names the first text the model cannot fit."""
+    targets = []
+    for row, text in enumerate(texts, start=1):
+        try:
+            targets.append(lm.validate_text(text, layout))
+        except TextError as error:
+            short = text if len(text) <= 50 else text[:47] + "..."
+            raise TextSetError(f"text {row} ({short!r}): {error}") from None
+    return targets
 
 
-def demo_entry(model: str, cache: ProtoCache, hidden: int | None = None,
-               root: str | os.PathLike | None = None) -> CacheEntry | None:
-    """The demo entry of a model: the first converged entry among demo_candidates (manifest under root,
-    default SHIPPED_ROOT) that the cache can read, or None (the tiny model, a model nothing ships for)."""
-    for key in demo_candidates(model, root):
-        entry = cache.get(key, hidden)
-        if entry is not None and entry.model == model and entry.metrics.get("converged"):
-            return entry
-    return None
+@dataclass(frozen=True)
+class ConfigChoice:
+    """A fit configuration the page can show a set with: a label for people and the config itself."""
+
+    label: str
+    config: FitConfig
+    shipped: bool = False  # the pre-fitted configuration of a built-in set
+    # text -> cache key recorded by the pre-fit: found even if a later FitConfig field changes the key
+    keys: dict[str, str] = field(default_factory=dict)
+
+
+def fit_choices(shipped: FitConfig | None, sidebar: FitConfig, keys: Mapping[str, str] | None = None
+                ) -> list[ConfigChoice]:
+    """The configurations a page offers for a set: the pre-fitted one first when something ships for it (then
+    the page finds the shipped entries whatever preset the sidebar shows), and the sidebar's when it differs.
+    keys: text -> cache key recorded by the pre-fit (found even if a later FitConfig field moved the key)."""
+    choices = []
+    if shipped is not None:
+        choices.append(ConfigChoice(f"pre-fitted settings (preset {shipped.preset}, up to {shipped.max_steps} steps)",
+                                    shipped, True, dict(keys or {})))
+    if not choices or sidebar.key_dict() != choices[0].config.key_dict():
+        choices.append(ConfigChoice(f"sidebar settings (preset {sidebar.preset}, up to {sidebar.max_steps} steps)",
+                                    sidebar))
+    return choices
+
+
+def set_entries(lm: LoadedModel, texts: Sequence[str], choice: ConfigChoice, cache: ProtoCache
+                ) -> list[CacheEntry | None]:
+    """The cached entry of each text fitted with the choice's config (None where missing)."""
+    entries = lookup(lm, texts, choice.config, cache)
+    for i, text in enumerate(texts):
+        if entries[i] is None and text in choice.keys:
+            entries[i] = cache.get(choice.keys[text])
+    return entries

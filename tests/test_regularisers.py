@@ -1,4 +1,4 @@
-"""core.sweeps and the regularised fit underneath it, on the tiny random model with few steps."""
+"""core.analyses.regularisers and the regularised fit underneath it, on the tiny random model with few steps."""
 
 from __future__ import annotations
 
@@ -11,24 +11,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import core.fit
-from core.cache import ProtoCache
-from core.fit import entry_keys, fit_and_cache, fit_texts, preset
-from core.reconstruct import scored_logits
-from core.sweeps import (
-    SweepError,
-    SweepJob,
-    SweepSetting,
+import core.engine.fit
+from core.engine.cache import ProtoCache
+from core.engine.fit import entry_keys, fit_and_cache, fit_texts, preset
+from core.engine.reconstruct import scored_logits
+from core.analyses.regularisers import (
+    RegulariserError,
+    RegulariserJob,
+    RegulariserSetting,
     default_settings,
-    load_manifest,
-    load_sweep,
+    load_regularisers,
     parse_lambdas,
-    prefit_default_sweep,
-    run_sweep,
-    shipped_sweep,
-    summarize,
+    run_regularisers,
+    summarize_regularisers,
 )
-from core.teacher import RegularizerConfig, regularizer_loss
+from core.shipped.default_sweep import load_default_sweep, load_default_sweep_manifest, prefit_default_sweep
+from core.engine.teacher import RegularizerConfig, regularizer_loss
 
 TEXTS = ["ab cd", "ab ce", "xy zw", "xy zv"]
 GROUPS = ["a", "a", "x", "x"]
@@ -55,8 +53,8 @@ def test_lambda_zero_is_the_unregularised_fit(tiny_lm, tmp_cache):
     zero = replace(plain, regularizer=RegularizerConfig("anchor", 0.0))
     targets = [tiny_lm.validate_text(t) for t in TEXTS[:2]]
     assert entry_keys(tiny_lm, targets, zero) == entry_keys(tiny_lm, targets, plain)
-    assert SweepSetting("relational", 0.0).normalised() == SweepSetting()
-    assert SweepSetting("anchor", 0.0).regularizer() is None
+    assert RegulariserSetting("relational", 0.0).normalised() == RegulariserSetting()
+    assert RegulariserSetting("anchor", 0.0).regularizer() is None
 
     first = fit_and_cache(tiny_lm, TEXTS[:2], plain, tmp_cache)
     second = fit_and_cache(tiny_lm, TEXTS[:2], zero, tmp_cache)
@@ -99,12 +97,12 @@ def test_regularised_fit_leaves_the_model_untouched(tiny_lm):
 
 
 def test_sweep_of_two_settings_then_cache_hit(tiny_lm, tmp_cache, monkeypatch):
-    settings = [SweepSetting(), SweepSetting("relational", 1.0)]
+    settings = [RegulariserSetting(), RegulariserSetting("relational", 1.0)]
     seen = []
-    result = run_sweep(tiny_lm, TEXTS, GROUPS, settings, _config(), tmp_cache, progress=seen.append,
+    result = run_regularisers(tiny_lm, TEXTS, GROUPS, settings, _config(), tmp_cache, progress=seen.append,
                        teacher_emb=_teacher())
     assert result.complete and not result.stopped
-    table = summarize(result)
+    table = summarize_regularisers(result)
     assert table["setting"].tolist() == ["none", "relational λ=1"]
     for column in ("accuracy", "alignment_e", "alignment_m", "silhouette_e", "silhouette_m", "wall_time_s"):
         assert np.isfinite(table[column].to_numpy(dtype=float)).all(), column
@@ -113,18 +111,18 @@ def test_sweep_of_two_settings_then_cache_hit(tiny_lm, tmp_cache, monkeypatch):
     assert {p.index for p in seen} == {0, 1} and any(p.fit is not None for p in seen)
     assert result.results[1].e.shape == (len(TEXTS), tiny_lm.hidden_size)
 
-    monkeypatch.setattr(core.fit, "fit_texts", _no_fit)
-    again = run_sweep(tiny_lm, TEXTS, GROUPS, settings, _config(), tmp_cache, teacher_emb=_teacher())
-    assert summarize(again)["cached"].all()
-    assert summarize(again).drop(columns="cached").equals(table.drop(columns="cached"))
+    monkeypatch.setattr(core.engine.fit, "fit_texts", _no_fit)
+    again = run_regularisers(tiny_lm, TEXTS, GROUPS, settings, _config(), tmp_cache, teacher_emb=_teacher())
+    assert summarize_regularisers(again)["cached"].all()
+    assert summarize_regularisers(again).drop(columns="cached").equals(table.drop(columns="cached"))
     # Nothing fitted, nothing asked of the teacher: the stored metrics are enough.
-    loaded = load_sweep(tiny_lm, TEXTS, GROUPS, settings, _config(), tmp_cache)
+    loaded = load_regularisers(tiny_lm, TEXTS, GROUPS, settings, _config(), tmp_cache)
     assert len(loaded.results) == 2 and np.array_equal(loaded.results[1].e, result.results[1].e)
 
 
 def test_regulariser_changes_e(tiny_lm, tmp_cache):
-    settings = [SweepSetting(), SweepSetting("anchor", 1.0), SweepSetting("relational", 1.0)]
-    result = run_sweep(tiny_lm, TEXTS, GROUPS, settings, _config(), tmp_cache, teacher_emb=_teacher())
+    settings = [RegulariserSetting(), RegulariserSetting("anchor", 1.0), RegulariserSetting("relational", 1.0)]
+    result = run_regularisers(tiny_lm, TEXTS, GROUPS, settings, _config(), tmp_cache, teacher_emb=_teacher())
     none, anchor, relational = result.results
     assert not np.allclose(none.e, anchor.e) and not np.allclose(none.e, relational.e)
     # Same init, so the difference is the regulariser's doing, not the seed's.
@@ -132,26 +130,26 @@ def test_regulariser_changes_e(tiny_lm, tmp_cache):
 
 
 def test_stop_keeps_finished_settings(tiny_lm, tmp_cache):
-    settings = [SweepSetting(), SweepSetting("anchor", 1.0)]
+    settings = [RegulariserSetting(), RegulariserSetting("anchor", 1.0)]
     cancel = threading.Event()
 
     def stop_in_second(p):
         if p.index == 1 and p.fit is not None:
             cancel.set()
 
-    result = run_sweep(tiny_lm, TEXTS, GROUPS, settings, _config(max_steps=40, threshold=1.0), tmp_cache,
+    result = run_regularisers(tiny_lm, TEXTS, GROUPS, settings, _config(max_steps=40, threshold=1.0), tmp_cache,
                        progress=stop_in_second, cancel=cancel, teacher_emb=_teacher())
     assert result.stopped and [r.setting.label for r in result.results] == ["none"]
-    assert result.missing == [SweepSetting("anchor", 1.0)]
-    resumed = run_sweep(tiny_lm, TEXTS, GROUPS, settings, _config(max_steps=40, threshold=1.0), tmp_cache,
+    assert result.missing == [RegulariserSetting("anchor", 1.0)]
+    resumed = run_regularisers(tiny_lm, TEXTS, GROUPS, settings, _config(max_steps=40, threshold=1.0), tmp_cache,
                         teacher_emb=_teacher())
     assert resumed.complete and resumed.results[0].cached and not resumed.results[1].cached
 
 
 def test_sweep_job_runs_in_background(tiny_lm, tmp_cache):
-    job = SweepJob(tiny_lm, TEXTS, GROUPS, [SweepSetting(), SweepSetting("relational", 0.5)], _config(), tmp_cache)
+    job = RegulariserJob(tiny_lm, TEXTS, GROUPS, [RegulariserSetting(), RegulariserSetting("relational", 0.5)], _config(), tmp_cache)
     # The job asks the cache for the teacher embeddings: put them there so no teacher is loaded.
-    from core.embeddings import TEACHER_ANALYSIS, teacher_key
+    from core.analyses.embeddings import TEACHER_ANALYSIS, teacher_key
 
     tmp_cache.put_analysis(TEACHER_ANALYSIS, teacher_key(TEXTS), {}, {"embeddings": _teacher()})
     snap = job.start().wait(120)
@@ -164,19 +162,19 @@ def test_parse_lambdas_and_settings():
     assert parse_lambdas("1, 0.1 0.1;0.5") == (0.1, 0.5, 1.0)
     for bad, words in [("", "at least one"), ("0.1, abc", "'abc' is not a number"), ("0", "> 0"),
                        ("-1", "> 0"), ("nan", "finite"), ("1 2 3 4 5 6 7 8 9", "at most")]:
-        with pytest.raises(SweepError, match=words):
+        with pytest.raises(RegulariserError, match=words):
             parse_lambdas(bad)
     labels = [s.label for s in default_settings(["anchor", "relational"], [1.0, 0.1], target="m")]
     assert labels == ["none", "anchor λ=0.1 on m", "anchor λ=1 on m", "relational λ=0.1 on m", "relational λ=1 on m"]
     with pytest.raises(ValueError):
-        SweepSetting("dropout", 0.1)  # type: ignore[arg-type]
+        RegulariserSetting("dropout", 0.1)  # type: ignore[arg-type]
 
 
 def test_bad_inputs_raise_sweep_errors(tiny_lm, tmp_cache):
-    with pytest.raises(SweepError, match="groups"):
-        run_sweep(tiny_lm, TEXTS, GROUPS[:2], [SweepSetting()], _config(), tmp_cache)
-    with pytest.raises(SweepError, match="repeats"):
-        run_sweep(tiny_lm, [TEXTS[0], TEXTS[0]], ["a", "b"], [SweepSetting()], _config(), tmp_cache)
+    with pytest.raises(RegulariserError, match="groups"):
+        run_regularisers(tiny_lm, TEXTS, GROUPS[:2], [RegulariserSetting()], _config(), tmp_cache)
+    with pytest.raises(RegulariserError, match="repeats"):
+        run_regularisers(tiny_lm, [TEXTS[0], TEXTS[0]], ["a", "b"], [RegulariserSetting()], _config(), tmp_cache)
 
 
 def test_prefit_default_sweep_writes_a_compact_shipped_sweep(tiny_lm, tmp_path):
@@ -184,26 +182,26 @@ def test_prefit_default_sweep_writes_a_compact_shipped_sweep(tiny_lm, tmp_path):
 
     shipped = ProtoCache(tmp_path / "shipped", shipped="")
     frame = pd.DataFrame({"text": TEXTS, "group": GROUPS, "kind": ["original", "semantic"] * 2})
-    settings = [SweepSetting(), SweepSetting("relational", 0.1)]
+    settings = [RegulariserSetting(), RegulariserSetting("relational", 0.1)]
     first = prefit_default_sweep(shipped, quiet=True, lm=tiny_lm, frame=frame, settings=settings,
                                  base_config=_config(snapshot_every=1))
     assert first.complete
     for key in first.results[1].keys:
         entry = shipped.get(key)
         assert entry.snapshots == [] and len(entry.history["step"]) <= 40
-    manifest = load_manifest(shipped)
+    manifest = load_default_sweep_manifest(shipped)
     assert manifest.model == tiny_lm.identity and manifest.texts == TEXTS
     assert set(manifest.wall_time_s) == {"none", "relational λ=0.1"}
     assert all(w is not None and w > 0 for w in manifest.wall_time_s.values())
 
     # A fresh install: an empty user cache that falls back on the shipped one finds the sweep, fitting nothing.
     user = ProtoCache(tmp_path / "user", shipped=tmp_path / "shipped")
-    found = shipped_sweep(tiny_lm, user)
+    found = load_default_sweep(tiny_lm, user)
     assert found is not None and found[1].complete
-    assert summarize(found[1])["accuracy"].tolist() == summarize(first)["accuracy"].tolist()
+    assert summarize_regularisers(found[1])["accuracy"].tolist() == summarize_regularisers(first)["accuracy"].tolist()
     # Idempotent: a second pre-fit reuses everything and keeps the measured wall times.
     again = prefit_default_sweep(shipped, quiet=True, lm=tiny_lm, frame=frame, settings=settings,
                                  base_config=_config(snapshot_every=1))
     assert all(r.cached for r in again.results)
-    assert load_manifest(shipped).wall_time_s == manifest.wall_time_s
-    assert math.isclose(load_manifest(shipped).total_wall_time_s, manifest.total_wall_time_s)
+    assert load_default_sweep_manifest(shipped).wall_time_s == manifest.wall_time_s
+    assert math.isclose(load_default_sweep_manifest(shipped).total_wall_time_s, manifest.total_wall_time_s)

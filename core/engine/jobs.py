@@ -13,9 +13,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
-from core.cache import ProtoCache
-from core.fit import CachedFit, FitConfig, FitProgress, fit_and_cache
-from core.models import LoadedModel
+from core.engine.cache import ProtoCache
+from core.engine.fit import CachedFit, FitConfig, FitProgress, fit_and_cache
+from core.engine.models import LoadedModel
 
 MAX_CURVE_POINTS = 2000
 

@@ -1,98 +1,61 @@
 """Regulariser sweeps: what a sentence-embedding teacher does to e, and what it costs (docs/science.md, B.4).
 
-A sweep fits one text set once per :class:`SweepSetting` (no regulariser, anchor or relational loss at
+A sweep fits one text set once per :class:`RegulariserSetting` (no regulariser, anchor or relational loss at
 weight lambda, on e or on m). Every regularised setting is one coupled fit (all texts in one batch, stopped
-together: the losses relate the texts of a batch) through ``core.fit.fit_and_cache``, so settings already
+together: the losses relate the texts of a batch) through ``core.engine.fit.fit_and_cache``, so settings already
 in the cache are skipped and a Stop keeps every setting finished before it. Each finished setting gets
 
 - accuracy: mean token accuracy of its texts (reconstruction quality),
 - alignment of e (and of m): Spearman correlation between the pairwise cosine similarities of the vectors
-  and of the teacher embeddings of the same texts (``core.teacher.semantic_alignment``),
+  and of the teacher embeddings of the same texts (``core.analyses.projection.semantic_alignment``),
 - silhouette of e (and of m): cosine silhouette with the text's group (its source text) as label,
 
 stored as a small JSON analysis per setting, so a sweep that was run once is shown at once next time.
-``prefit_default_sweep`` writes the default sweep of the embedded model into the shipped cache together
-with a manifest analysis, which the Regularisers page reads whatever preset the sidebar shows.
+The default sweep that ships pre-fitted for the embedded model is core.shipped.default_sweep.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
-import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Literal, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from core.cache import CacheEntry, ProtoCache, cache_key
-from core.fit import FitConfig, FitProgress, config_from_dict, entry_keys, fit_and_cache, preset
-from core.jobs import BackgroundJob
-from core.models import LoadedModel
-from core.projection import silhouette_by_group
-from core.shipped import compact_entry
-from core.teacher import (
-    REGULARIZER_TARGETS,
+from core.engine.cache import CacheEntry, ProtoCache, cache_key
+from core.engine.fit import FitConfig, FitProgress, entry_keys, fit_and_cache
+from core.engine.jobs import BackgroundJob
+from core.engine.models import LoadedModel
+from core.analyses.projection import Projection, cached_map, semantic_alignment, silhouette_by_group
+from core.engine.teacher import (
     RegularizerConfig,
     RegularizerKind,
     RegularizerTarget,
-    _canonical_name,
-    semantic_alignment,
+    canonical_teacher_name,
 )
-from core.textsets import COLUMNS
 
-SWEEP_VERSION = "regularizer-sweep-v1"
-SWEEP_ANALYSIS = "regularizer-sweep"  # one JSON per finished setting: its metrics
-MANIFEST_ANALYSIS = "regularizer-sweep-manifest"  # the shipped default sweep: what was fitted and how long
-MANIFEST_KEY = "default"
+REGULARISER_VERSION = "regularizer-sweep-v1"
+REGULARISER_ANALYSIS = "regularizer-sweep"  # one JSON per finished setting: its metrics
 SWEEP_KINDS: tuple[RegularizerKind, ...] = ("anchor", "relational")
 MAX_LAMBDAS = 8
 MAX_SWEEP_TEXTS = 64  # a regularised setting fits all texts in ONE batch: memory and step time grow with it
 
-# The default sweep, pre-fitted for the embedded model and shipped in data/prefit. A regularised setting is
-# one coupled fit that runs until its slowest text converges, and a step costs about the sum of its texts'
-# tokens, so on a busy 2-core CPU (bench/regularisers.py measures it) the set must be small and its texts
-# short: the built-in sources of data/texts.json are 20-30 tokens each, too long for the budget, so the sweep
-# has its own short texts (written for this project), each source with two paraphrases, giving the silhouette
-# groups to measure and the teacher clear semantic relations to transfer.
-DEFAULT_SET_NAME = "regulariser demo"
-SHORT_SOURCES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("rain", ("Heavy rain flooded the village road.", "The village street was flooded by heavy rain.",
-              "A downpour left the road through the village under water.")),
-    ("cat", ("The old cat slept by the fire.", "By the fireplace, the elderly cat was asleep.",
-             "An aged cat dozed next to the fire.")),
-    ("train", ("Our train to the coast was late.", "The train we took to the seaside was delayed.",
-               "We reached the coast late because the train was slow.")),
-    ("bread", ("She baked fresh bread every morning.", "Each morning she made a new loaf of bread.",
-               "Every day at dawn, she baked bread.")),
-    ("football", ("The home team won the match easily.", "The local side had an easy victory.",
-                  "Playing at home, the team won without trouble.")),
-    ("rocket", ("The rocket lifted off into a clear sky.", "Into a cloudless sky, the rocket took off.",
-                "The launch went up through a clear sky.")),
-)
-# Measured under a load average of 12 on the 2 cores (one torch thread): a coupled step of these 8 texts takes
-# about 2 s, and a coupled setting runs to its step cap unless every text converges at once, so the sweep costs
-# about 4 x 300 x 2 s plus the baseline; the cap is where most texts of the baseline have converged.
-DEFAULT_SET_SOURCES = 4
-DEFAULT_SET_PARAPHRASES = 1
 DEFAULT_LAMBDAS: tuple[float, ...] = (0.1, 1.0)  # 0.1 is the authors' weight
-DEFAULT_PRESET = "fast"
-DEFAULT_MAX_STEPS = 300
 
 
-class SweepError(ValueError):
+class RegulariserError(ValueError):
     """A sweep cannot run as asked; the message is one line meant for the user."""
 
 
 # ---- settings -----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class SweepSetting:
+class RegulariserSetting:
     """One point of a sweep: a regulariser kind at weight lambda on e or m ("none" or lambda 0: no regulariser)."""
 
     kind: RegularizerKind = "none"
@@ -119,21 +82,21 @@ class SweepSetting:
             return "none"
         return f"{self.kind} λ={self.weight:g}" + (" on m" if self.target == "m" else "")
 
-    def normalised(self) -> "SweepSetting":
+    def normalised(self) -> "RegulariserSetting":
         """Inactive settings all become the plain "none", so they deduplicate."""
-        return self if self.active else SweepSetting()
+        return self if self.active else RegulariserSetting()
 
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "weight": float(self.weight), "target": self.target}
 
 
 def default_settings(kinds: Sequence[str] = SWEEP_KINDS, lambdas: Sequence[float] = DEFAULT_LAMBDAS,
-                     target: RegularizerTarget = "e") -> list[SweepSetting]:
+                     target: RegularizerTarget = "e") -> list[RegulariserSetting]:
     """"none" first, then every kind at every lambda (kinds outer, lambdas ascending), duplicates removed."""
-    settings = [SweepSetting()]
+    settings = [RegulariserSetting()]
     for kind in kinds:
         for weight in sorted(lambdas):
-            settings.append(SweepSetting(kind, float(weight), target).normalised())  # type: ignore[arg-type]
+            settings.append(RegulariserSetting(kind, float(weight), target).normalised())  # type: ignore[arg-type]
     return list(dict.fromkeys(settings))
 
 
@@ -144,36 +107,25 @@ MAX_LAMBDA = 1000.0
 def parse_lambdas(text: str) -> tuple[float, ...]:
     """Lambdas typed as "0.1, 1" or "0.1 1" -> sorted unique floats > 0.
 
-    Raises SweepError with a message naming the wrong item and why.
+    Raises RegulariserError with a message naming the wrong item and why.
     """
     items = [item for item in re.split(r"[\s,;]+", text.strip()) if item]
     if not items:
-        raise SweepError("Enter at least one λ, e.g. 0.1, 1 (the authors used 0.1).")
+        raise RegulariserError("Enter at least one λ, e.g. 0.1, 1 (the authors used 0.1).")
     values = []
     for item in items:
         try:
             value = float(item)
         except ValueError:
-            raise SweepError(f"{item!r} is not a number; separate the λ values with commas, e.g. 0.1, 1.") from None
+            raise RegulariserError(f"{item!r} is not a number; separate the λ values with commas, e.g. 0.1, 1.") from None
         if not math.isfinite(value) or not 0 < value <= MAX_LAMBDA:
-            raise SweepError(f"λ = {item} is out of range: every λ must be a finite number > 0 and at most {MAX_LAMBDA:g} "
+            raise RegulariserError(f"λ = {item} is out of range: every λ must be a finite number > 0 and at most {MAX_LAMBDA:g} "
                              "(the run without a regulariser is always included).")
         values.append(value)
     lambdas = tuple(sorted(set(values)))
     if len(lambdas) > MAX_LAMBDAS:
-        raise SweepError(f"{len(lambdas)} λ values given; at most {MAX_LAMBDAS} (each one is a full fit of the set).")
+        raise RegulariserError(f"{len(lambdas)} λ values given; at most {MAX_LAMBDAS} (each one is a full fit of the set).")
     return lambdas
-
-
-def default_sweep_set(n_sources: int = DEFAULT_SET_SOURCES, n_paraphrases: int = DEFAULT_SET_PARAPHRASES
-                      ) -> pd.DataFrame:
-    """The default sweep's short texts: n_sources sources of SHORT_SOURCES, each with n_paraphrases paraphrases
-    (columns text, group, kind as in core.textsets; group = the source)."""
-    rows = []
-    for group, (original, *paraphrases) in SHORT_SOURCES[:n_sources]:
-        rows.append((original, group, "original"))
-        rows.extend((p, group, "semantic") for p in paraphrases[:n_paraphrases])
-    return pd.DataFrame(rows, columns=list(COLUMNS), dtype=str)
 
 
 def sweep_config(config: FitConfig) -> FitConfig:
@@ -184,10 +136,6 @@ def sweep_config(config: FitConfig) -> FitConfig:
     vectors and differs only by its loss.
     """
     return replace(config, restarts=1, redraw_after=0, redraw_plateau=0, regularizer=None)
-
-
-def default_base_config() -> FitConfig:
-    return sweep_config(preset(DEFAULT_PRESET, max_steps=DEFAULT_MAX_STEPS))
 
 
 # ---- results ------------------------------------------------------------------------------------------
@@ -203,7 +151,7 @@ class SettingResult:
     wall_time: seconds the fit took (None when unknown: fitted outside a sweep). cached: nothing fitted now.
     """
 
-    setting: SweepSetting
+    setting: RegulariserSetting
     keys: list[str]
     e: np.ndarray
     m: np.ndarray
@@ -223,7 +171,7 @@ class SettingResult:
 
 
 @dataclass
-class SweepResult:
+class RegulariserResult:
     """The settings of a sweep that are finished (in the order asked) and those that are not (yet).
 
     texts, groups: the set, row-aligned with every result's e and m. config: the base FitConfig.as_dict().
@@ -235,12 +183,12 @@ class SweepResult:
     groups: list[str]
     config: dict
     teacher: str
-    settings: list[SweepSetting]
+    settings: list[RegulariserSetting]
     results: list[SettingResult] = field(default_factory=list)
     stopped: bool = False
 
     @property
-    def missing(self) -> list[SweepSetting]:
+    def missing(self) -> list[RegulariserSetting]:
         done = {r.setting for r in self.results}
         return [s for s in self.settings if s not in done]
 
@@ -248,11 +196,11 @@ class SweepResult:
     def complete(self) -> bool:
         return not self.missing
 
-    def result_for(self, setting: SweepSetting) -> SettingResult | None:
+    def result_for(self, setting: RegulariserSetting) -> SettingResult | None:
         return next((r for r in self.results if r.setting == setting), None)
 
 
-def summarize(result: SweepResult) -> pd.DataFrame:
+def summarize_regularisers(result: RegulariserResult) -> pd.DataFrame:
     """One row per finished setting: its label, lambda, accuracy, alignment, silhouette, steps, wall time."""
     rows = []
     for r in result.results:
@@ -273,46 +221,46 @@ def summarize(result: SweepResult) -> pd.DataFrame:
 # ---- running ------------------------------------------------------------------------------------------
 
 @dataclass
-class SweepProgress:
+class RegulariserProgress:
     """What a sweep's progress callback sees: which setting runs and, while it fits, the fit's progress."""
 
-    index: int  # of the setting now running, in SweepResult.settings
+    index: int  # of the setting now running, in RegulariserResult.settings
     n_settings: int
-    setting: SweepSetting
+    setting: RegulariserSetting
     fit: FitProgress | None  # None when the setting starts or came from the cache
-    finished: list[SweepSetting]  # settings done so far (fitted now or cached)
+    finished: list[RegulariserSetting]  # settings done so far (fitted now or cached)
     elapsed: float
 
 
-def _setting_config(base: FitConfig, setting: SweepSetting, teacher: str | None) -> FitConfig:
+def _setting_config(base: FitConfig, setting: RegulariserSetting, teacher: str | None) -> FitConfig:
     return replace(base, regularizer=setting.regularizer(teacher))
 
 
 def setting_key(entry_keys_: Sequence[str], groups: Sequence[str], teacher: str) -> str:
     """Analysis key of one setting's metrics: the entries (which pin model, texts and every fit setting),
     the groups (silhouette labels) and the teacher the alignment is measured against."""
-    return cache_key(SWEEP_VERSION, list(entry_keys_), list(groups), teacher)
+    return cache_key(REGULARISER_VERSION, list(entry_keys_), list(groups), teacher)
 
 
-def _check_inputs(lm: LoadedModel, texts: Sequence[str], groups: Sequence[str], settings: Sequence[SweepSetting],
+def _check_inputs(lm: LoadedModel, texts: Sequence[str], groups: Sequence[str], settings: Sequence[RegulariserSetting],
                   layout: str) -> list[list[int]]:
     if not texts:
-        raise SweepError("The set has no texts.")
+        raise RegulariserError("The set has no texts.")
     if len(groups) != len(texts):
-        raise SweepError(f"{len(texts)} texts but {len(groups)} groups; give one group per text.")
+        raise RegulariserError(f"{len(texts)} texts but {len(groups)} groups; give one group per text.")
     if len(set(texts)) != len(texts):
-        raise SweepError("The set repeats a text; every text must be unique.")
+        raise RegulariserError("The set repeats a text; every text must be unique.")
     if not settings:
-        raise SweepError("No settings to fit.")
+        raise RegulariserError("No settings to fit.")
     if len(texts) > MAX_SWEEP_TEXTS:
-        raise SweepError(f"{len(texts)} texts; a regularised fit puts every text in one batch, so at most "
+        raise RegulariserError(f"{len(texts)} texts; a regularised fit puts every text in one batch, so at most "
                          f"{MAX_SWEEP_TEXTS} texts per sweep.")
     return [lm.validate_text(t, layout) for t in texts]
 
 
 def _teacher_matrix(texts: Sequence[str], cache: ProtoCache, teacher: str | None) -> np.ndarray:
     """[n, d_teacher] teacher embeddings, cached per text list (shared with the Embeddings page)."""
-    from core.embeddings import teacher_embeddings
+    from core.analyses.embeddings import teacher_embeddings
 
     return teacher_embeddings(list(texts), cache, teacher)
 
@@ -335,7 +283,7 @@ def _json_float(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def _result(setting: SweepSetting, keys: list[str], entries: Sequence[CacheEntry], meta: dict,
+def _result(setting: RegulariserSetting, keys: list[str], entries: Sequence[CacheEntry], meta: dict,
             cached: bool) -> SettingResult:
     def number(name: str) -> float:
         value = meta.get(name)
@@ -353,14 +301,14 @@ def _result(setting: SweepSetting, keys: list[str], entries: Sequence[CacheEntry
     )
 
 
-def run_sweep(
+def run_regularisers(
     lm: LoadedModel,
     texts: Sequence[str],
     groups: Sequence[str],
-    settings: Sequence[SweepSetting],
+    settings: Sequence[RegulariserSetting],
     base_config: FitConfig,
     cache: ProtoCache,
-    progress: Callable[[SweepProgress], None] | None = None,
+    progress: Callable[[RegulariserProgress], None] | None = None,
     cancel: threading.Event | None = None,
     *,
     teacher: str | None = None,
@@ -368,7 +316,7 @@ def run_sweep(
     fit: bool = True,
     batch_size: int = 8,
     callback_every: int = 5,
-) -> SweepResult:
+) -> RegulariserResult:
     """Fit texts once per setting (cached settings skipped), then measure each setting.
 
     texts [n] with groups [n] (the silhouette labels). settings: deduplicated. base_config: the fit settings
@@ -383,15 +331,15 @@ def run_sweep(
     base_config = sweep_config(base_config)
     settings = list(dict.fromkeys(s.normalised() for s in settings))
     targets = _check_inputs(lm, texts, groups, settings, base_config.layout)
-    teacher_name = _canonical_name(teacher)
-    result = SweepResult(model=lm.identity, texts=texts, groups=groups, config=base_config.as_dict(),
+    teacher_name = canonical_teacher_name(teacher)
+    result = RegulariserResult(model=lm.identity, texts=texts, groups=groups, config=base_config.as_dict(),
                          teacher=teacher_name, settings=settings)
     t0 = time.perf_counter()
     emb: np.ndarray | None = None if teacher_emb is None else np.asarray(
         teacher_emb.detach().cpu().float().numpy() if isinstance(teacher_emb, torch.Tensor) else teacher_emb,
         dtype=np.float64)
     if emb is not None and emb.shape[0] != len(texts):
-        raise SweepError(f"{emb.shape[0]} teacher embeddings for {len(texts)} texts.")
+        raise RegulariserError(f"{emb.shape[0]} teacher embeddings for {len(texts)} texts.")
 
     def teacher_matrix() -> np.ndarray:
         nonlocal emb
@@ -401,7 +349,7 @@ def run_sweep(
 
     def tell(index: int, fit_progress: FitProgress | None = None) -> None:
         if progress is not None:
-            progress(SweepProgress(index=index, n_settings=len(settings), setting=settings[index], fit=fit_progress,
+            progress(RegulariserProgress(index=index, n_settings=len(settings), setting=settings[index], fit=fit_progress,
                                    finished=[r.setting for r in result.results], elapsed=time.perf_counter() - t0))
 
     for index, setting in enumerate(settings):
@@ -414,7 +362,7 @@ def run_sweep(
         tell(index)
         entries = [cache.get(k) for k in keys]
         have_all = all(e is not None and e.metrics.get("status") != "cancelled" for e in entries)
-        stored = cache.get_analysis(SWEEP_ANALYSIS, analysis_key)
+        stored = cache.get_analysis(REGULARISER_ANALYSIS, analysis_key)
         if have_all and stored is not None:
             result.results.append(_result(setting, keys, entries, stored[0], cached=True))
             continue
@@ -444,24 +392,38 @@ def run_sweep(
         meta = {key: _json_float(value) if isinstance(value, float) else value for key, value in metrics.items()}
         meta.update(setting=setting.as_dict(), label=setting.label, model=lm.identity, keys=keys, groups=groups,
                     teacher=teacher_name, config=config.as_dict(), wall_time_s=_json_float(wall))
-        cache.keep_analysis(SWEEP_ANALYSIS, analysis_key, meta)
+        cache.keep_analysis(REGULARISER_ANALYSIS, analysis_key, meta)
         result.results.append(_result(setting, keys, entries, meta, cached=cached))  # type: ignore[arg-type]
     return result
 
 
-def load_sweep(lm: LoadedModel, texts: Sequence[str], groups: Sequence[str], settings: Sequence[SweepSetting],
-               base_config: FitConfig, cache: ProtoCache, *, teacher: str | None = None) -> SweepResult:
+def load_regularisers(lm: LoadedModel, texts: Sequence[str], groups: Sequence[str], settings: Sequence[RegulariserSetting],
+               base_config: FitConfig, cache: ProtoCache, *, teacher: str | None = None) -> RegulariserResult:
     """The settings of a sweep already in the cache (the shipped one included); fits nothing.
 
     A setting whose entries are cached but not yet measured is measured now (that may load the teacher).
     """
-    return run_sweep(lm, texts, groups, settings, base_config, cache, teacher=teacher, fit=False)
+    return run_regularisers(lm, texts, groups, settings, base_config, cache, teacher=teacher, fit=False)
+
+
+def setting_map(result: SettingResult, vector: str, method: str, cache: ProtoCache | None) -> Projection:
+    """2-D map (cosine) of one finished setting's e or m, cached like every map (one per entries and method)."""
+    return cached_map(getattr(result, vector), result.keys, vector, method, "cosine", cache=cache)
+
+
+def teacher_silhouette(texts: Sequence[str], groups: Sequence[str], cache: ProtoCache) -> float | None:
+    """Cosine silhouette of the teacher's own embeddings by group: the reference line of the silhouette chart;
+    None when undefined or when the teacher cannot be loaded (the sweep's own numbers do not depend on it)."""
+    try:
+        return silhouette_by_group(_teacher_matrix(texts, cache, None), list(groups))
+    except Exception:
+        return None
 
 
 # ---- a sweep in a background thread ------------------------------------------------------------------
 
 @dataclass
-class SweepSnapshot:
+class RegulariserSnapshot:
     """A consistent copy of a sweep job's state; ``finished`` once it is done, stopped or failed."""
 
     state: str  # "running", "done", "cancelled", "failed"
@@ -473,7 +435,7 @@ class SweepSnapshot:
     mean_accuracy: float
     elapsed: float
     error: str | None = None
-    result: SweepResult | None = None
+    result: RegulariserResult | None = None
     traceback: str | None = None  # of a failed job, for a debug view
 
     @property
@@ -489,13 +451,13 @@ class SweepSnapshot:
         return min(1.0, (done + min(running, 1.0)) / max(len(self.status), 1))
 
 
-class SweepJob(BackgroundJob):
-    """run_sweep in a daemon thread: start, snapshot, cancel (finished settings stay cached), wait."""
+class RegulariserJob(BackgroundJob):
+    """run_regularisers in a daemon thread: start, snapshot, cancel (finished settings stay cached), wait."""
 
     thread_name = "regulariser-sweep"
 
     def __init__(self, lm: LoadedModel, texts: Sequence[str], groups: Sequence[str],
-                 settings: Sequence[SweepSetting], base_config: FitConfig, cache: ProtoCache, *,
+                 settings: Sequence[RegulariserSetting], base_config: FitConfig, cache: ProtoCache, *,
                  teacher: str | None = None):
         self.lm, self.texts, self.groups, self.base_config, self.cache = lm, list(texts), list(groups), base_config, cache
         self.settings = list(dict.fromkeys(s.normalised() for s in settings))
@@ -503,10 +465,10 @@ class SweepJob(BackgroundJob):
         self._status = ["waiting"] * len(self.settings)
         self._index, self._step, self._accuracy = 0, 0, 0.0
         self._state, self._error = "running", None
-        self._result: SweepResult | None = None
+        self._result: RegulariserResult | None = None
         super().__init__()
 
-    def _on_progress(self, p: SweepProgress) -> None:
+    def _on_progress(self, p: RegulariserProgress) -> None:
         with self._lock:
             finished = set(p.finished)
             self._status = ["done" if s in finished else ("running" if i == p.index else "waiting")
@@ -519,7 +481,7 @@ class SweepJob(BackgroundJob):
                 self._accuracy = float(np.mean(p.fit.best_accuracy)) if p.fit.best_accuracy else 0.0
 
     def _work(self) -> None:
-        result = run_sweep(self.lm, self.texts, self.groups, self.settings, self.base_config, self.cache,
+        result = run_regularisers(self.lm, self.texts, self.groups, self.settings, self.base_config, self.cache,
                            progress=self._on_progress, cancel=self.cancel_event, teacher=self.teacher)
         with self._lock:
             self._result = result
@@ -527,122 +489,10 @@ class SweepJob(BackgroundJob):
             self._status = ["done" if s in done else "waiting" for s in self.settings]
             self._state = "cancelled" if result.stopped else "done"
 
-    def snapshot(self) -> SweepSnapshot:
+    def snapshot(self) -> RegulariserSnapshot:
         with self._lock:
-            return SweepSnapshot(
+            return RegulariserSnapshot(
                 state=self._state, labels=[s.label for s in self.settings], status=list(self._status),
                 index=self._index, step=self._step, max_steps=self.base_config.max_steps,
                 mean_accuracy=self._accuracy, elapsed=self._elapsed(), error=self._error, result=self._result,
                 traceback=self._traceback)
-
-
-# ---- the shipped default sweep -----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SweepManifest:
-    """The shipped default sweep: enough to rebuild its settings and find its entries with any sidebar."""
-
-    model: str
-    model_name: str
-    set_name: str
-    texts: list[str]
-    groups: list[str]
-    config: dict  # FitConfig.as_dict() of the base config
-    teacher: str
-    settings: list[dict]  # SweepSetting.as_dict() each
-    wall_time_s: dict[str, float | None]  # setting label -> seconds the fit took on the machine that made it
-    total_wall_time_s: float
-    torch_threads: int
-    created: float
-    cpus: int = 0  # CPU cores of the machine that made it
-
-    def sweep_settings(self) -> list[SweepSetting]:
-        return [SweepSetting(**s) for s in self.settings]
-
-    def base_config(self) -> FitConfig:
-        return config_from_dict(self.config)
-
-
-def load_manifest(cache: ProtoCache) -> SweepManifest | None:
-    """The default sweep's manifest from the cache (or its shipped fallback); None when absent or unreadable."""
-    stored = cache.get_analysis(MANIFEST_ANALYSIS, MANIFEST_KEY)
-    if stored is None:
-        return None
-    meta = stored[0]
-    try:
-        return SweepManifest(**{f: meta[f] for f in SweepManifest.__dataclass_fields__ if f in meta})
-    except TypeError:  # a required field missing or of the wrong kind
-        return None
-
-
-def prefit_default_sweep(cache: ProtoCache, quiet: bool = False, *, lm: LoadedModel | None = None,
-                         frame: pd.DataFrame | None = None, settings: Sequence[SweepSetting] | None = None,
-                         base_config: FitConfig | None = None) -> SweepResult:
-    """Fit the default sweep into ``cache`` (the shipped one: ProtoCache(SHIPPED_ROOT, shipped="")), compact
-    its entries and write the manifest. Idempotent: settings already there are skipped.
-
-    lm, frame, settings, base_config: default the embedded model, default_sweep_set(), default_settings()
-    and preset("fast", max_steps=600); tests pass small ones.
-    """
-    if lm is None:
-        from core.models import load_model
-
-        lm = load_model()
-    frame = default_sweep_set() if frame is None else frame
-    settings = default_settings() if settings is None else list(settings)
-    base_config = base_config or default_base_config()
-    texts, groups = frame["text"].tolist(), frame["group"].astype(str).tolist()
-    last = [0.0]
-
-    def say(message: str) -> None:
-        if not quiet:
-            print(message, file=sys.stderr, flush=True)
-
-    def on_progress(p: SweepProgress) -> None:
-        now = time.perf_counter()
-        if p.fit is None:
-            say(f"  [sweep] setting {p.index + 1}/{p.n_settings}: {p.setting.label}")
-        elif now - last[0] > 30:
-            last[0] = now
-            say(f"  [sweep] {p.setting.label}: step {p.fit.step}/{p.fit.max_steps}, mean accuracy "
-                f"{np.mean(p.fit.accuracy):.3f}, {p.fit.elapsed:.0f} s")
-
-    say(f"Regulariser sweep: {len(texts)} texts x {len(settings)} settings "
-        f"({', '.join(s.label for s in settings)}), preset {base_config.preset}, max {base_config.max_steps} steps, "
-        f"{torch.get_num_threads()} torch threads")
-    result = run_sweep(lm, texts, groups, settings, base_config, cache, progress=on_progress)
-    for r in result.results:
-        for key in r.keys:
-            entry = cache.get(key)
-            if entry is not None and (entry.snapshots or len(entry.history.get("step", [])) > 40):
-                cache.put(compact_entry(entry))
-        say(f"  [sweep] {r.setting.label}: accuracy {r.accuracy:.3f} ({r.converged}/{r.n_texts} converged, "
-            f"{r.steps} steps), alignment e {r.alignment_e:+.3f}, silhouette e "
-            f"{'n/a' if r.silhouette_e is None else f'{r.silhouette_e:+.3f}'}, "
-            f"{'cached' if r.cached else f'{r.wall_time:.0f} s'}")
-    walls = {r.setting.label: r.wall_time for r in result.results}
-    manifest = SweepManifest(
-        model=lm.identity, model_name=lm.name, set_name=DEFAULT_SET_NAME, texts=texts, groups=groups,
-        config=base_config.as_dict(), teacher=result.teacher, settings=[s.as_dict() for s in result.settings],
-        wall_time_s=walls, total_wall_time_s=round(sum(w for w in walls.values() if w is not None), 1),
-        torch_threads=torch.get_num_threads(), created=time.time(), cpus=os.cpu_count() or 0)
-    cache.put_analysis(MANIFEST_ANALYSIS, MANIFEST_KEY, asdict(manifest))
-    return result
-
-
-def shipped_sweep(lm: LoadedModel, cache: ProtoCache) -> tuple[SweepManifest, SweepResult] | None:
-    """The default sweep as shipped (or as fitted since), when there is a manifest for this model."""
-    manifest = load_manifest(cache)
-    if manifest is None or manifest.model != lm.identity:
-        return None
-    result = load_sweep(lm, manifest.texts, manifest.groups, manifest.sweep_settings(), manifest.base_config(),
-                        cache, teacher=None if manifest.teacher == _canonical_name(None) else manifest.teacher)
-    return manifest, result
-
-
-__all__ = [
-    "DEFAULT_LAMBDAS", "DEFAULT_SET_NAME", "MANIFEST_ANALYSIS", "REGULARIZER_TARGETS", "SWEEP_ANALYSIS", "SWEEP_KINDS",
-    "SettingResult", "SweepError", "SweepJob", "SweepManifest", "SweepProgress", "SweepResult", "SweepSetting",
-    "SweepSnapshot", "default_base_config", "default_settings", "default_sweep_set", "load_manifest", "load_sweep",
-    "parse_lambdas", "prefit_default_sweep", "run_sweep", "shipped_sweep", "summarize",
-]
