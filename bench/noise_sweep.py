@@ -41,9 +41,9 @@ def reusable_entry(cache: ProtoCache, lm, text: str) -> CacheEntry | None:
     """A converged entry of this text and model fitted with any settings: the benchmark times the sweep, not
     the fit, and a fit of a 32-token text takes up to an hour on a busy 2-core CPU."""
     token_ids = lm.encode(text)
-    for meta in cache.list(lm.identity):
-        if meta["token_ids"] == token_ids and meta.get("metrics", {}).get("accuracy", 0) >= 0.99:
-            return cache.get(meta["key"])
+    for listed in cache.list(lm.identity):
+        if listed.token_ids == token_ids and (listed.accuracy or 0) >= 0.99:
+            return cache.get(listed.key)
     return None
 
 

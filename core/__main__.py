@@ -206,10 +206,9 @@ def cmd_list(args) -> int:
     from core.engine.cache import ProtoCache
 
     cache = ProtoCache(args.cache)
-    for meta in cache.list():
-        metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
-        row = {"key": meta.get("key"), "model": meta.get("model_name") or meta.get("model"), "text": meta.get("text"),
-               "accuracy": metrics.get("accuracy"), "steps": metrics.get("steps"), "status": metrics.get("status")}
+    for listed in cache.list():
+        row = {"key": listed.key, "model": listed.model_name or listed.model, "text": listed.text,
+               "accuracy": listed.accuracy, "steps": listed.metrics.get("steps"), "status": listed.metrics.get("status")}
         accuracy = row["accuracy"]
         shown = f"{accuracy:.3f}" if isinstance(accuracy, (int, float)) else "  -  "
         print(json.dumps(row, ensure_ascii=False) if args.json else

@@ -189,7 +189,7 @@ right.plotly_chart(prefix_fig, key="noise_prefix")
 st.subheader("Which tokens flip first")
 c1, c2 = st.columns([3, 1])
 if len(entries) > 1:
-    labels = {entry.key: entry_label(entry.meta()) for entry in entries}
+    labels = {entry.key: entry_label(entry) for entry in entries}
     shown_key = c1.selectbox("Entry", list(labels), format_func=labels.get, key="noise_detail_entry")
     shown = next(entry for entry in entries if entry.key == shown_key)
 else:

@@ -199,21 +199,21 @@ with tab_cached:
         st.info("Nothing cached for this model yet.")
     else:
         table = pd.DataFrame([{
-            "text": m["text"], "tokens": len(m["token_ids"]), "accuracy": m["metrics"].get("accuracy"),
-            "steps": m["metrics"].get("steps"), "status": m["metrics"].get("status"),
-            "preset": m["config"].get("preset"), "layout": m["config"].get("layout"),
-            "created": pd.to_datetime(m.get("created", 0), unit="s").strftime("%Y-%m-%d %H:%M"),
+            "text": m.text, "tokens": m.n_tokens, "accuracy": m.accuracy,
+            "steps": m.metrics.get("steps"), "status": m.metrics.get("status"),
+            "preset": m.config.get("preset"), "layout": m.config.get("layout"),
+            "created": pd.to_datetime(m.created, unit="s").strftime("%Y-%m-%d %H:%M"),
         } for m in metas])
         st.caption(f"{len(metas)} entries. Select a row to make it the current entry (the other pages analyse it).")
-        table_key = cached_table_key([m["key"] for m in metas])
+        table_key = cached_table_key([m.key for m in metas])
         picked = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="single-row",
                               key=table_key, width="stretch")
         rows = [r for r in (picked.selection.rows if picked else []) if r < len(metas)]
-        if newly_picked("cached_table", table_key, rows) is not None and metas[rows[0]]["key"] != current_entry_key():
-            set_current_entry(metas[rows[0]]["key"])
+        if newly_picked("cached_table", table_key, rows) is not None and metas[rows[0]].key != current_entry_key():
+            set_current_entry(metas[rows[0]].key)
         if rows:
-            chosen = metas[rows[0]]["key"]
-            if metas[rows[0]].get("shipped"):
+            chosen = metas[rows[0]].key
+            if metas[rows[0]].shipped:
                 st.caption("Pre-fitted entries ship with the project and cannot be deleted here.")
             elif st.button("Delete the selected entry", key="delete_entry"):
                 cache.delete(chosen)
@@ -239,7 +239,7 @@ def show_entry(entry: CacheEntry) -> None:
               "pre-fitted example, shipped with the lab" if shipped and is_default_entry(entry.key) else
               "pre-fitted, shipped with the lab" if shipped else "from the cache")
     st.subheader("Current entry")
-    st.caption(plain(f"{entry_label(entry.meta())} · {origin} · preset {entry.config.get('preset')} · "
+    st.caption(plain(f"{entry_label(entry)} · {origin} · preset {entry.config.get('preset')} · "
                      f"layout {entry.layout}"))
     if unsaved:
         st.warning(plain(f"Not saved to the cache: {unsaved}; download e and m below."),

@@ -7,6 +7,8 @@ from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Check the jaxtyping shapes of core.engine.shapes.checked functions in every test and every server a test starts.
+os.environ["PROTOTOKENS_CHECK_SHAPES"] = "1"
 
 import pytest
 

@@ -24,7 +24,7 @@ def test_round_trip_and_hit(tiny_lm, tmp_cache):
     assert meta["config"]["layout"] == "e+m*N"
     assert {"accuracy", "steps", "converged"} <= set(meta["metrics"])
     assert {"step", "loss", "accuracy"} <= set(meta["history"])
-    assert [m["key"] for m in tmp_cache.list(tiny_lm.identity)] == [first.entry.key]
+    assert [m.key for m in tmp_cache.list(tiny_lm.identity)] == [first.entry.key]
     assert tmp_cache.list("another-model") == []
     assert not list(tmp_cache.entries_dir.glob("*.tmp"))
 
@@ -192,7 +192,7 @@ def test_a_key_field_inside_a_file_never_picks_what_is_deleted(tiny_lm, tmp_path
     (cache.entries_dir / f"{'b' * 64}.json").write_text(json.dumps(crafted))
     (cache.entries_dir / f"{'b' * 64}.safetensors").write_bytes(
         (cache.entries_dir / f"{out.entry.key}.safetensors").read_bytes())
-    assert [m["key"] for m in cache.list()] == [out.entry.key]  # the crafted file names another key: refused
+    assert [m.key for m in cache.list()] == [out.entry.key]  # the crafted file names another key: refused
     assert any("b" * 64 in w for w in cache.warnings)
     cache.clear()
     assert sorted(p.name for p in victim.iterdir()) == ["data.json", "data.safetensors"]
@@ -327,3 +327,21 @@ def test_deeply_nested_json_is_a_miss_not_a_recursion_error(tmp_cache):
     (tmp_cache.entries_dir / f"{GOOD_KEY}.json").write_text("[" * 100_000 + "]" * 100_000)
     assert tmp_cache.get(GOOD_KEY) is None
     assert any("nested" in w for w in tmp_cache.warnings)
+
+
+def test_a_listing_is_typed_and_marks_shipped_entries(tiny_lm, tmp_path):
+    """ProtoCache.list() rows are EntryListing: the stored fields by name, the user's own first, shipped ones flagged."""
+    from core.engine.cache import EntryListing
+
+    shipped = ProtoCache(tmp_path / "shipped", shipped="")
+    [theirs] = fit_and_cache(tiny_lm, ["ab"], preset("fast", max_steps=2), shipped)
+    user = ProtoCache(tmp_path / "user", shipped=tmp_path / "shipped")
+    [mine] = fit_and_cache(tiny_lm, ["cd"], preset("fast", max_steps=2), user)
+    listed = user.list(tiny_lm.identity)
+    assert all(isinstance(row, EntryListing) for row in listed)
+    assert [(row.key, row.shipped) for row in listed] == [(mine.entry.key, False), (theirs.entry.key, True)]
+    row = listed[0]
+    assert (row.text, row.token_ids, row.n_tokens, row.model) == ("cd", mine.entry.token_ids,
+                                                                  mine.entry.n_tokens, tiny_lm.identity)
+    assert row.accuracy == mine.entry.metrics["accuracy"] and row.meta["key"] == row.key
+    assert [row.key for row in user.list(include_shipped=False)] == [mine.entry.key]

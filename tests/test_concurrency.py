@@ -121,7 +121,7 @@ def _finished(driver) -> bool:
 
 def _stored_texts(root) -> set[str]:
     """Texts with an entry in the cache now; cheaper than asking the fitting sessions' busy browsers."""
-    return {meta["text"] for meta in ProtoCache(root).list(include_shipped=False)}
+    return {meta.text for meta in ProtoCache(root).list(include_shipped=False)}
 
 
 class NoisePage:
@@ -200,11 +200,11 @@ def test_two_fits_at_once_finish_intact_while_a_third_session_stays_responsive(s
 
     # Both entries are in the cache, whole: readable tensors of the model's width, finite, the right text.
     cache = ProtoCache(cache_root)
-    metas = {meta["text"]: meta for meta in cache.list(include_shipped=False)}
+    metas = {meta.text: meta for meta in cache.list(include_shipped=False)}
     assert set(TEXTS) <= set(metas), f"entries in the cache: {sorted(metas)}"
     finished_at = []
     for text in TEXTS:
-        entry = cache.get(metas[text]["key"])
+        entry = cache.get(metas[text].key)
         assert entry is not None, f"unreadable entry for {text!r}"
         assert entry.text == text and entry.token_ids == tiny_lm.encode(text)
         assert entry.e.shape == entry.m.shape == (tiny_lm.hidden_size,)

@@ -28,7 +28,7 @@ def tiny_entry(fitted_root, app_cache) -> CacheEntry:
     """The module's fitted entry, copied into this test's fresh app cache."""
     shutil.copytree(fitted_root / ENTRY_DIR, app_cache.root / ENTRY_DIR)
     [meta] = app_cache.list()
-    return app_cache.get(meta["key"])
+    return app_cache.get(meta.key)
 
 
 def _texts(elements) -> list[str]:

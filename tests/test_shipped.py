@@ -25,7 +25,7 @@ def test_every_shipped_entry_is_valid_and_keyed_as_today_s_code_keys_it(shipped)
     metas = shipped.list()
     assert len(metas) == len(files) > 200 and not shipped.warnings
     for meta in metas:
-        assert current_key(meta) == meta["key"], f"{meta['key']} moved: its stored settings now key elsewhere"
+        assert current_key(meta.meta) == meta.key, f"{meta.key} moved: its stored settings now key elsewhere"
     assert rekey(shipped, dry_run=True).moved == {}
 
 

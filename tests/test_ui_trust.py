@@ -74,7 +74,7 @@ def fitted_root(tiny_lm, tmp_path_factory):
 def entries(fitted_root, app_cache) -> dict[str, CacheEntry]:
     """The module's entries copied into this test's app cache, by text."""
     shutil.copytree(fitted_root / ENTRY_DIR, app_cache.root / ENTRY_DIR)
-    return {meta["text"]: app_cache.get(meta["key"]) for meta in app_cache.list()}
+    return {meta.text: app_cache.get(meta.key) for meta in app_cache.list()}
 
 
 # ---- 2. user text as text: the helpers ------------------------------------------------------------------
@@ -138,7 +138,7 @@ def test_a_deleted_entry_does_not_come_back(entries, app_cache, tiny_lm, tmp_pat
     [kept] = fit_and_cache(tiny_lm, ["Shipped text"], QUICK, shipped)
     monkeypatch.setattr(ui.state, "SHIPPED_ROOT", tmp_path / "shipped")
     page_cache = ProtoCache(app_cache.root, shipped=tmp_path / "shipped")  # what the page lists
-    rows = [m["key"] for m in page_cache.list(tiny_lm.identity)]
+    rows = [m.key for m in page_cache.list(tiny_lm.identity)]
     newest = rows[0]
     at = open_page(RECONSTRUCT, entry_key=newest)
     _select_cached_row(at, rows, newest)
@@ -151,7 +151,7 @@ def test_a_deleted_entry_does_not_come_back(entries, app_cache, tiny_lm, tmp_pat
     assert _current(at) is None and "entry" not in at.query_params
 
     # A pre-fitted (shipped) entry cannot be deleted: no button that deletes nothing and leaves it current.
-    rows = [m["key"] for m in page_cache.list(tiny_lm.identity)]
+    rows = [m.key for m in page_cache.list(tiny_lm.identity)]
     _select_cached_row(at, rows, kept.entry.key)
     assert not [b for b in at.button if b.key == "delete_entry"]
     assert any("cannot be deleted" in c for c in _values(at.caption))

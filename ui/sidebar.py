@@ -63,7 +63,7 @@ def _cache_section():
     cache = get_cache()
     lm = get_model()
     entries = cache.list(lm.identity) if lm else []
-    own = [m for m in entries if not m.get("shipped")]
+    own = [m for m in entries if not m.shipped]
     shipped = f" + {len(entries) - len(own)} pre-fitted (shipped, read-only)" if len(entries) > len(own) else ""
     st.caption(f"Cache: {len(own)} entr{'y' if len(own) == 1 else 'ies'} for this model{shipped}; {cache.size_bytes() / 1e6:.1f} MB on disk "
                f"in {plain(cache.root)}")

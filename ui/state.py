@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from core.engine.cache import SHIPPED_ROOT, CacheEntry, ProtoCache, is_valid_key
+from core.engine.cache import SHIPPED_ROOT, CacheEntry, EntryListing, ProtoCache, is_valid_key
 from core.engine.fit import FitConfig, FitError, preset
 from core.engine.models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model
 from core.shipped.demo import demo_entry
@@ -247,15 +247,14 @@ def current_entry(cache: ProtoCache | None = None, lm: LoadedModel | None = None
     return entry
 
 
-def entry_label(meta: dict) -> str:
+def entry_label(entry: CacheEntry | EntryListing) -> str:
     """A one-line label of an entry (plain text: for selectbox and multiselect options, which Streamlit does not
     read as Markdown; pass it through ui.widgets.plain for anything that is)."""
-    metrics = meta.get("metrics", {})
-    text = " ".join(str(meta.get("text", "")).split())
+    text = " ".join(str(entry.text).split())
     text = text if len(text) <= 70 else text[:67] + "..."
-    accuracy = metrics.get("accuracy", 0)
+    accuracy = entry.metrics.get("accuracy")
     accuracy = f"{accuracy:.2f}" if isinstance(accuracy, (int, float)) else "?"
-    return f"{text}  [{accuracy}, {len(meta.get('token_ids', []))} tok, {str(meta.get('key', ''))[:6]}]"
+    return f"{text}  [{accuracy}, {len(entry.token_ids)} tok, {entry.key[:6]}]"
 
 
 def entry_selector(lm: LoadedModel, label: str = "Entry", key: str = "entry_selector") -> CacheEntry | None:
@@ -268,8 +267,8 @@ def entry_selector(lm: LoadedModel, label: str = "Entry", key: str = "entry_sele
     if not metas:
         st.info("Nothing fitted yet for this model. Fit a text on the Reconstruct page first.")
         return None
-    keys = [m["key"] for m in metas]
-    labels = {m["key"]: entry_label(m) for m in metas}
+    keys = [m.key for m in metas]
+    labels = {m.key: entry_label(m) for m in metas}
     current = current_entry_key()
     index = keys.index(current) if current in keys else 0
     chosen = st.selectbox(label, keys, index=index, format_func=labels.get, key=key)
@@ -285,9 +284,9 @@ def entries_multiselect(lm: LoadedModel, label: str = "Entries", key: str = "ent
     """Several cached entries of the current model (default: the current entry)."""
     cache = get_cache()
     metas = cache.list(lm.identity)
-    labels = {m["key"]: entry_label(m) for m in metas}
+    labels = {m.key: entry_label(m) for m in metas}
     current = current_entry_key()
-    default = [current] if current in labels else [m["key"] for m in metas[:1]]
+    default = [current] if current in labels else [m.key for m in metas[:1]]
     chosen = st.multiselect(label, list(labels), default=default, format_func=labels.get, key=key)
     return [e for e in (cache.get(k, lm.hidden_size) for k in chosen) if e is not None]
 

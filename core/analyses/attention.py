@@ -34,10 +34,13 @@ from typing import Callable, Literal, Union
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Float, Float32, Shaped
+from torch import Tensor
 
 from core.engine.cache import CacheEntry, ProtoCache, cache_key
 from core.engine.models import LoadedModel
 from core.engine.reconstruct import build_inputs, check_layout, first_scored_position, sequence_length
+from core.engine.shapes import checked
 
 ANALYSIS_KIND = "attention"
 LAYER_KIND = "attention-layer"
@@ -56,12 +59,13 @@ class AttentionUnavailable(RuntimeError):
     """The model returned no attention weights (a kernel without them, or an architecture that hides them)."""
 
 
+@checked
 @dataclass(frozen=True)
 class ProtoInputs:
     """What one proto-token forward pass needs: e, m [hidden] and the text length in tokens."""
 
-    e: torch.Tensor  # [hidden]
-    m: torch.Tensor  # [hidden]
+    e: Float[Tensor, "hidden"]
+    m: Float[Tensor, "hidden"]
     n_tokens: int
     layout: str = "e+m*N"
 
@@ -130,7 +134,8 @@ def _stack(attentions: tuple[torch.Tensor, ...]) -> torch.Tensor:
     return torch.stack([a[0].float().cpu() for a in attentions])
 
 
-def attention_maps(lm: LoadedModel, source: ProtoSource) -> torch.Tensor:
+@checked
+def attention_maps(lm: LoadedModel, source: ProtoSource) -> Float32[Tensor, "layer head query key"]:
     """Attention weights on the proto-token inputs: [layer, head, query, key] float32, CPU.
 
     ``source``: a :class:`CacheEntry`, :class:`ProtoInputs` or ``(e, m, n_tokens, layout)``.
@@ -141,30 +146,36 @@ def attention_maps(lm: LoadedModel, source: ProtoSource) -> torch.Tensor:
     return _stack(_eager_attentions(lm, **_proto_forward_inputs(lm, inputs)))
 
 
-def baseline_maps(lm: LoadedModel, token_ids: list[int]) -> torch.Tensor:
+@checked
+def baseline_maps(lm: LoadedModel, token_ids: list[int]) -> Float32[Tensor, "layer head n_tokens n_tokens"]:
     """Attention weights on the text as ordinary tokens (teacher forced): [layer, head, N, N] float32, CPU."""
     return _stack(_eager_attentions(lm, **_baseline_forward_inputs(lm, token_ids)))
 
 
-def attention_to_e(maps: torch.Tensor) -> torch.Tensor:
+@checked
+def attention_to_e(maps: Float[Tensor, "layer head query key"]) -> Float[Tensor, "layer head query"]:
     """[layer, head, query, key] -> [layer, head, query]: the weight every query puts on key 0."""
     return maps[..., 0]
 
 
 # ---- aggregations (NaN-aware: undefined cells stay out) -----------------------------------------
 
-def mean_over_heads(values: torch.Tensor) -> torch.Tensor:
+@checked
+def mean_over_heads(values: Float[Tensor, "layer head query"]) -> Float[Tensor, "layer query"]:
     """[layer, head, query] -> [layer, query]."""
     return values.nanmean(dim=1)
 
 
-def max_over_heads(values: torch.Tensor) -> torch.Tensor:
+@checked
+def max_over_heads(values: Float[Tensor, "layer head query"]) -> Float[Tensor, "layer query"]:
     """[layer, head, query] -> [layer, query]; NaN where every head is NaN."""
     filled = torch.nan_to_num(values, nan=-math.inf).amax(dim=1)
     return torch.where(torch.isinf(filled), torch.full_like(filled, math.nan), filled)
 
 
-def mean_over_positions(values: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+@checked
+def mean_over_positions(values: Float[Tensor, "layer head query"], exclude: Shaped[Tensor, "query"] | None = None
+                        ) -> Float[Tensor, "layer head"]:
     """[layer, head, query] -> [layer, head]: mean over query positions, leaving out NaN and ``exclude`` [query]."""
     if exclude is not None:
         values = values.masked_fill(exclude.to(torch.bool)[None, None, :], math.nan)
@@ -182,6 +193,7 @@ def aligned_query_positions(n_tokens: int, layout: str) -> tuple[list[int], list
 
 # ---- the cached per-entry result ----------------------------------------------------------------
 
+@checked
 @dataclass
 class AttentionResult:
     """Attention to e and to the baseline's first token for one entry.
@@ -196,8 +208,8 @@ class AttentionResult:
     layout: str
     token_ids: list[int]
     tokens: list[str]  # [N] each token decoded on its own
-    to_e: torch.Tensor  # [layer, head, query] float32
-    baseline_to_first: torch.Tensor  # [layer, head, N] float32
+    to_e: Float32[Tensor, "layer head query"]
+    baseline_to_first: Float32[Tensor, "layer head n_tokens"]
     seconds: float = 0.0  # time the two forward passes took when computed
     from_cache: bool = False
     _aligned: dict = field(default_factory=dict, repr=False, compare=False)
@@ -345,6 +357,7 @@ def run_attention(
 
 # ---- one head's full map, on demand -------------------------------------------------------------
 
+@checked
 @dataclass
 class HeadMap:
     """The full attention of one head: weights [query, key] with a label per position."""
@@ -352,7 +365,7 @@ class HeadMap:
     source: str  # "proto" or "baseline"
     layer: int
     head: int
-    weights: torch.Tensor  # [query, key] float32
+    weights: Float32[Tensor, "query key"]
     labels: list[str]  # [T] one per position, for both axes
     from_cache: bool = False
 

@@ -22,10 +22,13 @@ from typing import Any, Literal
 
 import pandas as pd
 import torch
+from jaxtyping import Float, Float32, Int, Shaped
+from torch import Tensor
 
 from core.engine.cache import CacheEntry, ProtoCache, cache_key
 from core.engine.models import LoadedModel
 from core.engine.reconstruct import predict_tokens, token_metrics
+from core.engine.shapes import checked
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,9 @@ def _check_alpha(alpha: float) -> None:
         raise ValueError(f"alpha must be a number in [0, {MAX_ALPHA:g}], got {alpha}")
 
 
-def sample_sinusoid_parameters(rows: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+@checked
+def sample_sinusoid_parameters(rows: int, generator: torch.Generator
+                               ) -> tuple[Int[Tensor, "rows"], Float[Tensor, "rows"]]:
     """One integer frequency k in [4, 32] and one phase phi in [0, 2*pi) per row.
 
     Returns (k [rows] int64, phi [rows] float32), on the generator's device.
@@ -71,7 +76,9 @@ def sample_sinusoid_parameters(rows: int, generator: torch.Generator) -> tuple[t
     return frequencies, phases
 
 
-def sinusoid(frequencies: torch.Tensor, phases: torch.Tensor, width: int) -> torch.Tensor:
+@checked
+def sinusoid(frequencies: Shaped[Tensor, "rows"], phases: Float[Tensor, "rows"], width: int
+             ) -> Float32[Tensor, "rows width"]:
     """sin(2*pi*k*i/d + phi) for i = 0..d-1: frequencies [rows], phases [rows] -> [rows, width] float32."""
     # Float64 for the angle: k*i grows to ~32*width and float32 would lose phase accuracy.
     positions = torch.arange(width, device=frequencies.device, dtype=torch.float64)
@@ -79,7 +86,8 @@ def sinusoid(frequencies: torch.Tensor, phases: torch.Tensor, width: int) -> tor
     return torch.sin(angles + phases.to(torch.float64)[:, None]).to(torch.float32)
 
 
-def sample_noise_direction(kind: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+@checked
+def sample_noise_direction(kind: str, shape: tuple[int, ...], generator: torch.Generator) -> Float32[Tensor, "..."]:
     """Raw (unscaled) noise of the given shape, e.g. [draws, hidden], float32 on the generator's device.
 
     gaussian: N(0, 1). uniform: U(-1, 1). signed_exponential: Exp(1) times a random sign.
@@ -106,7 +114,9 @@ def sample_noise_direction(kind: str, shape: tuple[int, ...], generator: torch.G
     return sinusoid(frequencies, phases, width).reshape(shape)
 
 
-def add_noise(target: torch.Tensor, kind: str, alpha: float, generator: torch.Generator) -> torch.Tensor:
+@checked
+def add_noise(target: Float[Tensor, "*rows hidden"], kind: str, alpha: float, generator: torch.Generator
+              ) -> Float[Tensor, "*rows hidden"]:
     """target [..., hidden] + alpha * ||target|| * n / ||n||, norms per row over the last dimension.
 
     The added vector has norm alpha * ||target|| exactly (up to float32 rounding). Returns a new float32
@@ -132,7 +142,9 @@ def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Gener
     return generator
 
 
-def noisy_copies(target: torch.Tensor, kind: str, alpha: float, draws: int, seed: int) -> torch.Tensor:
+@checked
+def noisy_copies(target: Float[Tensor, "hidden"], kind: str, alpha: float, draws: int, seed: int
+                 ) -> Float32[Tensor, "draws hidden"]:
     """`draws` independent noisy copies of target [hidden] -> [draws, hidden] float32, on target's device.
 
     The same seed gives the same noise; the noise is drawn on the CPU so the result does not depend on
@@ -173,7 +185,9 @@ class NoiseSpec:
         return asdict(self)
 
 
-def noisy_pair(e: torch.Tensor, m: torch.Tensor, spec: NoiseSpec) -> tuple[torch.Tensor, torch.Tensor]:
+@checked
+def noisy_pair(e: Float[Tensor, "hidden"], m: Float[Tensor, "hidden"], spec: NoiseSpec
+               ) -> tuple[Float[Tensor, "draws hidden"], Float[Tensor, "draws hidden"]]:
     """Apply spec to a fitted pair e [hidden], m [hidden] -> (e' [draws, hidden], m' [draws, hidden]).
 
     The proto-token that spec.target leaves alone is repeated unchanged. With target "both", e and m get

@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from jaxtyping import Float64
 
 from core.engine.cache import ProtoCache, cache_key
+from core.engine.shapes import checked
 
 PROJECTION_METHODS = ("pca", "tsne", "umap")
 METRICS = ("cosine", "euclidean")
@@ -36,17 +38,18 @@ BLAS_THREADS = 1
 MAP_ANALYSIS = "embedding-maps"  # one cached 2-D map per (rows, space, method, metric, seed, perplexity)
 
 
+@checked
 @dataclass(frozen=True)
 class Projection:
     """A 2-D embedding of n points.
 
-    coords: [n, 2] float64.
+    coords: [n, 2] float64 (the field's annotation names it).
     method: the method that actually produced coords (may differ from requested_method after a fallback).
     requested_method: what the caller asked for.
     note: a human-readable sentence about any fallback or clamped parameter, None when nothing changed.
     """
 
-    coords: np.ndarray
+    coords: Float64[np.ndarray, "n 2"]
     method: str
     requested_method: str
     note: str | None = None
@@ -75,7 +78,8 @@ def _l2_normalise_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, _NORM_EPS)
 
 
-def cosine_similarity_matrix(x: Any) -> np.ndarray:
+@checked
+def cosine_similarity_matrix(x: Any) -> Float64[np.ndarray, "n n"]:
     """Pairwise cosine similarities [n, n] of the rows of x [n, d].
 
     A zero row has similarity 0 with everything (itself included) rather than NaN; values are clipped to

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Float32
 
 from core.engine.cache import CacheEntry, ProtoCache, cache_key
 from core.engine.fit import FitConfig, FitProgress, entry_keys, fit_and_cache
@@ -38,6 +39,7 @@ from core.engine.teacher import (
     RegularizerTarget,
     canonical_teacher_name,
 )
+from core.engine.shapes import checked
 
 REGULARISER_VERSION = "regularizer-sweep-v1"
 REGULARISER_ANALYSIS = "regularizer-sweep"  # one JSON per finished setting: its metrics
@@ -140,6 +142,7 @@ def sweep_config(config: FitConfig) -> FitConfig:
 
 # ---- results ------------------------------------------------------------------------------------------
 
+@checked
 @dataclass
 class SettingResult:
     """A finished setting of a sweep.
@@ -153,8 +156,8 @@ class SettingResult:
 
     setting: RegulariserSetting
     keys: list[str]
-    e: np.ndarray
-    m: np.ndarray
+    e: Float32[np.ndarray, "n_texts hidden"]
+    m: Float32[np.ndarray, "n_texts hidden"]
     accuracy: float
     converged: int
     steps: int

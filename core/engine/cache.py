@@ -22,11 +22,15 @@ import os
 import re
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from jaxtyping import Float32
+from torch import Tensor
 from safetensors.torch import load_file, save_file
+
+from core.engine.shapes import checked
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,7 @@ def entry_key(model_identity: str, token_ids: list[int], config_key: dict, group
     return cache_key(ENTRY_SCHEMA, model_identity, list(map(int, token_ids)), config_key, group)
 
 
+@checked
 @dataclass
 class CacheEntry:
     """One fitted text: its vectors and everything needed to show and reproduce it."""
@@ -82,8 +87,8 @@ class CacheEntry:
     config: dict  # FitConfig.as_dict(), "layout" included
     metrics: dict  # accuracy, steps, converged, status, wall_time, ...
     history: dict  # {"step": [...], "loss": [...], "accuracy": [...]}
-    e: torch.Tensor  # [hidden] float32
-    m: torch.Tensor  # [hidden] float32
+    e: Float32[Tensor, "hidden"]
+    m: Float32[Tensor, "hidden"]
     snapshots: list = field(default_factory=list)  # [{"step", "tokens"}]
     model_name: str = ""
     group: str | None = None
@@ -103,6 +108,37 @@ class CacheEntry:
             "token_ids": self.token_ids, "config": self.config, "metrics": self.metrics, "history": self.history,
             "snapshots": self.snapshots, "group": self.group, "created": self.created,
         }
+
+
+@dataclass(frozen=True)
+class EntryListing:
+    """One row of :meth:`ProtoCache.list`: an entry's metadata, without reading its vectors."""
+
+    key: str
+    model: str  # model identity
+    model_name: str
+    text: str
+    token_ids: list[int]
+    config: dict  # FitConfig.as_dict()
+    metrics: dict  # accuracy, steps, converged, status, wall_time, ...
+    created: float
+    shipped: bool = False  # read from the shipped pre-fit, read-only
+    meta: dict = field(default_factory=dict, repr=False, compare=False)  # everything stored (for migrations)
+
+    @classmethod
+    def from_meta(cls, meta: dict, shipped: bool = False) -> "EntryListing":
+        return cls(key=meta["key"], model=str(meta.get("model", "")), model_name=str(meta.get("model_name") or ""),
+                   text=meta["text"], token_ids=list(meta["token_ids"]), config=meta["config"],
+                   metrics=meta["metrics"], created=_number(meta.get("created")), shipped=shipped, meta=meta)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def accuracy(self) -> float | None:
+        value = self.metrics.get("accuracy")
+        return float(value) if isinstance(value, (int, float)) else None
 
 
 class CacheWriteError(OSError):
@@ -301,26 +337,26 @@ class ProtoCache:
             group=meta.get("group"), created=float(meta.get("created", 0.0) or 0.0),
         )
 
-    def list(self, model: str | None = None, include_shipped: bool = True) -> list[dict]:
-        """Metadata of readable entries (newest first), optionally only those of one model identity.
+    def list(self, model: str | None = None, include_shipped: bool = True) -> list[EntryListing]:
+        """Readable entries (newest first), optionally only those of one model identity.
 
         Entries are found by their files' names; the key of each is its file's name. Shipped entries come
-        after the user's own and carry ``"shipped": True``.
+        after the user's own, with ``shipped`` set.
         """
         files = self._entry_files()
         shipped = []
         if include_shipped and self.shipped is not None:
             own = {p.stem for p in files}
-            shipped = [dict(m, shipped=True) for m in self.shipped.list(model) if m["key"] not in own]
-        metas = []
+            shipped = [replace(m, shipped=True) for m in self.shipped.list(model) if m.key not in own]
+        listed = []
         for meta_path in files:
             meta = self._read_meta(meta_path)
             if meta is None or (model is not None and meta.get("model") != model):
                 continue
             if not meta_path.with_suffix(".safetensors").exists():
                 continue
-            metas.append(meta)
-        return sorted(metas, key=lambda m: _number(m.get("created")), reverse=True) + shipped
+            listed.append(EntryListing.from_meta(meta))
+        return sorted(listed, key=lambda m: m.created, reverse=True) + shipped
 
     def delete(self, key: str) -> bool:
         """Delete one entry of this cache (never a shipped one). A malformed key deletes nothing."""

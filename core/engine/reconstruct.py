@@ -13,8 +13,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from core.engine.models import LoadedModel
+from core.engine.shapes import checked
 
 LAYOUTS = ("e+m*N", "e+m*(N-1)")
 
@@ -35,9 +38,10 @@ def sequence_length(n_tokens: int, layout: str) -> int:
     return n_tokens + first_scored_position(layout)
 
 
+@checked
 def build_inputs(
-    e: torch.Tensor, m: torch.Tensor, lengths: list[int], layout: str
-) -> tuple[torch.Tensor, torch.Tensor]:
+    e: Float[Tensor, "batch hidden"], m: Float[Tensor, "batch hidden"], lengths: list[int], layout: str
+) -> tuple[Float[Tensor, "batch seq hidden"], Int[Tensor, "batch seq"]]:
     """Padded proto-token inputs for a batch of texts of different lengths.
 
     e, m: [batch, hidden] -> inputs_embeds [batch, seq, hidden], attention_mask [batch, seq] (1 = real).
@@ -53,9 +57,11 @@ def build_inputs(
     return inputs, mask
 
 
+@checked
 def scored_logits(
-    lm: LoadedModel, e: torch.Tensor, m: torch.Tensor, lengths: list[int], layout: str
-) -> torch.Tensor:
+    lm: LoadedModel, e: Float[Tensor, "batch hidden"], m: Float[Tensor, "batch hidden"], lengths: list[int],
+    layout: str,
+) -> Float[Tensor, "batch n_tokens vocab"]:
     """Logits at the scored positions: [batch, max(lengths), vocab], float32.
 
     Row b, column k is the model's prediction for token k of text b (valid for k < lengths[b]).
@@ -67,8 +73,10 @@ def scored_logits(
     return out.logits[:, start : start + max(lengths)].float()
 
 
+@checked
 @torch.no_grad()
-def predict_tokens(lm: LoadedModel, e: torch.Tensor, m: torch.Tensor, n_tokens: int, layout: str) -> torch.Tensor:
+def predict_tokens(lm: LoadedModel, e: Float[Tensor, "*batch hidden"], m: Float[Tensor, "*batch hidden"], n_tokens: int,
+                   layout: str) -> Int[Tensor, "rows n_tokens"]:
     """Argmax tokens from one forward pass for a batch of proto-token pairs of one text length.
 
     e, m: [batch, hidden] (or [hidden] for one pair) -> token ids [batch, n_tokens] on the CPU.
@@ -90,7 +98,9 @@ class TokenMetrics:
         return asdict(self)
 
 
-def token_metrics(predicted: torch.Tensor | list[int], target: torch.Tensor | list[int]) -> TokenMetrics:
+@checked
+def token_metrics(predicted: Int[Tensor, "n_tokens"] | list[int], target: Int[Tensor, "n_tokens"] | list[int]
+                  ) -> TokenMetrics:
     """Metrics for one text: predicted and target are [n_tokens] token ids."""
     pred = torch.as_tensor(predicted).flatten().cpu()
     tgt = torch.as_tensor(target).flatten().cpu()
@@ -114,7 +124,9 @@ class Reconstruction:
     metrics: TokenMetrics
 
 
-def reconstruct(lm: LoadedModel, e: torch.Tensor, m: torch.Tensor, target_ids: list[int], layout: str) -> Reconstruction:
+@checked
+def reconstruct(lm: LoadedModel, e: Float[Tensor, "hidden"], m: Float[Tensor, "hidden"], target_ids: list[int],
+                layout: str) -> Reconstruction:
     """Rebuild a text in one forward pass from e, m: [hidden] and compare with its target tokens."""
     pred = predict_tokens(lm, e, m, len(target_ids), layout)[0].tolist()
     return Reconstruction(token_ids=pred, text=lm.decode(pred), metrics=token_metrics(pred, target_ids))

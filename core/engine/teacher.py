@@ -17,7 +17,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
+from jaxtyping import Float, Float32
+from torch import Tensor
 import torch.nn.functional as F
+
+from core.engine.shapes import checked
 
 
 if TYPE_CHECKING:
@@ -120,7 +124,7 @@ def teacher_dimension(teacher: SentenceTransformer) -> int:
     return int(getter() or 0)
 
 
-def embed_texts(teacher: SentenceTransformer, texts: list[str], batch_size: int = 32) -> torch.Tensor:
+def embed_texts(teacher: SentenceTransformer, texts: list[str], batch_size: int = 32) -> Float32[Tensor, "n d_teacher"]:
     """Teacher embeddings of texts -> [n, d_teacher] float32 on the CPU, no gradient.
 
     No normalisation is added here (all-MiniLM-L6-v2 normalises inside its own pipeline; the losses
@@ -141,7 +145,8 @@ def embed_texts(teacher: SentenceTransformer, texts: list[str], batch_size: int 
     return embeddings.detach().to("cpu", torch.float32)
 
 
-def anchor_projection(d_teacher: int, hidden: int, seed: int = 0) -> torch.Tensor:
+@checked
+def anchor_projection(d_teacher: int, hidden: int, seed: int = 0) -> Float32[Tensor, "d_teacher hidden"]:
     """Fixed random projection P [d_teacher, hidden], entries N(0, 1) / sqrt(d_teacher), float32 on the CPU.
 
     Same (d_teacher, hidden, seed), same matrix: the anchor targets must not move between steps or runs.
@@ -167,7 +172,9 @@ def _check_batch(vectors: torch.Tensor, teacher_emb: torch.Tensor) -> None:
         raise ValueError(f"batch sizes differ: {vectors.shape[0]} vectors, {teacher_emb.shape[0]} teacher embeddings")
 
 
-def anchor_loss(e: torch.Tensor, teacher_emb: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+@checked
+def anchor_loss(e: Float[Tensor, "..."], teacher_emb: Float[Tensor, "..."], projection: Float[Tensor, "..."]
+                ) -> Float[Tensor, ""]:
     """mean over the batch of 1 - cos(e_b, t_b P); e [b, hidden], teacher_emb [b, d_t], projection [d_t, hidden].
 
     Returns a scalar tensor that carries e's gradient; the teacher side is a constant target.
@@ -182,7 +189,8 @@ def anchor_loss(e: torch.Tensor, teacher_emb: torch.Tensor, projection: torch.Te
     return (1 - F.cosine_similarity(e, target, dim=-1)).mean()
 
 
-def relational_loss(e: torch.Tensor, teacher_emb: torch.Tensor) -> torch.Tensor:
+@checked
+def relational_loss(e: Float[Tensor, "..."], teacher_emb: Float[Tensor, "..."]) -> Float[Tensor, ""]:
     """MSE between the pairwise cosine-similarity matrices [b, b] of e [b, hidden] and teacher_emb [b, d_t].
 
     Invariant to the scale of each row and to any rotation of either space; a batch of 1 gives 0.

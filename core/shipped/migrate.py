@@ -36,7 +36,8 @@ def rekey(cache: ProtoCache, dry_run: bool = False) -> Migration:
     from core.analyses.regularisers import REGULARISER_ANALYSIS, setting_key
 
     result = Migration()
-    for meta in cache.list(include_shipped=False):
+    for listed in cache.list(include_shipped=False):
+        meta = listed.meta
         try:
             new = current_key(meta)
             config = config_from_dict(meta["config"])
