@@ -139,7 +139,7 @@ def _silhouettes(_vectors: emb.SetVectors, ident: tuple, metric: str) -> pd.Data
     return emb.silhouette_table(_vectors, metric)
 
 
-# UMAP compiles its numba kernels on first use in a process (about 25 s on a 2-core CPU; bench/embeddings.py).
+# UMAP compiles its numba kernels on first use in a process (bench/embeddings.py times it).
 first_umap = " (UMAP's first use in this process compiles it: up to half a minute)" if method == "umap" else ""
 with st.spinner(f"Projecting {vectors.n} points{first_umap} ..."):
     projections = _projections(vectors, cache_id, method, metric, float(perplexity))  # unsaved: sidebar warns

@@ -38,7 +38,7 @@ MANIFEST_KEY = "default"
 
 # The default sweep, pre-fitted for the embedded model and shipped in data/prefit. A regularised setting is
 # one coupled fit that runs until its slowest text converges, and a step costs about the sum of its texts'
-# tokens, so on a busy 2-core CPU (bench/regularisers.py measures it) the set must be small and its texts
+# tokens, so on a CPU (bench/regularisers.py measures it) the set must be small and its texts
 # short: the built-in sources of data/texts.json are 20-30 tokens each, too long for the budget, so the sweep
 # has its own short texts (written for this project), each source with two paraphrases, giving the silhouette
 # groups to measure and the teacher clear semantic relations to transfer.
@@ -57,9 +57,9 @@ SHORT_SOURCES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("rocket", ("The rocket lifted off into a clear sky.", "Into a cloudless sky, the rocket took off.",
                 "The launch went up through a clear sky.")),
 )
-# Measured under a load average of 12 on the 2 cores (one torch thread): a coupled step of these 8 texts takes
-# about 2 s, and a coupled setting runs to its step cap unless every text converges at once, so the sweep costs
-# about 4 x 300 x 2 s plus the baseline; the cap is where most texts of the baseline have converged.
+# A coupled setting runs to its step cap unless every text converges at once, so the sweep costs about
+# settings x DEFAULT_MAX_STEPS coupled steps (bench/regularisers.py and the manifest record what it took); the
+# cap is where most texts of the baseline have converged.
 DEFAULT_SET_SOURCES = 4
 DEFAULT_SET_PARAPHRASES = 1
 DEFAULT_PRESET = "fast"

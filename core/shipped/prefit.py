@@ -44,8 +44,8 @@ PREFIT_RESTARTS = 1
 # The shipped pre-fit was made before the fast preset got its plateau rule (FitConfig.redraw_plateau); refitting
 # it with the rule takes hours on a CPU, so the pre-fit keeps the settings its entries were made with.
 PREFIT_REDRAW_PLATEAU = 0
-# Measured on the shared 2-core machine under load: 4.5 s per step of 8 rows with 1 torch thread,
-# 16-57 s with 2 (OpenMP threads wait on each other whenever one is descheduled).
+# One torch thread: on a shared CPU, OpenMP threads wait on each other whenever one is descheduled, and a step of
+# 8 rows took several times longer with 2 threads than with 1 (bench/fit_speed.py measures steps).
 PREFIT_THREADS = int(os.environ.get("PROTOTOKENS_PREFIT_THREADS", "1"))
 # Entries are written after each chunk, so a stopped pre-fit loses at most one chunk's work.
 CHUNK = 24
