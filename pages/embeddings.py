@@ -10,7 +10,7 @@ from plotly.subplots import make_subplots
 
 from core.analyses import embeddings as emb
 from core.analyses.projection import METRICS
-from core.engine.sets import load_manifest, prefit_status, set_entries, validate_set
+from core.engine.sets import load_manifest, most_prefitted, prefit_status, set_entries, validate_set
 from core.texts.textsets import BUILTIN_SETS, TextSetError, builtin_set
 from ui import jobs
 from ui.state import fit_config, get_cache, get_model, require_app_shell
@@ -56,10 +56,8 @@ def _builtin(name: str) -> pd.DataFrame:
 manifest = load_manifest()  # read once per run: the set labels and the config choices both use it
 shipped = {name: prefit_status(record, lm.identity) for name, record in manifest.items()}
 names = list(BUILTIN_SETS)
-# A fresh install opens on the set the shipped pre-fit covers best, so the page draws at once.
-most_fitted = max(range(len(names)), key=lambda i: (shipped.get(names[i], (0.0, ""))[0], -i))
 set_name, frame = choose_text_set(
-    "emb", names, _builtin, default=most_fitted,
+    "emb", names, _builtin, default=most_prefitted(names, manifest, lm.identity),
     format_func=lambda n: f"{n}: {BUILTIN_SETS[n]}" + (f" ({shipped[n][1]})" if shipped.get(n, (0, ""))[1] else ""))
 
 c_shared, c_choice = st.columns([1, 3])

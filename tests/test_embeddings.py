@@ -325,3 +325,17 @@ def fit_and_cache_one(lm, text, config, cache):
     from core.engine.fit import fit_and_cache
 
     return fit_and_cache(lm, [text], config, cache)
+
+
+def test_a_page_opens_on_the_set_the_pre_fit_covers_best(tiny_lm):
+    from core.engine.sets import PrefitSet, most_prefitted
+
+    def record(name, n_fitted, model=tiny_lm.identity):
+        return PrefitSet(name=name, model=model, model_name="m", config={}, texts=["a", "b", "c", "d"],
+                         keys=["k"] * 4, n_fitted=n_fitted)
+
+    names = ["one", "two", "three"]
+    manifest = {"one": record("one", 1), "two": record("two", 4), "three": record("three", 4)}
+    assert most_prefitted(names, manifest, tiny_lm.identity) == 1  # fully fitted, first of the tie
+    assert most_prefitted(names, {"three": record("three", 4, model="other")}, tiny_lm.identity) == 0
+    assert most_prefitted([], manifest, tiny_lm.identity) == 0

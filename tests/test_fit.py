@@ -243,3 +243,23 @@ def test_restarts_wait_for_the_slots_converged_texts_free(tiny_lm, monkeypatch):
     assert rows[0] == both and all(len(r) == 2 for r in rows)
     first = min(plain, key=lambda r: r.steps)
     assert results[plain.index(first)].steps == first.steps  # the faster text ran its first draw as before
+
+
+def test_a_converged_row_leaves_the_batch(tiny_lm, monkeypatch):
+    import core.engine.fit as fit_mod
+
+    rows = []
+
+    def counting(lm, e, m, lengths, layout):
+        rows.append(list(lengths))
+        return scored_logits(lm, e, m, lengths, layout)
+
+    monkeypatch.setattr(fit_mod, "scored_logits", counting)
+    results = fit_texts(tiny_lm, [SHORT, OTHER], preset("paper", max_steps=300))
+    first, other = sorted(results, key=lambda r: r.steps)
+    assert first.converged and other.steps > first.steps
+    n = first.steps + 1  # the forwards that measured steps 0..first.steps
+    both = [len(r.token_ids) for r in results]
+    assert rows[:n] == [both] * n  # side by side until the first one converges at step first.steps
+    # from the next step on, only the other text's row is in the forward pass
+    assert rows[n:] == [[len(other.token_ids)]] * (other.steps + 1 - n)

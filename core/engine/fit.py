@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from core.engine.cache import CacheEntry, CacheWriteError, ProtoCache, entry_key
 from core.engine.models import LoadedModel
 from core.engine.reconstruct import check_layout, scored_logits
+from core.engine.teacher import RegularizerConfig, regularizer_loss
 
 PRESETS = ("paper", "fast")
 INITS = ("normal", "embedding", "token")
@@ -74,7 +75,7 @@ class FitConfig:
     # > 0: a draw whose loss is still above REDRAW_PLATEAU_SHARE of a uniform guess's after this many steps starts
     # over too (same texts as redraw_after)
     redraw_plateau: int = 0
-    regularizer: object | None = None  # core.engine.teacher.RegularizerConfig
+    regularizer: RegularizerConfig | None = None
     snapshot_every: int = 10  # how often reconstructions are recorded for replay; does not change the result
 
     def __post_init__(self):
@@ -135,8 +136,6 @@ def config_from_dict(d: Mapping) -> FitConfig:
     if "betas" in values:
         values["betas"] = tuple(values["betas"])
     if d.get("regularizer"):
-        from core.engine.teacher import RegularizerConfig
-
         values["regularizer"] = RegularizerConfig(**d["regularizer"])
     return FitConfig(**values)
 
@@ -226,6 +225,310 @@ def _thin(snapshots: list) -> list:
     return snapshots[::2] + ([snapshots[-1]] if len(snapshots) % 2 == 0 else [])
 
 
+# ---- the fitting loop --------------------------------------------------------------------------------
+# _fit_items fits one row per item (a text, or one restart of a text). Each item's fit state is a _Row: its target,
+# its vectors and optimiser group, the best vectors so far, its steps, redraws, history, snapshots and status.
+# A _FitRun holds what the rows share (model, config, optimiser, the rows waiting for a slot, the active rows of
+# the batch) and runs the loop, one iteration per step:
+#   fill_slots  finished rows leave the batch; waiting rows take the free slots, in order;
+#   forward     one padded forward pass of the active rows: each row's loss (plus the regulariser);
+#   decide      each row is measured (_Row.record), then decide_row (a text fitted alone) or decide_group (coupled
+#               texts, kept and stopped together) finishes it (converged, which supersedes the other restarts of
+#               its text; step cap; diverged) or marks its draw stuck; a finished row keeps its best vectors and
+#               leaves the batch at the next fill_slots;
+#   announce, report  on_done for every newly finished row; the progress callback every callback_every steps;
+#   update      backward and one AdamW step for the rows still fitting; a stuck draw starts over (redraw).
+# result builds a row's FitResult.
+
+
+@dataclass(eq=False)  # rows are compared by identity ("row in redrawn"), never by their tensors
+class _Row:
+    """The fit state of one item (a text, or one restart of a text): a row of the batch while it is active."""
+
+    index: int  # position among the items: in the per-item lists of FitProgress and in on_done
+    text: str
+    target: list[int]
+    device_target: torch.Tensor
+    seed: int  # init seed; a redraw's seed derives from it
+    owner: int | None  # the text this item is a restart of (None without restarts)
+    e: torch.nn.Parameter
+    m: torch.nn.Parameter  # with a shared m, the same Parameter in every row
+    best_e: torch.Tensor
+    best_m: torch.Tensor
+    group: dict | None = None  # this row's optimiser param group (None with a shared m: one group for all e)
+    best_acc: float = -1.0
+    best_loss: float = math.inf
+    last_loss: float = math.nan
+    last_acc: float = 0.0
+    last_pred: list[int] = field(default_factory=list)
+    steps: int = 0  # updates applied to this row's vectors
+    redraws: int = 0  # times the vectors started over from a new init (FitConfig.redraw_after)
+    drawn_at: int = 0  # steps when the current draw started
+    status: str = "max_steps"
+    message: str = ""
+    done: bool = False
+    announced: bool = False  # handed to on_done
+    started: float = 0.0  # perf_counter when the row took a slot (0: never did)
+    wall: float = 0.0
+    history: dict = field(default_factory=lambda: {"step": [], "loss": [], "accuracy": []})
+    snapshots: list = field(default_factory=list)
+
+    def record(self, loss: float, acc: float, pred: list[int], snapshot_every: int) -> None:
+        """Note the measurement of this step (history, and a replay snapshot every snapshot_every steps)."""
+        self.last_loss, self.last_acc, self.last_pred = loss, acc, pred
+        self.history["step"].append(self.steps)
+        self.history["loss"].append(loss)
+        self.history["accuracy"].append(acc)
+        if self.steps % snapshot_every == 0:
+            self.snapshots.append({"step": self.steps, "tokens": pred})
+            if len(self.snapshots) > MAX_SNAPSHOTS:
+                self.snapshots = _thin(self.snapshots)
+
+    def keep(self, acc: float, loss: float) -> None:
+        """Make the current vectors the best ones."""
+        self.best_acc, self.best_loss = acc, loss
+        self.best_e, self.best_m = self.e.detach().clone(), self.m.detach().clone()
+
+
+def _init_row(lm: LoadedModel, index: int, text: str, target: list[int], seed: int, owner: int | None,
+              distribution: tuple, shared_m: torch.nn.Parameter | None = None) -> _Row:
+    """A row's initial state: e (and m, unless it is shared) drawn from the init distribution with its seed."""
+    e = torch.nn.Parameter(_init_vector(lm.hidden_size, distribution, seed))
+    m = shared_m if shared_m is not None else torch.nn.Parameter(_init_vector(lm.hidden_size, distribution, seed + 1))
+    return _Row(index=index, text=text, target=target, device_target=torch.tensor(target, device=lm.device),
+                seed=seed, owner=owner, e=e, m=m, best_e=e.detach().clone(), best_m=m.detach().clone())
+
+
+def _new_optimizer(config: FitConfig, rows: Sequence[_Row], shared_m: torch.nn.Parameter | None) -> torch.optim.AdamW:
+    """AdamW over every row's vectors: one param group per row (its own lr schedule), or [all e, the shared m]."""
+    if shared_m is not None:
+        groups = [{"params": [row.e for row in rows]}, {"params": [shared_m]}]
+    else:
+        groups = [{"params": [row.e, row.m]} for row in rows]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    if shared_m is None:
+        for row, group in zip(rows, optimizer.param_groups):
+            row.group = group
+    return optimizer
+
+
+def _lr_factor(config: FitConfig, step: int) -> float:
+    if config.schedule == "cosine":
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / config.max_steps))
+    return 1.0
+
+
+class _FitRun:
+    """The rows of one _fit_items call, what they share, and the steps of its loop (see the comment above _Row)."""
+
+    def __init__(self, lm: LoadedModel, config: FitConfig, rows: list[_Row], optimizer: torch.optim.AdamW, *,
+                 distribution: tuple, slots: int, teacher_embeddings: torch.Tensor | None, on_done: Callable[[int, FitResult], None] | None,
+                 callback: Callable[[FitProgress], None] | None, callback_every: int):
+        self.lm, self.config, self.rows, self.optimizer, self.slots = lm, config, rows, optimizer, slots
+        self.distribution = distribution  # redraws draw from it too
+        self.teacher_embeddings, self.on_done = teacher_embeddings, on_done
+        self.callback, self.callback_every = callback, callback_every
+        self.group_mode = config.shared_m or config.has_regularizer
+        self.stuck_loss = REDRAW_LOSS_SHARE * math.log(lm.model.config.vocab_size)
+        self.plateau_loss = REDRAW_PLATEAU_SHARE * math.log(lm.model.config.vocab_size)
+        self.group_best = (-1.0, math.inf)  # coupled texts: best mean accuracy, and the total loss there
+        self.waiting = list(rows)
+        self.active: list[_Row] = []
+        self.t0 = time.perf_counter()
+        self.iteration = 0
+
+    def run(self, cancel: threading.Event | None) -> list[FitResult]:
+        """Step until every row is finished (or cancelled); every row's FitResult, in item order."""
+        while True:
+            if cancel is not None and cancel.is_set():
+                for row in self.rows:
+                    if not row.done:
+                        self.finish(row, "cancelled", f"Stopped by the user after {row.steps} steps.")
+                break
+            active = self.fill_slots()
+            if not active:
+                break
+            self.iterate(active)
+        results = [self.result(row) for row in self.rows]
+        self.announce()
+        self.report()
+        return results
+
+    def fill_slots(self) -> list[_Row]:
+        """Drop the finished rows from the batch and give the free slots to the next waiting rows."""
+        self.active = [row for row in self.active if not row.done]
+        while self.waiting and len(self.active) < self.slots:
+            row = self.waiting.pop(0)
+            if row.done:  # a restart whose text converged before it got a slot
+                continue
+            row.started = time.perf_counter()
+            self.active.append(row)
+        return self.active
+
+    def iterate(self, active: list[_Row]) -> None:
+        """One step of the active rows: forward, decide, hand over and report, then the update."""
+        self.iteration += 1
+        logits, row_losses, loss = self.forward(active)
+        with torch.no_grad():
+            redrawn = self.decide(active, logits, row_losses)
+        self.announce()
+        every = self.callback_every
+        if self.iteration % every == 1 or every == 1 or all(row.done for row in self.rows):
+            self.report()
+        self.update(active, loss, redrawn)
+
+    def forward(self, active: list[_Row]) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """One padded forward pass: the logits [A, Nmax, V], each row's loss, and the loss to minimise."""
+        lm, config = self.lm, self.config
+        e_batch = torch.stack([row.e for row in active]).to(lm.device)
+        m_batch = torch.stack([row.m for row in active]).to(lm.device)
+        logits = scored_logits(lm, e_batch, m_batch, [len(row.target) for row in active], config.layout)
+        row_losses = [F.cross_entropy(logits[k, : len(row.target)], row.device_target) for k, row in enumerate(active)]
+        # Sum, not mean: each text's gradient is what it would be if fitted alone.
+        loss = torch.stack(row_losses).sum()
+        if config.has_regularizer:
+            vectors = e_batch if config.regularizer.target == "e" else m_batch
+            teacher = self.teacher_embeddings[[row.index for row in active]]
+            loss = loss + regularizer_loss(config.regularizer, vectors, teacher) * len(active)
+        return logits, row_losses, loss
+
+    def decide(self, active: list[_Row], logits: torch.Tensor, row_losses: list[torch.Tensor]) -> list[_Row]:
+        """Measure every active row and decide its fate; returns the rows whose draw starts over after this step."""
+        predictions = logits.argmax(-1)
+        diverged = False
+        redrawn = []  # rows that start over: this step's gradient belongs to their old vectors
+        for k, row in enumerate(active):
+            pred = predictions[k, : len(row.target)]
+            acc = float((pred == row.device_target).float().mean())
+            loss = float(row_losses[k])
+            row.record(loss, acc, pred.tolist(), self.config.snapshot_every)
+            if not math.isfinite(loss):
+                self.finish(row, "diverged",
+                            f"The loss became {loss} at step {row.steps}; kept the best vectors before it.")
+                diverged = True
+            elif not self.group_mode and self.decide_row(row, acc, loss):
+                redrawn.append(row)
+        if self.group_mode and not diverged:
+            self.decide_group(active)
+        return redrawn
+
+    def decide_row(self, row: _Row, acc: float, loss: float) -> bool:
+        """A text fitted alone: keep its best vectors, finish it (converged, step cap); True when its draw is stuck."""
+        config = self.config
+        if acc > row.best_acc or (acc == row.best_acc and loss < row.best_loss):
+            row.keep(acc, loss)
+        if acc >= config.threshold:
+            self.finish(row, "converged")
+        elif row.steps >= config.max_steps:
+            self.finish(row, "max_steps", f"Reached max steps ({config.max_steps}) at accuracy {row.best_acc:.3f}.")
+        else:
+            return self.stuck(row.steps - row.drawn_at, loss)
+        return False
+
+    def decide_group(self, active: list[_Row]) -> None:
+        """Coupled texts are kept and stopped together: the best state is the one with the best mean accuracy,
+        so every text returns the same m (and the batch relation the regulariser saw)."""
+        config = self.config
+        mean_acc = sum(row.last_acc for row in active) / len(active)
+        total_loss = sum(row.last_loss for row in active)
+        if mean_acc > self.group_best[0] or (mean_acc == self.group_best[0] and total_loss < self.group_best[1]):
+            self.group_best = (mean_acc, total_loss)
+            for row in active:
+                row.keep(row.last_acc, row.last_loss)
+        if all(row.last_acc >= config.threshold for row in active):
+            for row in active:
+                self.finish(row, "converged")
+        elif max(row.steps for row in active) >= config.max_steps:
+            for row in active:
+                self.finish(row, "max_steps", f"Reached max steps ({config.max_steps}) at accuracy {row.best_acc:.3f}.")
+
+    def stuck(self, age: int, loss: float) -> bool:
+        """Whether a draw this many steps old at this loss should start over (redraw_after, redraw_plateau)."""
+        config = self.config
+        return ((0 < config.redraw_after <= age and loss >= self.stuck_loss)
+                or (0 < config.redraw_plateau <= age and loss >= self.plateau_loss))
+
+    def finish(self, row: _Row, how: str, message: str = "") -> None:
+        """End a row (it leaves the batch at the next fill_slots); a converged restart supersedes its siblings."""
+        row.status, row.done, row.message = how, True, message
+        row.wall = time.perf_counter() - row.started if row.started else 0.0
+        if how == "converged" and row.owner is not None:  # the other restarts of this text are not needed
+            for other in self.rows:
+                if other.owner == row.owner and not other.done:
+                    self.finish(other, "superseded")
+
+    def update(self, active: list[_Row], loss: torch.Tensor, redrawn: list[_Row]) -> None:
+        """Backward and one optimiser step for the active rows still fitting; redraw the stuck ones."""
+        updating = [row for row in active if not row.done]
+        if not updating:
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for row in active:  # a finished row keeps its vectors: no gradient, so AdamW leaves it alone
+            if row.done or row in redrawn:
+                row.e.grad = None
+                if not self.config.shared_m:
+                    row.m.grad = None
+        for row in redrawn:
+            self.redraw(row)
+        self.set_lr(updating)
+        self.optimizer.step()
+        for row in updating:
+            row.steps += 1
+
+    def set_lr(self, updating: list[_Row]) -> None:
+        config = self.config
+        if not config.shared_m:
+            for row in updating:
+                row.group["lr"] = config.lr * _lr_factor(config, row.steps - row.drawn_at)
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = config.lr * _lr_factor(config, updating[0].steps)
+
+    def redraw(self, row: _Row) -> None:
+        """Start a row over from a new init: its loss says this draw is stuck (stuck(), preset())."""
+        row.redraws += 1
+        row.drawn_at = row.steps + 1  # this step is spent measuring the old draw
+        seed = text_seed(row.seed, [row.redraws])  # the same text and redraw count always get the same init
+        with torch.no_grad():
+            row.e.copy_(_init_vector(self.lm.hidden_size, self.distribution, seed))
+            row.m.copy_(_init_vector(self.lm.hidden_size, self.distribution, seed + 1))
+        self.optimizer.state.pop(row.e, None)
+        self.optimizer.state.pop(row.m, None)
+
+    def announce(self) -> None:
+        """Hand each finished row to on_done as soon as it finishes, so a caller can store it at once."""
+        if self.on_done is None:
+            return
+        for row in self.rows:
+            if row.done and not row.announced:
+                row.announced = True
+                self.on_done(row.index, self.result(row))
+
+    def report(self) -> None:
+        if self.callback is not None:
+            rows = self.rows
+            self.callback(FitProgress(
+                step=max(row.steps for row in rows), max_steps=self.config.max_steps,
+                loss=[row.last_loss for row in rows], accuracy=[row.last_acc for row in rows],
+                best_accuracy=[max(row.best_acc, 0.0) for row in rows],
+                predictions=[list(row.last_pred) for row in rows], done=[row.done for row in rows],
+                elapsed=time.perf_counter() - self.t0,
+            ))
+
+    def result(self, row: _Row) -> FitResult:
+        """The row's FitResult: its best vectors, with a last snapshot of where it ended."""
+        snaps = row.snapshots
+        if row.last_pred and (not snaps or snaps[-1]["step"] != row.steps):
+            snaps.append({"step": row.steps, "tokens": row.last_pred})
+        return FitResult(
+            text=row.text, token_ids=row.target, e=row.best_e.detach().float().cpu(),
+            m=row.best_m.detach().float().cpu(), accuracy=max(row.best_acc, 0.0), loss=row.best_loss,
+            steps=row.steps, converged=row.best_acc >= self.config.threshold, status=row.status,
+            message=row.message, wall_time=row.wall, history=row.history, snapshots=snaps, redraws=row.redraws,
+        )
+
+
 def _fit_items(
     lm: LoadedModel,
     texts: Sequence[str],
@@ -249,224 +552,27 @@ def _fit_items(
     if not texts:
         raise FitError("No texts to fit.")
     targets = [list(t) for t in token_ids] if token_ids is not None else [lm.validate_text(t, config.layout) for t in texts]
-    n_texts, hidden = len(texts), lm.hidden_size
-    lengths = [len(t) for t in targets]
     distribution = _init_distribution(lm, config)
     seeds = list(init_seeds) if init_seeds is not None else [text_seed(config.seed, t) for t in targets]
+    group_mode = config.shared_m or config.has_regularizer
+    slots = len(texts) if (group_mode or not batch_size) else max(1, batch_size)
 
-    regularize = config.has_regularizer
-    group_mode = config.shared_m or regularize
-    slots = n_texts if (group_mode or not batch_size) else max(1, batch_size)
-
-    es = [torch.nn.Parameter(_init_vector(hidden, distribution, s)) for s in seeds]
+    shared_m = None
     if config.shared_m:
-        shared = torch.nn.Parameter(_init_vector(hidden, distribution, text_seed(config.seed + 1, sum(targets, []))))
-        ms = [shared] * n_texts
-        groups = [{"params": es}, {"params": [shared]}]
-    else:
-        ms = [torch.nn.Parameter(_init_vector(hidden, distribution, s + 1)) for s in seeds]
-        groups = [{"params": [es[i], ms[i]]} for i in range(n_texts)]  # one group per text: its own lr schedule
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
-
-    if regularize:
+        shared_m = torch.nn.Parameter(_init_vector(lm.hidden_size, distribution,
+                                                   text_seed(config.seed + 1, sum(targets, []))))
+    rows = [_init_row(lm, i, texts[i], targets[i], seeds[i], owners[i] if owners is not None else None, distribution,
+                      shared_m) for i in range(len(texts))]
+    optimizer = _new_optimizer(config, rows, shared_m)
+    if config.has_regularizer:
         from core.engine import teacher as teacher_mod
 
         if teacher_embeddings is None:
             teacher_embeddings = teacher_mod.embed_texts(teacher_mod.load_teacher(config.regularizer.teacher), list(texts))
         teacher_embeddings = teacher_embeddings.float().to(lm.device)
-
-    device_targets = [torch.tensor(t, device=lm.device) for t in targets]
-    best_acc = [-1.0] * n_texts
-    best_loss = [math.inf] * n_texts
-    best_e = [p.detach().clone() for p in es]
-    best_m = [p.detach().clone() for p in ms]
-    last_loss = [math.nan] * n_texts
-    last_acc = [0.0] * n_texts
-    last_pred: list[list[int]] = [[] for _ in range(n_texts)]
-    steps_taken = [0] * n_texts  # updates applied to each text's vectors
-    redraws = [0] * n_texts  # times a text's vectors started over from a new init (config.redraw_after)
-    drawn_at = [0] * n_texts  # steps_taken when the current draw started
-    stuck_loss = REDRAW_LOSS_SHARE * math.log(lm.model.config.vocab_size)
-    plateau_loss = REDRAW_PLATEAU_SHARE * math.log(lm.model.config.vocab_size)
-    status = ["max_steps"] * n_texts
-    messages = [""] * n_texts
-    done = [False] * n_texts
-    wall = [0.0] * n_texts
-    started = [0.0] * n_texts
-    histories = [{"step": [], "loss": [], "accuracy": []} for _ in range(n_texts)]
-    snapshots: list[list] = [[] for _ in range(n_texts)]
-    group_best = [-1.0, math.inf]
-    waiting = list(range(n_texts))
-    active: list[int] = []
-    t0 = time.perf_counter()
-    iteration = 0
-
-    def report() -> None:
-        if callback is not None:
-            callback(FitProgress(
-                step=max(steps_taken), max_steps=config.max_steps, loss=list(last_loss), accuracy=list(last_acc),
-                best_accuracy=[max(a, 0.0) for a in best_acc], predictions=[list(p) for p in last_pred],
-                done=list(done), elapsed=time.perf_counter() - t0,
-            ))
-
-    def finish(i: int, how: str, message: str = "") -> None:
-        status[i], done[i], messages[i] = how, True, message
-        wall[i] = time.perf_counter() - started[i] if started[i] else 0.0
-        if how == "converged" and owners is not None:  # the other restarts of this text are not needed
-            for j in range(n_texts):
-                if owners[j] == owners[i] and not done[j]:
-                    finish(j, "superseded")
-
-    def make_result(i: int) -> FitResult:
-        snaps = snapshots[i]
-        if last_pred[i] and (not snaps or snaps[-1]["step"] != steps_taken[i]):
-            snaps.append({"step": steps_taken[i], "tokens": last_pred[i]})
-        return FitResult(
-            text=texts[i], token_ids=targets[i], e=best_e[i].detach().float().cpu(), m=best_m[i].detach().float().cpu(),
-            accuracy=max(best_acc[i], 0.0), loss=best_loss[i], steps=steps_taken[i],
-            converged=best_acc[i] >= config.threshold, status=status[i], message=messages[i], wall_time=wall[i],
-            history=histories[i], snapshots=snaps, redraws=redraws[i],
-        )
-
-    announced: set[int] = set()
-
-    def announce() -> None:
-        """Hand each finished text to on_done as soon as it finishes, so a caller can store it at once."""
-        if on_done is None:
-            return
-        for i in range(n_texts):
-            if done[i] and i not in announced:
-                announced.add(i)
-                on_done(i, make_result(i))
-
-    def redraw(i: int) -> None:
-        """Start text i over from a new init: its loss says this draw is stuck (stuck(), preset())."""
-        redraws[i] += 1
-        drawn_at[i] = steps_taken[i] + 1  # this step is spent measuring the old draw
-        seed = text_seed(seeds[i], [redraws[i]])  # the same text and redraw count always get the same init
-        with torch.no_grad():
-            es[i].copy_(_init_vector(hidden, distribution, seed))
-            ms[i].copy_(_init_vector(hidden, distribution, seed + 1))
-        optimizer.state.pop(es[i], None)
-        optimizer.state.pop(ms[i], None)
-
-    def stuck(age: int, loss: float) -> bool:
-        """Whether a draw this many steps old at this loss should start over (redraw_after, redraw_plateau)."""
-        return ((0 < config.redraw_after <= age and loss >= stuck_loss)
-                or (0 < config.redraw_plateau <= age and loss >= plateau_loss))
-
-    def lr_factor(step: int) -> float:
-        if config.schedule == "cosine":
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / config.max_steps))
-        return 1.0
-
-    while True:
-        if cancel is not None and cancel.is_set():
-            for i in range(n_texts):
-                if not done[i]:
-                    finish(i, "cancelled", f"Stopped by the user after {steps_taken[i]} steps.")
-            break
-        active = [i for i in active if not done[i]]
-        while waiting and len(active) < slots:
-            i = waiting.pop(0)
-            if done[i]:  # a restart whose text converged before it got a slot
-                continue
-            started[i] = time.perf_counter()
-            active.append(i)
-        if not active:
-            break
-        iteration += 1
-        e_batch = torch.stack([es[i] for i in active]).to(lm.device)
-        m_batch = torch.stack([ms[i] for i in active]).to(lm.device)
-        logits = scored_logits(lm, e_batch, m_batch, [lengths[i] for i in active], config.layout)  # [A, Nmax, V]
-        per_text_loss = [F.cross_entropy(logits[row, : lengths[i]], device_targets[i]) for row, i in enumerate(active)]
-        # Sum, not mean: each text's gradient is what it would be if fitted alone.
-        loss = torch.stack(per_text_loss).sum()
-        if regularize:
-            from core.engine.teacher import regularizer_loss
-
-            vectors = e_batch if config.regularizer.target == "e" else m_batch
-            loss = loss + regularizer_loss(config.regularizer, vectors, teacher_embeddings[active]) * len(active)
-
-        with torch.no_grad():
-            predictions = logits.argmax(-1)
-            stopping = []  # texts whose measured vectors are final: they get no update this step
-            redrawn = []  # texts that start over: this step's gradient belongs to their old vectors
-            for row, i in enumerate(active):
-                pred = predictions[row, : lengths[i]]
-                acc = float((pred == device_targets[i]).float().mean())
-                loss_i = float(per_text_loss[row])
-                step = steps_taken[i]
-                last_loss[i], last_acc[i], last_pred[i] = loss_i, acc, pred.tolist()
-                histories[i]["step"].append(step)
-                histories[i]["loss"].append(loss_i)
-                histories[i]["accuracy"].append(acc)
-                if step % config.snapshot_every == 0:
-                    snapshots[i].append({"step": step, "tokens": last_pred[i]})
-                    if len(snapshots[i]) > MAX_SNAPSHOTS:
-                        snapshots[i] = _thin(snapshots[i])
-                if not math.isfinite(loss_i):
-                    finish(i, "diverged", f"The loss became {loss_i} at step {step}; kept the best vectors before it.")
-                    stopping.append(i)
-                    continue
-                if not group_mode:
-                    if acc > best_acc[i] or (acc == best_acc[i] and loss_i < best_loss[i]):
-                        best_acc[i], best_loss[i] = acc, loss_i
-                        best_e[i], best_m[i] = es[i].detach().clone(), ms[i].detach().clone()
-                    if acc >= config.threshold:
-                        finish(i, "converged")
-                        stopping.append(i)
-                    elif step >= config.max_steps:
-                        finish(i, "max_steps", f"Reached max steps ({config.max_steps}) at accuracy {best_acc[i]:.3f}.")
-                        stopping.append(i)
-                    elif stuck(step - drawn_at[i], loss_i):
-                        redrawn.append(i)
-            if group_mode and not stopping:
-                # Coupled texts are kept and stopped together: the best state is the one with the best mean
-                # accuracy, so every text returns the same m (and the batch relation the regulariser saw).
-                mean_acc = sum(last_acc[i] for i in active) / len(active)
-                total_loss = sum(last_loss[i] for i in active)
-                if mean_acc > group_best[0] or (mean_acc == group_best[0] and total_loss < group_best[1]):
-                    group_best[:] = [mean_acc, total_loss]
-                    for i in active:
-                        best_acc[i], best_loss[i] = last_acc[i], last_loss[i]
-                        best_e[i], best_m[i] = es[i].detach().clone(), ms[i].detach().clone()
-                if all(last_acc[i] >= config.threshold for i in active):
-                    for i in active:
-                        finish(i, "converged")
-                elif max(steps_taken[i] for i in active) >= config.max_steps:
-                    for i in active:
-                        finish(i, "max_steps", f"Reached max steps ({config.max_steps}) at accuracy {best_acc[i]:.3f}.")
-
-        announce()
-        if iteration % callback_every == 1 or callback_every == 1 or all(done):
-            report()
-        updating = [i for i in active if not done[i]]
-        if not updating:
-            continue
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for i in active:  # a finished text keeps its vectors: no gradient, so AdamW leaves it alone
-            if done[i] or i in redrawn:
-                es[i].grad = None
-                if not config.shared_m:
-                    ms[i].grad = None
-        for i in redrawn:
-            redraw(i)
-        if not config.shared_m:
-            for i in updating:
-                optimizer.param_groups[i]["lr"] = config.lr * lr_factor(steps_taken[i] - drawn_at[i])
-        else:
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * lr_factor(steps_taken[updating[0]])
-        optimizer.step()
-        for i in updating:
-            steps_taken[i] += 1
-
-    results = [make_result(i) for i in range(n_texts)]
-    announce()
-    report()
-    return results
+    run = _FitRun(lm, config, rows, optimizer, distribution=distribution, slots=slots, teacher_embeddings=teacher_embeddings, on_done=on_done,
+                  callback=callback, callback_every=callback_every)
+    return run.run(cancel)
 
 
 def fit_texts(

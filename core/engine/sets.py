@@ -98,6 +98,13 @@ def prefit_status(record: PrefitSet | None, model: str) -> tuple[float, str]:
     return record.n_fitted / n, f"pre-fitted so far: {record.n_fitted} of {n} texts"
 
 
+def most_prefitted(names: Sequence[str], manifest: Mapping[str, PrefitSet], model: str) -> int:
+    """Index of the set the shipped pre-fit covers best for this model (the first on a tie): where a page opens
+    on a fresh install, so it draws at once."""
+    share = [prefit_status(manifest.get(name), model)[0] for name in names]
+    return max(range(len(names)), key=lambda i: (share[i], -i)) if names else 0
+
+
 # ---- a set's texts, the configurations it can be looked up with, and its entries ---------------------
 
 def validate_set(lm: LoadedModel, texts: Sequence[str], layout: str) -> list[list[int]]:
