@@ -221,31 +221,8 @@ def test_a_stuck_draw_starts_over_from_a_new_init(tiny_lm, monkeypatch, rule, sh
     assert torch.equal(again.e, r.e) and again.history["loss"] == loss  # redraws are seeded
 
 
-def test_restarts_wait_for_the_slots_converged_texts_free(tiny_lm, monkeypatch):
-    import core.engine.fit as fit_mod
-
-    rows = []
-
-    def counting(lm, e, m, lengths, layout):
-        rows.append(sorted(lengths))
-        return scored_logits(lm, e, m, lengths, layout)
-
-    monkeypatch.setattr(fit_mod, "scored_logits", counting)
-    plain = fit_texts(tiny_lm, [SHORT, OTHER], preset("paper", max_steps=600), batch_size=2)
-    assert plain[0].steps != plain[1].steps and len(rows[-1]) == 1  # without restarts the batch thins out
-    both = rows[0]
-    assert both == sorted(len(r.token_ids) for r in plain) and both[0] != both[1]
-    rows.clear()
-    results = fit_texts(tiny_lm, [SHORT, OTHER], preset("paper", max_steps=600, restarts=3), batch_size=2)
-    assert all(r.converged for r in results)
-    # the first draws of both texts take the slots (not two draws of one text); then a restart of the slower
-    # text takes the slot the faster one freed: always 2 rows
-    assert rows[0] == both and all(len(r) == 2 for r in rows)
-    first = min(plain, key=lambda r: r.steps)
-    assert results[plain.index(first)].steps == first.steps  # the faster text ran its first draw as before
-
-
-def test_a_converged_row_leaves_the_batch(tiny_lm, monkeypatch):
+def _forward_rows(monkeypatch) -> list[list[int]]:
+    """The text lengths of every forward pass core.engine.fit makes from now on, in row order."""
     import core.engine.fit as fit_mod
 
     rows = []
@@ -255,6 +232,27 @@ def test_a_converged_row_leaves_the_batch(tiny_lm, monkeypatch):
         return scored_logits(lm, e, m, lengths, layout)
 
     monkeypatch.setattr(fit_mod, "scored_logits", counting)
+    return rows
+
+
+def test_restarts_wait_for_the_slots_converged_texts_free(tiny_lm, monkeypatch):
+    rows = _forward_rows(monkeypatch)
+    plain = fit_texts(tiny_lm, [SHORT, OTHER], preset("paper", max_steps=600), batch_size=2)
+    assert plain[0].steps != plain[1].steps and len(rows[-1]) == 1  # without restarts the batch thins out
+    both = sorted(rows[0])
+    assert both == sorted(len(r.token_ids) for r in plain) and both[0] != both[1]
+    rows.clear()
+    results = fit_texts(tiny_lm, [SHORT, OTHER], preset("paper", max_steps=600, restarts=3), batch_size=2)
+    assert all(r.converged for r in results)
+    # the first draws of both texts take the slots (not two draws of one text); then a restart of the slower
+    # text takes the slot the faster one freed: always 2 rows
+    assert sorted(rows[0]) == both and all(len(r) == 2 for r in rows)
+    first = min(plain, key=lambda r: r.steps)
+    assert results[plain.index(first)].steps == first.steps  # the faster text ran its first draw as before
+
+
+def test_a_converged_row_leaves_the_batch(tiny_lm, monkeypatch):
+    rows = _forward_rows(monkeypatch)
     results = fit_texts(tiny_lm, [SHORT, OTHER], preset("paper", max_steps=300))
     first, other = sorted(results, key=lambda r: r.steps)
     assert first.converged and other.steps > first.steps

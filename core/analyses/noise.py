@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -29,6 +28,7 @@ from core.engine.cache import CacheEntry, ProtoCache, cache_key
 from core.engine.models import LoadedModel
 from core.engine.reconstruct import predict_tokens, token_metrics
 from core.engine.shapes import checked
+from core.texts.numbers import NumberList
 
 log = logging.getLogger(__name__)
 
@@ -231,28 +231,21 @@ MAX_DRAWS = 256
 ProgressCallback = Callable[[float], None]
 
 
+ALPHAS = NumberList(
+    low=0.0, high=MAX_ALPHA, max_count=MAX_ALPHAS,
+    empty="Enter at least one alpha, e.g. 0, 0.05, 0.1, 0.2, 0.5, 1.0.",
+    not_a_number="{item!r} is not a number; separate alphas with commas, e.g. 0, 0.1, 0.5.",
+    out_of_range=f"alpha {{item}} is out of range: every alpha must be a finite number from 0 to {MAX_ALPHA:g} "
+                 "(the noise's norm relative to the vector's).",
+    too_many=f"{{count}} alphas given; at most {MAX_ALPHAS}.")
+
+
 def parse_alphas(text: str) -> tuple[float, ...]:
     """Alphas typed as a list ("0, 0.05, 0.1" or "0 0.05 0.1") -> sorted unique floats.
 
     Raises ValueError with a message meant for the user (which item is wrong and why).
     """
-    items = [item for item in re.split(r"[\s,;]+", text.strip()) if item]
-    if not items:
-        raise ValueError("Enter at least one alpha, e.g. 0, 0.05, 0.1, 0.2, 0.5, 1.0.")
-    values = []
-    for item in items:
-        try:
-            value = float(item)
-        except ValueError:
-            raise ValueError(f"{item!r} is not a number; separate alphas with commas, e.g. 0, 0.1, 0.5.") from None
-        if not math.isfinite(value) or not 0 <= value <= MAX_ALPHA:
-            raise ValueError(f"alpha {item} is out of range: every alpha must be a finite number from 0 to {MAX_ALPHA:g} "
-                             "(the noise's norm relative to the vector's).")
-        values.append(value)
-    alphas = tuple(sorted(set(values)))
-    if len(alphas) > MAX_ALPHAS:
-        raise ValueError(f"{len(alphas)} alphas given; at most {MAX_ALPHAS}.")
-    return alphas
+    return ALPHAS.parse(text)
 
 
 @dataclass(frozen=True)

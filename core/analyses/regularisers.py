@@ -17,7 +17,6 @@ The default sweep that ships pre-fitted for the embedded model is core.shipped.d
 from __future__ import annotations
 
 import math
-import re
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -33,6 +32,7 @@ from core.engine.fit import FitConfig, FitProgress, entry_keys, fit_and_cache
 from core.engine.jobs import BackgroundJob
 from core.engine.models import LoadedModel
 from core.analyses.projection import Projection, cached_map, semantic_alignment, silhouette_by_group
+from core.texts.numbers import NumberList
 from core.engine.teacher import (
     RegularizerConfig,
     RegularizerKind,
@@ -106,28 +106,21 @@ def default_settings(kinds: Sequence[str] = SWEEP_KINDS, lambdas: Sequence[float
 MAX_LAMBDA = 1000.0
 
 
+LAMBDAS = NumberList(
+    low=0.0, low_open=True, high=MAX_LAMBDA, max_count=MAX_LAMBDAS, error=RegulariserError,
+    empty="Enter at least one λ, e.g. 0.1, 1 (the authors used 0.1).",
+    not_a_number="{item!r} is not a number; separate the λ values with commas, e.g. 0.1, 1.",
+    out_of_range=f"λ = {{item}} is out of range: every λ must be a finite number > 0 and at most {MAX_LAMBDA:g} "
+                 "(the run without a regulariser is always included).",
+    too_many=f"{{count}} λ values given; at most {MAX_LAMBDAS} (each one is a full fit of the set).")
+
+
 def parse_lambdas(text: str) -> tuple[float, ...]:
     """Lambdas typed as "0.1, 1" or "0.1 1" -> sorted unique floats > 0.
 
     Raises RegulariserError with a message naming the wrong item and why.
     """
-    items = [item for item in re.split(r"[\s,;]+", text.strip()) if item]
-    if not items:
-        raise RegulariserError("Enter at least one λ, e.g. 0.1, 1 (the authors used 0.1).")
-    values = []
-    for item in items:
-        try:
-            value = float(item)
-        except ValueError:
-            raise RegulariserError(f"{item!r} is not a number; separate the λ values with commas, e.g. 0.1, 1.") from None
-        if not math.isfinite(value) or not 0 < value <= MAX_LAMBDA:
-            raise RegulariserError(f"λ = {item} is out of range: every λ must be a finite number > 0 and at most {MAX_LAMBDA:g} "
-                             "(the run without a regulariser is always included).")
-        values.append(value)
-    lambdas = tuple(sorted(set(values)))
-    if len(lambdas) > MAX_LAMBDAS:
-        raise RegulariserError(f"{len(lambdas)} λ values given; at most {MAX_LAMBDAS} (each one is a full fit of the set).")
-    return lambdas
+    return LAMBDAS.parse(text)
 
 
 def sweep_config(config: FitConfig) -> FitConfig:
