@@ -297,6 +297,89 @@ def _result(setting: RegulariserSetting, keys: list[str], entries: Sequence[Cach
     )
 
 
+@dataclass
+class _SweepRun:
+    """What every setting of one sweep shares: the set, the fit, the cache, the teacher, the progress report."""
+
+    lm: LoadedModel
+    texts: list[str]
+    groups: list[str]
+    targets: list[list[int]]
+    base_config: FitConfig
+    cache: ProtoCache
+    teacher: str | None  # as asked (None: the embedded teacher)
+    teacher_name: str  # canonical
+    teacher_emb: np.ndarray | None  # [n, d_teacher], loaded on first need
+    result: RegulariserResult
+    progress: Callable[[RegulariserProgress], None] | None
+    cancel: threading.Event | None
+    batch_size: int
+    callback_every: int
+    t0: float = field(default_factory=time.perf_counter)
+
+    def teacher_matrix(self) -> np.ndarray:
+        if self.teacher_emb is None:
+            self.teacher_emb = _teacher_matrix(self.texts, self.cache, self.teacher)
+        return self.teacher_emb
+
+    def tell(self, index: int, fit_progress: FitProgress | None = None) -> None:
+        if self.progress is not None:
+            settings = self.result.settings
+            self.progress(RegulariserProgress(
+                index=index, n_settings=len(settings), setting=settings[index], fit=fit_progress,
+                finished=[r.setting for r in self.result.results], elapsed=time.perf_counter() - self.t0))
+
+    def fit(self, index: int, config: FitConfig, setting: RegulariserSetting
+            ) -> tuple[list[CacheEntry], float | None] | None:
+        """Fit the setting's texts as one coupled batch (cached texts skipped): its entries and wall time (None
+        when everything came from the cache); None when a Stop interrupted it."""
+        started = time.perf_counter()
+        emb_tensor = torch.from_numpy(self.teacher_matrix()).float() if setting.active else None
+        outcomes = fit_and_cache(
+            self.lm, self.texts, config, self.cache, batch_size=self.batch_size, callback_every=self.callback_every,
+            cancel=self.cancel, callback=(lambda p, _indices: self.tell(index, p)), teacher_embeddings=emb_tensor)
+        if any(o is None or o.entry.metrics.get("status") == "cancelled" for o in outcomes):
+            return None
+        wall = None if all(o.cached for o in outcomes) else time.perf_counter() - started  # type: ignore[union-attr]
+        return [o.entry for o in outcomes], wall  # type: ignore[union-attr]
+
+    def measure(self, setting: RegulariserSetting, config: FitConfig, keys: list[str], analysis_key: str,
+                entries: list[CacheEntry], wall: float | None, cached: bool) -> SettingResult:
+        """Score a finished setting and store its metrics as an analysis."""
+        if wall is None:
+            # Fitted outside a sweep (another page, the pre-fit): the coupled fit's own wall time when known.
+            walls = [e.metrics.get("wall_time") for e in entries]
+            wall = max(walls) if setting.active and all(w is not None for w in walls) else None
+        metrics = _metrics(entries, self.groups, self.teacher_matrix())
+        meta = {key: _json_float(value) if isinstance(value, float) else value for key, value in metrics.items()}
+        meta.update(setting=setting.as_dict(), label=setting.label, model=self.lm.identity, keys=keys,
+                    groups=self.groups, teacher=self.teacher_name, config=config.as_dict(), wall_time_s=_json_float(wall))
+        self.cache.keep_analysis(REGULARISER_ANALYSIS, analysis_key, meta)
+        return _result(setting, keys, entries, meta, cached=cached)
+
+    def run_setting(self, index: int, setting: RegulariserSetting, fit: bool) -> SettingResult | str:
+        """One setting: from the cache when it is all there, else fitted (fit=True) and measured.
+        Returns its result, or "missing" (fit=False and not cached) or "stopped" (a Stop interrupted it)."""
+        config = _setting_config(self.base_config, setting, self.teacher)
+        keys, _ = entry_keys(self.lm, self.targets, config)
+        analysis_key = setting_key(keys, self.groups, self.teacher_name)
+        self.tell(index)
+        entries = [self.cache.get(k) for k in keys]
+        have_all = all(e is not None and e.metrics.get("status") != "cancelled" for e in entries)
+        stored = self.cache.get_analysis(REGULARISER_ANALYSIS, analysis_key)
+        if have_all and stored is not None:
+            return _result(setting, keys, entries, stored[0], cached=True)  # type: ignore[arg-type]
+        wall: float | None = None
+        if not have_all:
+            if not fit:
+                return "missing"
+            fitted = self.fit(index, config, setting)
+            if fitted is None:
+                return "stopped"
+            entries, wall = fitted  # type: ignore[assignment]
+        return self.measure(setting, config, keys, analysis_key, entries, wall, cached=wall is None)  # type: ignore[arg-type]
+
+
 def run_regularisers(
     lm: LoadedModel,
     texts: Sequence[str],
@@ -319,9 +402,8 @@ def run_regularisers(
     shared by all, through :func:`sweep_config` (one init per text; each setting's own regulariser).
     teacher: teacher name (None: the embedded all-MiniLM-L6-v2), used by the losses and to measure alignment.
     teacher_emb: [n, d_teacher] teacher embeddings when already known (otherwise computed once and cached).
-    fit=False only collects
-    what is cached (nothing is fitted). A set cancel event stops after the running setting's best state is
-    stored; that setting counts as unfinished (its entries are refitted next time).
+    fit=False only collects what is cached (nothing is fitted). A set cancel event stops after the running
+    setting's best state is stored; that setting counts as unfinished (its entries are refitted next time).
     """
     texts, groups = list(texts), [str(g) for g in groups]
     base_config = sweep_config(base_config)
@@ -329,67 +411,21 @@ def run_regularisers(
     targets = _check_inputs(lm, texts, groups, settings, base_config.layout)
     teacher_name = canonical_teacher_name(teacher)
     result = RegulariserResult(model=lm.identity, texts=texts, groups=groups, config=base_config.as_dict(),
-                         teacher=teacher_name, settings=settings)
-    t0 = time.perf_counter()
+                               teacher=teacher_name, settings=settings)
     emb: np.ndarray | None = None if teacher_emb is None else np.asarray(
         teacher_emb.detach().cpu().float().numpy() if isinstance(teacher_emb, torch.Tensor) else teacher_emb,
         dtype=np.float64)
     if emb is not None and emb.shape[0] != len(texts):
         raise RegulariserError(f"{emb.shape[0]} teacher embeddings for {len(texts)} texts.")
-
-    def teacher_matrix() -> np.ndarray:
-        nonlocal emb
-        if emb is None:
-            emb = _teacher_matrix(texts, cache, teacher)
-        return emb
-
-    def tell(index: int, fit_progress: FitProgress | None = None) -> None:
-        if progress is not None:
-            progress(RegulariserProgress(index=index, n_settings=len(settings), setting=settings[index], fit=fit_progress,
-                                   finished=[r.setting for r in result.results], elapsed=time.perf_counter() - t0))
-
+    run = _SweepRun(lm, texts, groups, targets, base_config, cache, teacher, teacher_name, emb, result, progress,
+                    cancel, batch_size, callback_every)
     for index, setting in enumerate(settings):
-        if cancel is not None and cancel.is_set():
+        outcome = "stopped" if cancel is not None and cancel.is_set() else run.run_setting(index, setting, fit)
+        if outcome == "stopped":
             result.stopped = True
             break
-        config = _setting_config(base_config, setting, teacher)
-        keys, _ = entry_keys(lm, targets, config)
-        analysis_key = setting_key(keys, groups, teacher_name)
-        tell(index)
-        entries = [cache.get(k) for k in keys]
-        have_all = all(e is not None and e.metrics.get("status") != "cancelled" for e in entries)
-        stored = cache.get_analysis(REGULARISER_ANALYSIS, analysis_key)
-        if have_all and stored is not None:
-            result.results.append(_result(setting, keys, entries, stored[0], cached=True))
-            continue
-        wall: float | None = None
-        cached = True
-        if not have_all:
-            if not fit:
-                continue
-            started = time.perf_counter()
-            emb_tensor = torch.from_numpy(teacher_matrix()).float() if setting.active else None
-            outcomes = fit_and_cache(
-                lm, texts, config, cache, batch_size=batch_size, callback_every=callback_every, cancel=cancel,
-                callback=(lambda p, _indices, index=index: tell(index, p)), teacher_embeddings=emb_tensor)
-            wall = time.perf_counter() - started
-            if any(o is None or o.entry.metrics.get("status") == "cancelled" for o in outcomes):
-                result.stopped = True
-                break
-            entries = [o.entry for o in outcomes]  # type: ignore[union-attr]
-            cached = all(o.cached for o in outcomes)  # type: ignore[union-attr]
-            if cached:
-                wall = None
-        if wall is None:
-            # Fitted outside a sweep (another page, the pre-fit): the coupled fit's own wall time when known.
-            walls = [e.metrics.get("wall_time") for e in entries]  # type: ignore[union-attr]
-            wall = max(walls) if setting.active and all(w is not None for w in walls) else None
-        metrics = _metrics(entries, groups, teacher_matrix())  # type: ignore[arg-type]
-        meta = {key: _json_float(value) if isinstance(value, float) else value for key, value in metrics.items()}
-        meta.update(setting=setting.as_dict(), label=setting.label, model=lm.identity, keys=keys, groups=groups,
-                    teacher=teacher_name, config=config.as_dict(), wall_time_s=_json_float(wall))
-        cache.keep_analysis(REGULARISER_ANALYSIS, analysis_key, meta)
-        result.results.append(_result(setting, keys, entries, meta, cached=cached))  # type: ignore[arg-type]
+        if isinstance(outcome, SettingResult):
+            result.results.append(outcome)
     return result
 
 
