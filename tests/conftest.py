@@ -10,9 +10,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Check the jaxtyping shapes of core.engine.shapes.checked functions in every test and every server a test starts.
 os.environ["PROTOTOKENS_CHECK_SHAPES"] = "1"
 
+import numpy as np
 import pytest
+import torch
 
-from core.engine.cache import ProtoCache
+from core.engine.cache import CacheEntry, ProtoCache
 from core.engine.models import TINY_MODEL, load_model
 
 # Short texts the embedded model fits in a few hundred steps; used by every integration test.
@@ -91,3 +93,13 @@ def open_page(page: str, entry_key: str | None = None, session_state: dict | Non
         at.switch_page(page)
         at.run()
     return at
+
+
+def fake_entry(key: str, text: str, e: np.ndarray, m: np.ndarray, accuracy: float = 1.0, steps: int = 50) -> CacheEntry:
+    """A CacheEntry built by hand (model "fake"), for tests of what reads entries."""
+    history = {"step": list(range(steps)), "loss": [1.0 / (s + 1) for s in range(steps)],
+               "accuracy": [min(1.0, s / steps) for s in range(steps)]}
+    return CacheEntry(key=key, model="fake", text=text, token_ids=[1, 2, 3], config={"layout": "e+m*N"},
+                      metrics={"accuracy": accuracy, "converged": accuracy >= 0.99, "steps": steps},
+                      history=history, e=torch.tensor(e, dtype=torch.float32),
+                      m=torch.tensor(m, dtype=torch.float32), snapshots=[{"step": 0, "tokens": [1]}] * 5)

@@ -1,4 +1,4 @@
-"""core.analyses.embeddings and core.shipped.prefit: a set's matrices, silhouettes per space, teacher cache, the shipped pre-fit."""
+"""core.analyses.embeddings: a set's matrices, silhouettes per space, maps, the teacher cache, the config choices."""
 
 from __future__ import annotations
 
@@ -7,29 +7,19 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from safetensors.torch import load_file
 from sklearn.metrics import silhouette_score
 
 from core.analyses.projection import MAP_ANALYSIS
 import core.analyses.projection
 from core.analyses import embeddings as emb
-from core.engine.cache import CacheEntry, ProtoCache
+from core.engine.cache import ProtoCache
 from core.engine.fit import config_from_dict, lookup, preset
 from core.shipped.prefit import prefit_builtin, prefit_config, ship_views
-from core.engine.sets import MANIFEST, compact_entry, load_manifest, thin_history, validate_set
-from core.texts.textsets import BUILTIN_SETS, PREFIT_SETS, TextSetError, builtin_set, parse_text_set
+from core.engine.sets import MANIFEST, load_manifest
+from tests.conftest import fake_entry
 
 HIDDEN = 8
-
-
-def _entry(key: str, text: str, e: np.ndarray, m: np.ndarray, accuracy: float = 1.0, steps: int = 50) -> CacheEntry:
-    history = {"step": list(range(steps)), "loss": [1.0 / (s + 1) for s in range(steps)],
-               "accuracy": [min(1.0, s / steps) for s in range(steps)]}
-    return CacheEntry(key=key, model="fake", text=text, token_ids=[1, 2, 3], config={"layout": "e+m*N"},
-                      metrics={"accuracy": accuracy, "converged": accuracy >= 0.99, "steps": steps},
-                      history=history, e=torch.tensor(e, dtype=torch.float32),
-                      m=torch.tensor(m, dtype=torch.float32), snapshots=[{"step": 0, "tokens": [1]}] * 5)
 
 
 def _clustered_set(seed: int = 0):
@@ -41,7 +31,7 @@ def _clustered_set(seed: int = 0):
         for j, kind in enumerate(["original", "semantic", "semantic", "lexical"]):
             text = f"group {g} text {j}"
             rows.append((text, f"g{g}", kind))
-            entries.append(_entry(f"k{g}{j}", text, rng.normal(size=HIDDEN), centres[g] + rng.normal(size=HIDDEN) * 0.1,
+            entries.append(fake_entry(f"k{g}{j}", text, rng.normal(size=HIDDEN), centres[g] + rng.normal(size=HIDDEN) * 0.1,
                                   accuracy=0.5 if (g, j) == (1, 3) else 1.0))
     return pd.DataFrame(rows, columns=["text", "group", "kind"]), entries
 
@@ -165,32 +155,6 @@ def test_teacher_embeddings_are_cached_as_an_analysis(tmp_cache, monkeypatch):
 
 # ---- built-in sets and uploads -------------------------------------------------------------------------
 
-def test_prefitted_builtin_sets_have_the_promised_sizes():
-    assert set(PREFIT_SETS) <= set(BUILTIN_SETS)
-    variants = builtin_set("variants")
-    counts = variants.groupby("group")["kind"].value_counts().unstack()
-    assert len(counts) == 12 and len(variants) == 132
-    assert (counts["original"] == 1).all() and (counts["semantic"] == 4).all() and (counts["lexical"] == 6).all()
-    assert len(builtin_set("syntax")) == 70
-    assert set(builtin_set("variants-small")["text"]) <= set(variants["text"])  # shipped for free
-    assert len(builtin_set("variants-full")) > len(variants)
-
-
-@pytest.mark.parametrize(("data", "name", "expected"), [
-    (b"text,group,kind\nfine,a,original\nalso fine,a,typo\n", "mine.csv", 'unknown kind "typo" in row 3 (column "kind")'),
-    (b'{"text": "fine"}\n{"text": 3}\n', "mine.jsonl", 'row 2, column "text" must be a string'),
-    (b"text,group\nfine,a\n ,b\n", "mine.csv", 'empty text in row 3 (column "text")'),
-])
-def test_bad_uploads_name_row_and_column(data, name, expected):
-    with pytest.raises(TextSetError, match=expected.replace("(", r"\(").replace(")", r"\)")):
-        parse_text_set(data, name)
-
-
-def test_validate_set_names_the_text_the_model_cannot_fit(tiny_lm):
-    with pytest.raises(TextSetError, match=r"text 2 \('xxxx"):
-        validate_set(tiny_lm, ["short", "x" * 500], "e+m*N")
-    assert len(validate_set(tiny_lm, ["ab", "abc"], "e+m*N")[1]) == 3
-
 
 def test_config_choices_offer_the_shipped_config_first(tiny_lm):
     from core.engine.sets import PrefitSet
@@ -211,21 +175,6 @@ def test_config_choices_offer_the_shipped_config_first(tiny_lm):
 
 
 # ---- the shipped pre-fit -------------------------------------------------------------------------------
-
-def test_thin_history_and_compact_entry():
-    history = {"step": list(range(500)), "loss": [float(i) for i in range(500)], "accuracy": [0.0] * 500}
-    thin = thin_history(history, 40)
-    assert len(thin["step"]) == 40 and thin["step"][0] == 0 and thin["step"][-1] == 499
-    assert thin["loss"] == [float(s) for s in thin["step"]]
-    assert thin_history({"step": [1, 2]}, 40) == {"step": [1, 2]}
-    entry = _entry("k", "t", np.zeros(HIDDEN), np.ones(HIDDEN), steps=300)
-    small = compact_entry(entry)
-    assert small.snapshots == [] and len(small.history["step"]) == 40 and entry.snapshots
-
-
-def test_config_round_trips_through_its_dict():
-    for config in (preset("fast", max_steps=600), preset("paper", shared_m=True)):
-        assert config_from_dict(json.loads(json.dumps(config.as_dict()))) == config
 
 
 def test_the_shipped_prefit_was_made_with_the_settings_prefit_uses():
@@ -279,20 +228,6 @@ def test_prefit_on_the_tiny_model_writes_a_manifest_and_compact_entries(tiny_lm,
     assert left == set(redone.keys) | {other.stem}
 
 
-def test_prefit_status_says_how_much_of_a_set_ships():
-    from core.engine.sets import PrefitSet, prefit_status
-
-    def record(n_fitted: int, model: str = "m1") -> PrefitSet:
-        return PrefitSet(name="s", model=model, model_name="M", config={}, texts=["a", "b", "c", "d"],
-                         keys=["1", "2", "3", "4"], n_fitted=n_fitted, n_converged=min(n_fitted, 3))
-
-    assert prefit_status(None, "m1") == (0.0, "")
-    assert prefit_status(record(4, model="other"), "m1") == (0.0, "")
-    assert prefit_status(record(0), "m1") == (0.0, "")
-    assert prefit_status(record(1), "m1") == (0.25, "pre-fitted so far: 1 of 4 texts")
-    assert prefit_status(record(4), "m1") == (1.0, "pre-fitted, 3 of 4 converged")
-
-
 def test_a_stopped_prefit_keeps_its_texts_and_no_fit_records_what_is_on_disk(tiny_lm, tmp_path):
     import threading
 
@@ -325,17 +260,3 @@ def fit_and_cache_one(lm, text, config, cache):
     from core.engine.fit import fit_and_cache
 
     return fit_and_cache(lm, [text], config, cache)
-
-
-def test_a_page_opens_on_the_set_the_pre_fit_covers_best(tiny_lm):
-    from core.engine.sets import PrefitSet, most_prefitted
-
-    def record(name, n_fitted, model=tiny_lm.identity):
-        return PrefitSet(name=name, model=model, model_name="m", config={}, texts=["a", "b", "c", "d"],
-                         keys=["k"] * 4, n_fitted=n_fitted)
-
-    names = ["one", "two", "three"]
-    manifest = {"one": record("one", 1), "two": record("two", 4), "three": record("three", 4)}
-    assert most_prefitted(names, manifest, tiny_lm.identity) == 1  # fully fitted, first of the tie
-    assert most_prefitted(names, {"three": record("three", 4, model="other")}, tiny_lm.identity) == 0
-    assert most_prefitted([], manifest, tiny_lm.identity) == 0

@@ -1,12 +1,13 @@
 """core.engine.fit on the tiny random model: layouts, batching, per-text stopping, shared m, cancel, bad input."""
 
+import json
 import math
 import threading
 
 import pytest
 import torch
 
-from core.engine.fit import FitConfig, FitError, fit_texts, preset, text_seed
+from core.engine.fit import FitConfig, FitError, config_from_dict, fit_texts, preset, text_seed
 from core.engine.models import TextError
 from core.engine.reconstruct import (build_inputs, first_scored_position, predict_tokens, reconstruct, scored_logits,
                               token_metrics)
@@ -261,3 +262,8 @@ def test_a_converged_row_leaves_the_batch(tiny_lm, monkeypatch):
     assert rows[:n] == [both] * n  # side by side until the first one converges at step first.steps
     # from the next step on, only the other text's row is in the forward pass
     assert rows[n:] == [[len(other.token_ids)]] * (other.steps + 1 - n)
+
+
+def test_config_round_trips_through_its_dict():
+    for config in (preset("fast", max_steps=600), preset("paper", shared_m=True)):
+        assert config_from_dict(json.loads(json.dumps(config.as_dict()))) == config

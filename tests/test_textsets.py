@@ -14,6 +14,7 @@ from core.texts.textsets import (
     MAX_ROWS,
     MAX_UPLOAD_BYTES,
     MAX_UPLOAD_MB,
+    PREFIT_SETS,
     TEXTS_FILE,
     Example,
     TextSetError,
@@ -274,3 +275,24 @@ def test_jsonl_rows_may_hold_line_separators():
     texts = ["one\u2028two", "form\x0cfeed", "group\x1dsep"]
     data = "\n".join(json.dumps({"text": t}, ensure_ascii=False) for t in texts)
     assert parse_text_set(data.encode(), "seps.jsonl")["text"].tolist() == texts
+
+
+def test_prefitted_builtin_sets_have_the_promised_sizes():
+    assert set(PREFIT_SETS) <= set(BUILTIN_SETS)
+    variants = builtin_set("variants")
+    counts = variants.groupby("group")["kind"].value_counts().unstack()
+    assert len(counts) == 12 and len(variants) == 132
+    assert (counts["original"] == 1).all() and (counts["semantic"] == 4).all() and (counts["lexical"] == 6).all()
+    assert len(builtin_set("syntax")) == 70
+    assert set(builtin_set("variants-small")["text"]) <= set(variants["text"])  # shipped for free
+    assert len(builtin_set("variants-full")) > len(variants)
+
+
+@pytest.mark.parametrize(("data", "name", "expected"), [
+    (b"text,group,kind\nfine,a,original\nalso fine,a,typo\n", "mine.csv", 'unknown kind "typo" in row 3 (column "kind")'),
+    (b'{"text": "fine"}\n{"text": 3}\n', "mine.jsonl", 'row 2, column "text" must be a string'),
+    (b"text,group\nfine,a\n ,b\n", "mine.csv", 'empty text in row 3 (column "text")'),
+])
+def test_bad_uploads_name_row_and_column(data, name, expected):
+    with pytest.raises(TextSetError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        parse_text_set(data, name)
