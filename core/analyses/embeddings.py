@@ -21,12 +21,14 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from jaxtyping import Float, Float32
 
 from core.engine.cache import CacheEntry, ProtoCache, cache_key
 from core.engine.fit import FitConfig
 from core.engine.models import LoadedModel
 from core.analyses.projection import BLAS_THREADS, Projection, cached_map, map_key, nearest_neighbours, silhouette_by_group
 from core.engine.sets import ConfigChoice, fit_choices, load_manifest
+from core.engine.shapes import checked
 
 CONCAT = "e‖m"
 SPACES: tuple[str, ...] = ("e", "m", CONCAT, "teacher")
@@ -75,7 +77,8 @@ def teacher_key(texts: Sequence[str], teacher_name: str | None = None) -> str:
     return cache_key("teacher-embeddings-v1", canonical_teacher_name(teacher_name), list(texts))
 
 
-def teacher_embeddings(texts: Sequence[str], cache: ProtoCache, teacher_name: str | None = None) -> np.ndarray:
+def teacher_embeddings(texts: Sequence[str], cache: ProtoCache, teacher_name: str | None = None
+                       ) -> Float32[np.ndarray, "n d_teacher"]:
     """Sentence embeddings [n, d_teacher] of the texts, computed once per text list and kept in the cache.
 
     Keyed by the whole list (the page always asks for a whole set), so a set costs one small file; the
@@ -84,30 +87,32 @@ def teacher_embeddings(texts: Sequence[str], cache: ProtoCache, teacher_name: st
     key = teacher_key(texts, teacher_name)
     stored = cache.get_analysis(TEACHER_ANALYSIS, key, with_tensors=True)
     if stored is not None and "embeddings" in stored[1] and stored[1]["embeddings"].shape[0] == len(texts):
-        return stored[1]["embeddings"].float().numpy().astype(np.float64)
+        return stored[1]["embeddings"].float().numpy()
     from core.engine.teacher import canonical_teacher_name, embed_texts, load_teacher
 
     embeddings = embed_texts(load_teacher(teacher_name), list(texts))
     cache.keep_analysis(TEACHER_ANALYSIS, key, {"teacher": canonical_teacher_name(teacher_name), "n_texts": len(texts)},
                        {"embeddings": embeddings.contiguous()})
-    return embeddings.numpy().astype(np.float64)
+    return embeddings.float().numpy()
 
 
 # ---- assembling a set's vectors --------------------------------------------------------------------
 
+@checked
 @dataclass
 class SetVectors:
     """The fitted texts of a set that pass the accuracy threshold, as row-aligned matrices.
 
     table: one row per kept text: text, group, kind, accuracy, n_tokens, key, row (its row in the set).
-    e, m: [n, hidden]. teacher: [n, d_teacher] or None. shared_m: every row has the same m.
+    e, m, teacher: float32, the precision entries are stored in (computations upcast on their own). shared_m:
+    every row has the same m.
     n_total: texts in the set; n_unfitted: without an entry; n_below: fitted but below min_accuracy.
     """
 
     table: pd.DataFrame
-    e: np.ndarray
-    m: np.ndarray
-    teacher: np.ndarray | None
+    e: Float32[np.ndarray, "n hidden"]
+    m: Float32[np.ndarray, "n hidden"]
+    teacher: Float32[np.ndarray, "n d_teacher"] | None
     min_accuracy: float
     n_total: int
     n_unfitted: int
@@ -125,14 +130,14 @@ class SetVectors:
         spaces = ("e",) if self.shared_m else ("e", "m", CONCAT)
         return spaces + (("teacher",) if self.teacher is not None else ())
 
-    def matrix(self, space: str) -> np.ndarray:
+    def matrix(self, space: str) -> Float[np.ndarray, "n d"]:
         """[n, d] rows of `space` (one of SPACES)."""
         if space == "e":
             return self.e
         if space == "m":
             return self.m
         if space == CONCAT:
-            return np.hstack([_unit_rows(self.e), _unit_rows(self.m)])
+            return np.hstack([_unit_rows(self.e.astype(np.float64)), _unit_rows(self.m.astype(np.float64))])
         if space == "teacher":
             if self.teacher is None:
                 raise ValueError("no teacher embeddings were assembled for this set")
@@ -145,7 +150,7 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def assemble_set(frame: pd.DataFrame, entries: Sequence[CacheEntry | None], *, min_accuracy: float = 0.0,
-                 teacher: np.ndarray | None = None, shared_m: bool = False) -> SetVectors:
+                 teacher: Float[np.ndarray, "n_total d_teacher"] | None = None, shared_m: bool = False) -> SetVectors:
     """Row-aligned matrices of the set's fitted texts with accuracy >= min_accuracy.
 
     frame: the set (columns text, group, kind), n_total rows. entries: one per row (None = not fitted).
@@ -169,9 +174,9 @@ def assemble_set(frame: pd.DataFrame, entries: Sequence[CacheEntry | None], *, m
                      "accuracy": accuracy, "n_tokens": entry.n_tokens, "key": entry.key})
     table = pd.DataFrame(rows, columns=["row", "text", "group", "kind", "accuracy", "n_tokens", "key"])
     hidden = kept[0].e.numel() if kept else 0
-    e = np.stack([x.e.float().numpy() for x in kept]).astype(np.float64) if kept else np.zeros((0, hidden))
-    m = np.stack([x.m.float().numpy() for x in kept]).astype(np.float64) if kept else np.zeros((0, hidden))
-    picked = teacher[table["row"].to_numpy(dtype=int)] if teacher is not None else None
+    e = np.stack([x.e.float().numpy() for x in kept]) if kept else np.zeros((0, hidden), dtype=np.float32)
+    m = np.stack([x.m.float().numpy() for x in kept]) if kept else np.zeros((0, hidden), dtype=np.float32)
+    picked = teacher[table["row"].to_numpy(dtype=int)].astype(np.float32) if teacher is not None else None
     return SetVectors(table=table, e=e, m=m, teacher=picked, min_accuracy=min_accuracy, n_total=len(frame),
                       n_unfitted=n_unfitted, n_below=n_below, shared_m=shared_m)
 

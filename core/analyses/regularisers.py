@@ -309,7 +309,7 @@ class _SweepRun:
     cache: ProtoCache
     teacher: str | None  # as asked (None: the embedded teacher)
     teacher_name: str  # canonical
-    teacher_emb: np.ndarray | None  # [n, d_teacher], loaded on first need
+    teacher_emb: np.ndarray | None  # [n, d_teacher] float32, loaded on first need
     result: RegulariserResult
     progress: Callable[[RegulariserProgress], None] | None
     cancel: threading.Event | None
@@ -414,7 +414,7 @@ def run_regularisers(
                                teacher=teacher_name, settings=settings)
     emb: np.ndarray | None = None if teacher_emb is None else np.asarray(
         teacher_emb.detach().cpu().float().numpy() if isinstance(teacher_emb, torch.Tensor) else teacher_emb,
-        dtype=np.float64)
+        dtype=np.float32)
     if emb is not None and emb.shape[0] != len(texts):
         raise RegulariserError(f"{emb.shape[0]} teacher embeddings for {len(texts)} texts.")
     run = _SweepRun(lm, texts, groups, targets, base_config, cache, teacher, teacher_name, emb, result, progress,
