@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pandas as pd
 import pytest
-from safetensors.torch import load_file
 from sklearn.metrics import silhouette_score
 
-from core.analyses.projection import MAP_ANALYSIS
 import core.analyses.projection
 from core.analyses import embeddings as emb
 from core.engine.cache import ProtoCache
-from core.engine.fit import config_from_dict, lookup, preset
-from core.shipped.prefit import prefit_builtin, prefit_config, ship_views
-from core.engine.sets import MANIFEST, load_manifest
+from core.engine.fit import preset
 from tests.conftest import fake_entry
 
 HIDDEN = 8
@@ -172,91 +167,3 @@ def test_config_choices_offer_the_shipped_config_first(tiny_lm):
     other_model = {"variants": PrefitSet(name="variants", model="other", model_name="o", config=shipped.as_dict(),
                                          texts=[], keys=[])}
     assert [c.shipped for c in emb.config_choices(tiny_lm, "variants", preset("paper"), False, other_model)] == [False]
-
-
-# ---- the shipped pre-fit -------------------------------------------------------------------------------
-
-
-def test_the_shipped_prefit_was_made_with_the_settings_prefit_uses():
-    # Otherwise `python -m core prefit` would fit everything again instead of resuming, and fields added to
-    # FitConfig since must leave the shipped keys as they are.
-    shipped = load_manifest()
-    assert shipped
-    for record in shipped.values():
-        assert config_from_dict(record.config).key_dict() == prefit_config().key_dict()
-    assert "redraw_plateau" not in prefit_config().key_dict() and "redraw_plateau" in preset("fast").key_dict()
-
-
-def test_prefit_on_the_tiny_model_writes_a_manifest_and_compact_entries(tiny_lm, tmp_path, monkeypatch):
-    root = tmp_path / "prefit"
-    frame = pd.DataFrame({"text": ["Hi you", "Hi there", "Go on", "Go home"], "group": ["a", "a", "b", "b"],
-                          "kind": ["original", "semantic", "original", "lexical"]})
-    config = preset("fast", max_steps=8)
-    manifest = prefit_builtin(quiet=True, root=root, sets={"mini": frame}, lm=tiny_lm, config=config, chunk=3,
-                              sweep=False)
-    record = manifest["mini"]
-    assert record.n_fitted == 4 and record.texts == frame["text"].tolist() and record.wall_time_s > 0
-    assert load_manifest(root)["mini"] == record
-    on_disk = json.loads((root / MANIFEST).read_text())["sets"]["mini"]
-    assert on_disk["config"] == config.as_dict() and on_disk["model"] == tiny_lm.identity
-    # The page finds the entries through a cache whose shipped part is this folder.
-    reader = ProtoCache(tmp_path / "user-cache", shipped=root)
-    found = lookup(tiny_lm, frame["text"].tolist(), config_from_dict(record.config), reader)
-    assert [e.key for e in found] == record.keys
-    for key in record.keys:
-        meta = json.loads((root / "prototokens" / f"{key}.json").read_text())
-        assert meta["snapshots"] == [] and len(meta["history"]["step"]) <= 40
-        assert set(load_file(str(root / "prototokens" / f"{key}.safetensors"))) == {"e", "m"}
-    assert reader.get_analysis(emb.TEACHER_ANALYSIS, record.teacher_key) is not None
-    # The page's default maps ship too (here every fit counts, whatever its accuracy).
-    monkeypatch.setattr(emb, "DEFAULT_MIN_ACCURACY", 0.0)
-    (root / "analyses" / emb.TEACHER_ANALYSIS).rename(tmp_path / "moved")
-    ship_views(root, quiet=True)
-    vectors = emb.assemble_set(frame, found, teacher=emb.teacher_embeddings(frame["text"].tolist(), reader))
-    key = emb.projection_key(vectors, "m", emb.DEFAULT_METHOD, "cosine", 0, emb.DEFAULT_PERPLEXITY)
-    assert reader.get_analysis(MAP_ANALYSIS, key) is not None
-    # A second run fits nothing and keeps the recorded fitting time.
-    again = prefit_builtin(quiet=True, root=root, sets={"mini": frame}, lm=tiny_lm, config=config, sweep=False)
-    assert again["mini"].wall_time_s == record.wall_time_s and again["mini"].keys == record.keys
-    # Other settings replace the set's entries; the old ones are deleted, other files are left alone.
-    other = tmp_path / "other-file.json"
-    (root / "prototokens" / other.name).write_text("{}")
-    redone = prefit_builtin(quiet=True, root=root, sets={"mini": frame}, lm=tiny_lm, config=preset("fast", max_steps=4),
-                            sweep=False)["mini"]
-    assert not set(redone.keys) & set(record.keys)
-    left = {p.stem for p in (root / "prototokens").glob("*.json")}
-    assert left == set(redone.keys) | {other.stem}
-
-
-def test_a_stopped_prefit_keeps_its_texts_and_no_fit_records_what_is_on_disk(tiny_lm, tmp_path):
-    import threading
-
-    root = tmp_path / "prefit"
-    frame = pd.DataFrame({"text": ["Hi you", "Hi there", "Go on", "Go home"], "group": ["a", "a", "b", "b"],
-                          "kind": ["original", "semantic", "original", "lexical"]})
-    config = preset("fast", max_steps=8, restarts=1)
-    class StopAfterThreeSteps(threading.Event):  # as if Ctrl-C came during the first chunk
-        checks = 0
-
-        def is_set(self) -> bool:
-            self.checks += 1
-            return self.checks > 3
-
-    stop = StopAfterThreeSteps()
-    record = prefit_builtin(quiet=True, root=root, sets={"mini": frame}, lm=tiny_lm, config=config, chunk=2,
-                            sweep=False, stop=stop)["mini"]
-    assert record.n_fitted == 2 and record.n_converged == 0  # the first chunk only, cancelled
-    stored = ProtoCache(root, shipped="")
-    assert [stored.get(k).metrics["status"] for k in record.keys[:2]] == ["cancelled", "cancelled"]
-    # A killed run leaves entries the manifest does not list; --no-fit records them without fitting.
-    [extra] = fit_and_cache_one(tiny_lm, "Go on", config, stored)
-    recorded = prefit_builtin(quiet=True, root=root, sets={"mini": frame}, lm=tiny_lm, config=config, chunk=2,
-                              sweep=False, fit=False)["mini"]
-    assert recorded.n_fitted == 3 and recorded.keys[2] == extra.entry.key
-    assert stored.get(extra.entry.key).snapshots == []  # compacted on the way
-
-
-def fit_and_cache_one(lm, text, config, cache):
-    from core.engine.fit import fit_and_cache
-
-    return fit_and_cache(lm, [text], config, cache)

@@ -161,8 +161,10 @@ def _prefit(lm: LoadedModel, config: FitConfig, root: Path, sets: Sequence[str] 
             record = _set_record(name, lm, config, texts, keys, entries, wall, timed, batch_size)
             manifest = write_manifest(root, record)
             if previous is not None and not same:
-                # Fitted with other settings before: the manifest no longer refers to those entries.
-                removed = sum(cache.delete(key) for key in set(previous.keys) - set(keys))
+                # Fitted with other settings before: this set no longer refers to those entries; another set
+                # of the manifest may still list some (a text two sets share), and those stay.
+                still_listed = {key for other in manifest.values() for key in other.keys}
+                removed = sum(cache.delete(key) for key in set(previous.keys) - still_listed)
                 say(f"  [{name}] removed {removed} entries of the previous pre-fit (other settings)")
                 previous = None
             say(f"  [{name}] {min(part[-1] + 1, len(texts))}/{len(texts)} texts ({fitted_now} fitted now), "
