@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -119,22 +120,29 @@ count = _number_type(int, "count", low=0)
 positive_count = _number_type(int, "positive count", low=1)
 
 
-def _read_texts(args) -> list[str]:
+def _read_texts(args) -> tuple[list[str], list[str]]:
+    """The texts to fit and where each comes from ("--text 2", "corpus.txt line 7", "corpus.jsonl row 3"), to
+    name a text the model cannot fit before any fitting starts."""
     texts = list(args.text or [])
+    where = [f"--text {i}" for i in range(1, len(texts) + 1)]
     if args.file:
-        from core.texts.textsets import check_size, parse_text_set, text_lines
+        from core.texts.textsets import check_size, numbered_lines, parse_text_set
 
         path = Path(args.file)
         if not path.is_file():
             raise ValueError(f"No such file: {path}")
         check_size(path.stat().st_size, path.name)  # before reading it whole
         if path.suffix.lower() in (".jsonl", ".csv", ".json"):
-            texts += parse_text_set(path.read_bytes(), path.name)["text"].tolist()
+            rows = parse_text_set(path.read_bytes(), path.name)["text"].tolist()
+            texts += rows
+            where += [f"{path.name} row {i}" for i in range(1, len(rows) + 1)]
         else:
-            texts += text_lines(path.read_bytes(), path.name)
+            for number, line in numbered_lines(path.read_bytes(), path.name):
+                texts.append(line)
+                where.append(f"{path.name} line {number}")
     if not texts:
         raise ValueError("Nothing to fit: give --text or --file.")
-    return texts
+    return texts, where
 
 
 def _config(args):
@@ -151,21 +159,64 @@ def _config(args):
 
 
 def cmd_fit(args) -> int:
+    """Fit texts as one worker of a corpus job: alone (``python -m core fit``) or as one of torchrun's workers
+    (``torchrun --nproc-per-node K -m core fit --file corpus.jsonl``), each fitting its shard of the texts."""
+    from core.engine import corpus
+
+    worker = corpus.worker_from_env()
+    texts, where = _read_texts(args)
+    config = _config(args)
+    if worker.world_size > 1 and config.shared_m:
+        raise UsageError("--shared-m fits every text in one coupled batch, which cannot be split across workers: "
+                         "run it as one process")
+    backend = corpus.start_group(worker)
+    try:
+        return _fit_as_worker(args, worker, texts, where, config, backend)
+    finally:
+        corpus.end_group()
+
+
+def _say(worker, message: str, quiet: bool = False) -> None:
+    if not quiet:
+        prefix = f"[{worker.name}] " if worker.world_size > 1 else ""
+        print(prefix + message, file=sys.stderr, flush=True)
+
+
+def _fit_as_worker(args, worker, texts: list[str], where: list[str], config, backend: str | None) -> int:
+    import torch
     from tqdm import tqdm
 
+    from core.engine import corpus
     from core.engine.cache import ProtoCache
+    from core.engine.fit import entry_keys
     from core.engine.jobs import FitJob
     from core.engine.models import load_model
     from core.engine.reconstruct import reconstruct
 
-    texts = _read_texts(args)
-    config = _config(args)
-    lm = load_model(args.model, device=args.device, dtype=args.dtype)
-    for text in texts:  # fail before any work on a bad text
-        lm.validate_text(text, config.layout)
+    device = corpus.worker_device(worker, args.device)
+    if worker.world_size > 1 and device == "cpu":
+        torch.set_num_threads(corpus.worker_threads(worker))  # the workers of a node share its cores
+    lm = load_model(args.model, device=device, dtype=args.dtype)
+    plan = corpus.plan_corpus(lm, texts, config.layout, where)  # every text checked before any work
     cache = ProtoCache(args.cache)
-    job = FitJob(lm, texts, config, cache, refit=args.refit, batch_size=args.batch_size).start()
-    bar = tqdm(total=config.max_steps, desc="fitting", unit="step", file=sys.stderr, disable=args.quiet)
+    cache.check_writable()  # refused before fitting, on every worker
+    if worker.is_main:
+        if backend == "gloo" and torch.cuda.is_available():
+            _say(worker, "NCCL is not available: the workers gather their summaries over gloo")
+        if plan.duplicates:
+            _say(worker, f"{plan.duplicates} duplicate text{'s' * (plan.duplicates > 1)} in the input: fitted once")
+        if worker.world_size > len(plan.texts):
+            _say(worker, f"{worker.world_size} workers for {len(plan.texts)} text{'s' * (len(plan.texts) != 1)}: "
+                         "some workers have nothing to fit")
+    mine = plan.shard(worker)
+    if worker.world_size > 1:
+        _say(worker, f"{len(mine)} of {len(plan.texts)} texts on {device} ({torch.get_num_threads()} threads)",
+             args.quiet)
+    started = time.perf_counter()
+    job = FitJob(lm, [plan.texts[i] for i in mine], config, cache, refit=args.refit, batch_size=args.batch_size)
+    job.start()
+    bar = tqdm(total=config.max_steps, desc=worker.name if worker.world_size > 1 else "fitting", unit="step",
+               file=sys.stderr, disable=args.quiet or not mine)
     interrupted = False
     try:
         while True:
@@ -183,7 +234,7 @@ def cmd_fit(args) -> int:
     bar.close()
     if snap.state == "failed":
         raise RuntimeError(snap.error)
-    for i, outcome in enumerate(snap.outcomes or []):
+    for i, outcome in zip(mine, snap.outcomes or []):
         if outcome is None:
             continue
         entry = outcome.entry
@@ -199,6 +250,27 @@ def cmd_fit(args) -> int:
             origin = "cached" if outcome.cached else entry.metrics.get("status", "")
             print(f"[{i}] {origin}: accuracy {row['accuracy']:.3f} after {row['steps']} steps "
                   f"({row['n_tokens']} tokens) key {entry.key[:12]}\n    {rec.text!r}")
+    summary = corpus.summarize_outcomes(worker, device, snap.outcomes or [], time.perf_counter() - started)
+    summaries = corpus.gather_summaries(worker, summary)
+    wall = time.perf_counter() - started
+    if worker.is_main and (args.file or worker.world_size > 1):  # a corpus: its totals (and its manifest)
+        totals = corpus.total_line(summaries, wall)
+        if args.file and not config.shared_m:
+            keys, _ = entry_keys(lm, plan.targets, config)
+            name = args.name or Path(args.file).stem
+            corpus.write_corpus_manifest(cache.root, name, lm, config, plan, keys, summaries, wall, args.batch_size)
+            totals["set"] = name
+        if len(summaries) > 1:
+            for s in summaries:
+                _say(worker, f"worker {s.rank}: {s.texts} texts ({s.fitted} fitted, {s.cached} cached), "
+                             f"{s.converged} converged, {s.steps} steps, {s.texts_per_minute:.1f} texts/min on {s.device}",
+                     args.quiet)
+        _say(worker, f"total: {totals['texts']} texts ({totals['fitted']} fitted, {totals['cached']} cached), "
+                     f"{totals['converged']} converged, {totals['texts_per_minute']:.1f} texts/min over "
+                     f"{totals['seconds']:.0f} s" + (f"; listed as set {totals['set']!r} in the cache's manifest"
+                                                    if "set" in totals else ""), args.quiet)
+        if args.json:
+            print(json.dumps({"corpus": totals, "workers": [s.as_dict() for s in summaries]}), flush=True)
     return 130 if interrupted else 0
 
 
@@ -255,7 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="fit e and m for one or many texts (cached)")
     fit.add_argument("--text", action="append", help="a text to fit (repeatable)")
-    fit.add_argument("--file", help="texts: .txt (one per line), .jsonl or .csv (column text)")
+    fit.add_argument("--file", help="texts: .txt (one per line), .jsonl or .csv (column text); listed as a set in the "
+                     "cache's manifest afterwards")
+    fit.add_argument("--name", help="the set's name in the manifest (default: the file's name without extension)")
     fit.add_argument("--model", help="Hugging Face id or local folder (default: the embedded SmolLM2-135M)")
     fit.add_argument("--preset", default="paper", choices=["paper", "fast"])
     fit.add_argument("--max-steps", type=positive_count)

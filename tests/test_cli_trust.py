@@ -129,4 +129,5 @@ def test_txt_files_keep_their_lines_as_they_are(tmp_path):
     path = tmp_path / "texts.txt"
     path.write_bytes("\ufeff  indented\n\nsame\nsame\n".encode())
     args = build_parser().parse_args(["fit", "--file", str(path)])
-    assert _read_texts(args) == ["  indented", "same", "same"]
+    assert _read_texts(args) == (["  indented", "same", "same"],
+                                 ["texts.txt line 1", "texts.txt line 3", "texts.txt line 4"])

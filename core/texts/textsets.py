@@ -329,13 +329,18 @@ def _parse_plain_lines(content: str, filename: str) -> list[tuple[str, str, str]
 def text_lines(data: bytes | str, filename: str) -> list[str]:
     """The non-blank lines of a plain text file as they are (``python -m core fit --file texts.txt``), with the
     checks of parse_text_set: UTF-8, at most MAX_UPLOAD_BYTES and MAX_ROWS lines. Raises TextSetError."""
+    return [line for _, line in numbered_lines(data, filename)]
+
+
+def numbered_lines(data: bytes | str, filename: str) -> list[tuple[int, str]]:
+    """text_lines with each line's number in the file (1-based, blank lines counted), to name a bad one."""
     check_size(len(data), filename)
     content = _decode(data, filename)
     lines = []
     for number, line in enumerate(_lines(content), start=1):
         if line.strip():
             _check_encodable(line, f"line {number}", filename)
-            lines.append(line)
+            lines.append((number, line))
             _check_rows(len(lines), filename)
     return lines
 
