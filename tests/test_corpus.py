@@ -208,3 +208,9 @@ def test_more_workers_than_texts_and_shared_m_are_said_in_one_line(tmp_path):
     assert _summary(run.stdout)["corpus"]["fitted"] == 1
     shared = _torchrun("fit", "--file", str(path), "--cache", str(tmp_path / "c"), "--shared-m", *FIT)
     assert shared.returncode != 0 and "cannot be split across workers" in shared.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is here: bench/gpu.py measures")
+def test_the_gpu_bench_says_in_one_line_that_there_is_no_gpu():
+    run = subprocess.run([sys.executable, "bench/gpu.py"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "no CUDA device here: nothing to measure (run this on the GPU machine)"
