@@ -267,3 +267,21 @@ def test_a_converged_row_leaves_the_batch(tiny_lm, monkeypatch):
 def test_config_round_trips_through_its_dict():
     for config in (preset("fast", max_steps=600), preset("paper", shared_m=True)):
         assert config_from_dict(json.loads(json.dumps(config.as_dict()))) == config
+
+
+def test_a_waiting_text_takes_the_row_a_converged_one_frees_at_the_next_step(tiny_lm, monkeypatch):
+    """Continuous batching: 3 texts in 2 rows; the third starts the step after the first converges, so the batch
+    stays full until no text is waiting, and every text still takes the steps it takes alone."""
+    rows = _forward_rows(monkeypatch)
+    texts = [SHORT, "Hello", "Hi cat"]
+    together = fit_texts(tiny_lm, texts, preset("paper", max_steps=300), batch_size=2)
+    assert all(r.converged for r in together)
+    lengths = [len(r.token_ids) for r in together]
+    first_done = min(together[0].steps, together[1].steps)  # the first of the two rows to converge
+    n = first_done + 1
+    assert all(sorted(r) == sorted(lengths[:2]) for r in rows[:n])  # texts 1 and 2 side by side
+    assert lengths[2] in rows[n] and len(rows[n]) == 2  # text 3 takes the freed row at once
+    third_rows = [r for r in rows if lengths[2] in r]
+    assert len(third_rows) == together[2].steps + 1  # its forwards: one per step it took, none skipped
+    alone = fit_texts(tiny_lm, [texts[2]], preset("paper", max_steps=300))
+    assert together[2].steps == alone[0].steps and together[2].converged == alone[0].converged
