@@ -10,7 +10,8 @@ from plotly.subplots import make_subplots
 
 from core.analyses import embeddings as emb
 from core.analyses.projection import METRICS
-from core.engine.sets import load_manifest, most_prefitted, prefit_status, set_entries, validate_set
+from core.engine.sets import (corpus_sets, load_manifest, most_prefitted, prefit_status, set_entries, set_frame,
+                              validate_set)
 from core.texts.textsets import BUILTIN_SETS, TextSetError, builtin_set
 from ui import jobs
 from ui.state import fit_config, get_cache, get_model, require_app_shell
@@ -53,12 +54,23 @@ def _builtin(name: str) -> pd.DataFrame:
 
 
 # ---- the set -----------------------------------------------------------------------------------------
-manifest = load_manifest()  # read once per run: the set labels and the config choices both use it
+# Read once per run: the set labels and the config choices both use them. Corpora fitted with
+# `python -m core fit --file` are listed in the user cache's own manifest and open like the built-in sets.
+corpora = corpus_sets(cache.root, lm.identity, exclude=BUILTIN_SETS)
+manifest = {**load_manifest(), **corpora}
 shipped = {name: prefit_status(record, lm.identity) for name, record in manifest.items()}
-names = list(BUILTIN_SETS)
+names = list(BUILTIN_SETS) + list(corpora)
+
+
+def _set_label(name: str) -> str:
+    if name in corpora:
+        return f"{name}: a corpus fitted with core fit ({len(corpora[name].texts)} texts, {shipped[name][1]})"
+    return f"{name}: {BUILTIN_SETS[name]}" + (f" ({shipped[name][1]})" if shipped.get(name, (0, ""))[1] else "")
+
+
 set_name, frame = choose_text_set(
-    "emb", names, _builtin, default=most_prefitted(names, manifest, lm.identity),
-    format_func=lambda n: f"{n}: {BUILTIN_SETS[n]}" + (f" ({shipped[n][1]})" if shipped.get(n, (0, ""))[1] else ""))
+    "emb", names, lambda name: set_frame(corpora[name]) if name in corpora else _builtin(name),
+    default=most_prefitted(list(BUILTIN_SETS), manifest, lm.identity), format_func=_set_label)
 
 c_shared, c_choice = st.columns([1, 3])
 shared_m = c_shared.checkbox(

@@ -151,3 +151,24 @@ def test_shared_m_draws_only_e_and_the_teacher(app_cache, tiny_lm, monkeypatch):
     at.run()
     assert not at.exception and not _errors(at)
     assert at.dataframe[0].value.index.tolist() == ["e", "teacher"]
+
+
+def test_a_corpus_fitted_with_core_fit_opens_as_a_set(app_cache, tiny_lm, tmp_path):
+    """`python -m core fit --file corpus.txt` lists the corpus in the cache's manifest; the page offers it as a
+    set and finds its entries through the manifest whatever the sidebar says."""
+    path = tmp_path / "notes.txt"
+    path.write_text("Hi cat\nGo home\nRun now\nHey dog\n", encoding="utf-8")
+    from core.__main__ import main
+
+    assert main(["fit", "--file", str(path), "--cache", str(app_cache.root), "--model", "tiny-random-llama",
+                 "--preset", "fast", "--max-steps", "5", "--quiet"]) == 0
+    at = open_page()
+    assert any(o.startswith("notes: a corpus fitted with core fit (4 texts") for o in at.selectbox(key="emb_set").options)
+    at.selectbox(key="emb_set").set_value("notes")
+    at.run()
+    assert not at.exception and not _errors(at)
+    assert any("4 fitted" in c.value for c in at.caption)
+    at.slider(key="emb_min_acc").set_value(0.0)
+    at.run()
+    points = [t for t in _charts(at)[0]["data"] if t.get("customdata")]
+    assert points and sum(len(t["customdata"]) for t in points) % 4 == 0

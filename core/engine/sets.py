@@ -105,6 +105,20 @@ def most_prefitted(names: Sequence[str], manifest: Mapping[str, PrefitSet], mode
     return max(range(len(names)), key=lambda i: (share[i], -i)) if names else 0
 
 
+def corpus_sets(root: str | os.PathLike, model: str, exclude: Sequence[str] = ()) -> dict[str, PrefitSet]:
+    """The sets a cache's own manifest lists for this model (corpora fitted with ``core fit --file``), except
+    the names in exclude (the built-in sets keep their own texts)."""
+    return {name: record for name, record in load_manifest(root).items()
+            if record.model == model and name not in exclude}
+
+
+def set_frame(record: PrefitSet) -> "pd.DataFrame":
+    """A listed set's texts as a text set (columns text, group, kind); a corpus has one group of originals."""
+    import pandas as pd
+
+    return pd.DataFrame({"text": list(record.texts), "group": "corpus", "kind": "original"}, dtype=str)
+
+
 # ---- a set's texts, the configurations it can be looked up with, and its entries ---------------------
 
 def validate_set(lm: LoadedModel, texts: Sequence[str], layout: str) -> list[list[int]]:
