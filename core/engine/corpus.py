@@ -29,7 +29,6 @@ from typing import Sequence
 import torch
 
 from core.engine.models import LoadedModel
-from core.texts.textsets import TextSetError
 
 
 @dataclass(frozen=True)
@@ -126,16 +125,12 @@ class CorpusPlan:
 
 def plan_corpus(lm: LoadedModel, texts: Sequence[str], layout: str, where: Sequence[str] | None = None
                 ) -> CorpusPlan:
-    """Validate every text before any fitting and drop duplicates. A TextSetError names the first text the model
-    cannot fit by where[i] (e.g. "corpus.txt line 7"; default "text i")."""
+    """Validate every text before any fitting (core.engine.sets.validate_set: a TextSetError names the first text
+    the model cannot fit by where[i], e.g. "corpus.txt line 7") and drop duplicates."""
+    from core.engine.sets import validate_set
+
     unique, targets, seen = [], [], set()
-    for number, text in enumerate(texts, start=1):
-        try:
-            ids = lm.validate_text(text, layout)
-        except ValueError as exc:
-            short = text if len(text) <= 50 else text[:47] + "..."
-            label = where[number - 1] if where is not None else f"text {number}"
-            raise TextSetError(f"{label} ({short!r}): {exc}") from None
+    for text, ids in zip(texts, validate_set(lm, texts, layout, where)):
         if tuple(ids) in seen:
             continue
         seen.add(tuple(ids))

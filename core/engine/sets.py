@@ -121,15 +121,18 @@ def set_frame(record: PrefitSet) -> "pd.DataFrame":
 
 # ---- a set's texts, the configurations it can be looked up with, and its entries ---------------------
 
-def validate_set(lm: LoadedModel, texts: Sequence[str], layout: str) -> list[list[int]]:
-    """Token ids of every text [n][n_tokens]; a TextSetError names the first text the model cannot fit."""
+def validate_set(lm: LoadedModel, texts: Sequence[str], layout: str, where: Sequence[str] | None = None
+                 ) -> list[list[int]]:
+    """Token ids of every text [n][n_tokens]; a TextSetError names the first text the model cannot fit, by
+    where[i] (e.g. "corpus.txt line 7"; default "text i")."""
     targets = []
     for row, text in enumerate(texts, start=1):
         try:
             targets.append(lm.validate_text(text, layout))
         except TextError as error:
             short = text if len(text) <= 50 else text[:47] + "..."
-            raise TextSetError(f"text {row} ({short!r}): {error}") from None
+            label = where[row - 1] if where is not None else f"text {row}"
+            raise TextSetError(f"{label} ({short!r}): {error}") from None
     return targets
 
 
