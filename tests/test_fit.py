@@ -285,3 +285,20 @@ def test_a_waiting_text_takes_the_row_a_converged_one_frees_at_the_next_step(tin
     assert len(third_rows) == together[2].steps + 1  # its forwards: one per step it took, none skipped
     alone = fit_texts(tiny_lm, [texts[2]], preset("paper", max_steps=300))
     assert together[2].steps == alone[0].steps and together[2].converged == alone[0].converged
+
+
+def test_fixed_batches_keep_finished_rows_in_the_pass_until_the_batch_is_done(tiny_lm, monkeypatch):
+    """The baseline of bench/corpus.py: with batching="fixed" the third text waits for both rows of the first
+    batch to finish (the finished row stays in every forward pass meanwhile), and each text's fit is unchanged."""
+    rows = _forward_rows(monkeypatch)
+    texts = [SHORT, "Hello", "Hi cat"]
+    fixed = fit_texts(tiny_lm, texts, preset("paper", max_steps=300), batch_size=2, batching="fixed")
+    assert all(r.converged for r in fixed)
+    lengths = [len(r.token_ids) for r in fixed]
+    slowest = max(fixed[0].steps, fixed[1].steps)
+    assert all(sorted(r) == sorted(lengths[:2]) for r in rows[:slowest + 1])  # both rows until both are done
+    assert rows[slowest + 1:] == [[lengths[2]]] * (fixed[2].steps + 1)  # then the third alone
+    continuous = fit_texts(tiny_lm, texts, preset("paper", max_steps=300), batch_size=2)
+    assert [r.steps for r in fixed] == [r.steps for r in continuous]
+    with pytest.raises(FitError, match="batching"):
+        fit_texts(tiny_lm, texts, preset("paper"), batching="static")

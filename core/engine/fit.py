@@ -323,8 +323,9 @@ class _FitRun:
 
     def __init__(self, lm: LoadedModel, config: FitConfig, rows: list[_Row], optimizer: torch.optim.AdamW, *,
                  distribution: tuple, slots: int, teacher_embeddings: torch.Tensor | None, on_done: Callable[[int, FitResult], None] | None,
-                 callback: Callable[[FitProgress], None] | None, callback_every: int):
+                 callback: Callable[[FitProgress], None] | None, callback_every: int, batching: str = "continuous"):
         self.lm, self.config, self.rows, self.optimizer, self.slots = lm, config, rows, optimizer, slots
+        self.batching = batching
         self.distribution = distribution  # redraws draw from it too
         self.teacher_embeddings, self.on_done = teacher_embeddings, on_done
         self.callback, self.callback_every = callback, callback_every
@@ -355,7 +356,13 @@ class _FitRun:
         return results
 
     def fill_slots(self) -> list[_Row]:
-        """Drop the finished rows from the batch and give the free slots to the next waiting rows."""
+        """Drop the finished rows from the batch and give the free slots to the next waiting rows.
+
+        With fixed batches (the baseline bench/corpus.py measures: a plain batched loop, as the authors' code
+        runs it) a batch keeps every row, finished ones included, in its forward pass until all are finished;
+        only then do the next rows take it."""
+        if self.batching == "fixed" and any(not row.done for row in self.active):
+            return self.active
         self.active = [row for row in self.active if not row.done]
         while self.waiting and len(self.active) < self.slots:
             row = self.waiting.pop(0)
@@ -398,6 +405,8 @@ class _FitRun:
         diverged = False
         redrawn = []  # rows that start over: this step's gradient belongs to their old vectors
         for k, row in enumerate(active):
+            if row.done:  # a finished row in a fixed batch: computed, no longer measured
+                continue
             pred = predictions[k, : len(row.target)]
             acc = float((pred == row.device_target).float().mean())
             loss = float(row_losses[k])
@@ -529,6 +538,9 @@ class _FitRun:
         )
 
 
+BATCHING = ("continuous", "fixed")
+
+
 def _fit_items(
     lm: LoadedModel,
     texts: Sequence[str],
@@ -543,6 +555,7 @@ def _fit_items(
     cancel: threading.Event | None = None,
     teacher_embeddings: torch.Tensor | None = None,
     init_seeds: Sequence[int] | None = None,
+    batching: str = "continuous",
 ) -> list[FitResult]:
     """The loop behind :func:`fit_texts`: one row per item (a text, or one restart of a text).
 
@@ -551,6 +564,8 @@ def _fit_items(
     config = config or FitConfig()
     if not texts:
         raise FitError("No texts to fit.")
+    if batching not in BATCHING:
+        raise FitError(f"Unknown batching {batching!r}; use one of {', '.join(BATCHING)}.")
     targets = [list(t) for t in token_ids] if token_ids is not None else [lm.validate_text(t, config.layout) for t in texts]
     distribution = _init_distribution(lm, config)
     seeds = list(init_seeds) if init_seeds is not None else [text_seed(config.seed, t) for t in targets]
@@ -571,7 +586,7 @@ def _fit_items(
             teacher_embeddings = teacher_mod.embed_texts(teacher_mod.load_teacher(config.regularizer.teacher), list(texts))
         teacher_embeddings = teacher_embeddings.float().to(lm.device)
     run = _FitRun(lm, config, rows, optimizer, distribution=distribution, slots=slots, teacher_embeddings=teacher_embeddings, on_done=on_done,
-                  callback=callback, callback_every=callback_every)
+                  callback=callback, callback_every=callback_every, batching=batching)
     return run.run(cancel)
 
 
@@ -588,13 +603,15 @@ def fit_texts(
     teacher_embeddings: torch.Tensor | None = None,
     init_seeds: Sequence[int] | None = None,
     on_done: Callable[[int, FitResult], None] | None = None,
+    batching: str = "continuous",
 ) -> list[FitResult]:
     """Fit one (e, m) pair per text; texts share padded forward passes.
 
     texts: the texts (validated against the model's context). token_ids: their targets when already known.
     batch_size: how many rows share a forward pass (None: all). A text that finishes frees its slot for
     the next waiting one at once (continuous batching), so a slow text never holds the others back.
-    Coupled texts (shared m, a regulariser) always fit all together and stop together.
+    batching="fixed" is the plain batched loop instead (the baseline of bench/corpus.py): batch_size rows stay
+    in every forward pass until all of them are finished, then the next batch_size rows start. Coupled texts (shared m, a regulariser) always fit all together and stop together.
     With ``config.restarts`` = R > 1 every text is fitted from R inits (R rows); the first restart to
     converge stops the others and its vectors are returned. The first inits of all texts take the slots
     first; the other restarts wait for slots that converged texts free (all side by side when the batch
@@ -609,7 +626,7 @@ def fit_texts(
     if restarts == 1 or not texts:
         return _fit_items(lm, texts, config, token_ids=token_ids, batch_size=batch_size, callback=callback,
                           callback_every=callback_every, cancel=cancel, teacher_embeddings=teacher_embeddings,
-                          init_seeds=init_seeds, on_done=on_done)
+                          init_seeds=init_seeds, on_done=on_done, batching=batching)
     targets = [list(t) for t in token_ids] if token_ids is not None else [lm.validate_text(t, config.layout) for t in texts]
     base_seeds = list(init_seeds) if init_seeds is not None else [text_seed(config.seed, t) for t in targets]
     # Restart-major order: every text's first draw comes before any second one, so with fewer slots than rows
@@ -650,7 +667,7 @@ def fit_texts(
 
     items = _fit_items(lm, [texts[o] for o in owners], config, token_ids=[targets[o] for o in owners], owners=owners,
                        batch_size=batch_size, callback=per_text if callback else None, callback_every=callback_every,
-                       cancel=cancel, init_seeds=seeds, on_done=item_done)
+                       cancel=cancel, init_seeds=seeds, on_done=item_done, batching=batching)
     return [pick(items, i) for i in range(len(texts))]
 
 
