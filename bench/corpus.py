@@ -42,7 +42,7 @@ def corpus_texts(lm, n: int, low: int = 8, high: int = 64) -> list[str]:
     texts = []
     for i in range(n):
         length = low + round(i * (high - low) / max(n - 1, 1))
-        ids = lm.encode(sources[i % len(sources)] + " " + sources[(i + 1) % len(sources)])[:length]
+        ids = lm.encode(" ".join(sources[(i + k) % len(sources)] for k in range(3)))[:length]
         texts.append(lm.decode(ids))
     return list(dict.fromkeys(texts))
 

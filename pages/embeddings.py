@@ -9,7 +9,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from core.analyses import embeddings as emb
-from core.analyses.projection import METRICS
+from core.analyses.projection import METRICS, SILHOUETTE_SAMPLE
 from core.engine.sets import (corpus_sets, load_manifest, most_prefitted, prefit_status, set_entries, set_frame,
                               validate_set)
 from core.texts.textsets import BUILTIN_SETS, TextSetError, builtin_set
@@ -20,6 +20,8 @@ from ui.widgets import choose_text_set, download_csv, download_figure, hover_tex
 require_app_shell()  # first: a page opened by its URL on a fresh server runs inside app.py
 
 JOB = "embeddings-set"
+MAPS_JOB = "embeddings-maps"
+WEBGL_POINTS = 1000  # maps of more points draw with WebGL (go.Scattergl)
 METHODS = {"t-SNE": "tsne", "PCA": "pca", "UMAP": "umap"}
 KIND_SYMBOLS = {"original": "star", "lexical": "x", "semantic": "circle", "syntax": "diamond"}
 PALETTE = [  # 20 distinguishable colours (plotly's Dark24 without the near-greys)
@@ -76,9 +78,19 @@ c_shared, c_choice = st.columns([1, 3])
 shared_m = c_shared.checkbox(
     "Shared m", key="emb_shared_m",
     help="Fit one m for the whole set (one coupled batch) and an e per text: then only e differs between texts.")
-try:
-    validate_set(lm, frame["text"].tolist(), sidebar_config.layout)
-except TextSetError as exc:
+@st.cache_data(show_spinner=False, max_entries=8)
+def _validated(model: str, texts: tuple[str, ...], layout: str) -> str | None:
+    """validate_set's message for these texts, or None: once per set and model (a corpus has thousands)."""
+    try:
+        validate_set(lm, list(texts), layout)
+    except TextSetError as exc:
+        return str(exc)
+    return None
+
+
+problem = _validated(lm.identity, tuple(frame["text"]), sidebar_config.layout)
+if problem is not None:
+    exc = TextSetError(problem)
     show_error(f"This set cannot be fitted with {lm.name}: {exc}", exc)
     st.stop()
 choices = emb.config_choices(lm, set_name, sidebar_config, shared_m, manifest=manifest)
@@ -121,12 +133,15 @@ metric = c_metric.selectbox("Metric", METRICS, key="emb_metric")
 perplexity = c_perp.number_input("Perplexity", 2.0, 100.0, emb.DEFAULT_PERPLEXITY, 1.0, key="emb_perplexity",
                                  disabled=method != "tsne", help="t-SNE only; clamped below the number of points.")
 
-teacher = None
-try:
-    with st.spinner("Embedding the texts with the teacher (once per set) ..."):
-        teacher = emb.teacher_embeddings(texts, cache)
-except Exception as exc:  # the maps of e and m are still worth showing without the reference
-    show_error(f"No teacher reference: {exc}", exc, warning=True)
+# A large set's teacher embeddings and maps are made in the background (a MapJob); a small set's right here.
+large = n_fitted > emb.BACKGROUND_POINTS
+teacher = emb.load_teacher_embeddings(texts, cache)
+if teacher is None and not large:
+    try:
+        with st.spinner("Embedding the texts with the teacher (once per set) ..."):
+            teacher = emb.teacher_embeddings(texts, cache)
+    except Exception as exc:  # the maps of e and m are still worth showing without the reference
+        show_error(f"No teacher reference: {exc}", exc, warning=True)
 vectors = emb.assemble_set(frame, entries, min_accuracy=min_accuracy, teacher=teacher, shared_m=shared_m)
 st.caption(f"Showing **{vectors.n}** of {vectors.n_total} texts: {vectors.n_below} below {min_accuracy:.2f} "
            f"accuracy excluded, {vectors.n_unfitted} not fitted."
@@ -136,6 +151,7 @@ if vectors.n < 2:
     st.stop()
 
 cache_id = (tuple(vectors.table["key"]), teacher is not None, shared_m)
+large = vectors.n > emb.BACKGROUND_POINTS
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -149,12 +165,43 @@ def _silhouettes(_vectors: emb.SetVectors, ident: tuple, metric: str) -> pd.Data
     return emb.silhouette_table(_vectors, metric)
 
 
+def _render_maps_job(job: emb.MapJob, snap: emb.MapSnapshot) -> None:
+    st.progress(snap.done / max(snap.total, 1), text=f"Making the maps in the background: {snap.step} · "
+                                                     f"{snap.done} of {snap.total} steps · {snap.elapsed:.0f} s")
+    if not snap.finished and st.button("Stop", key=f"stop_maps::{id(job)}",
+                                       help="Keeps the maps made so far; the rest is made on the next visit"):
+        job.cancel()
+
+
 # UMAP compiles its numba kernels on first use in a process (bench/embeddings.py times it).
 first_umap = " (UMAP's first use in this process compiles it: up to half a minute)" if method == "umap" else ""
-with st.spinner(f"Projecting {vectors.n} points{first_umap} ..."):
-    projections = _projections(vectors, cache_id, method, metric, float(perplexity))  # unsaved: sidebar warns
+if large:
+    projections = emb.load_projections(vectors, vectors.spaces, method, metric, perplexity=float(perplexity),
+                                       cache=cache)
+    maps_ident = (tuple(vectors.table["key"]), shared_m, method, metric, float(perplexity))
+    job = jobs.get_job(MAPS_JOB) if st.session_state.get("emb_maps_ident") == maps_ident else None
+    if job is None and (projections is None or teacher is None):  # once per set and settings
+        st.session_state["emb_maps_ident"] = maps_ident
+        job = jobs.run_job(MAPS_JOB, emb.MapJob(vectors, texts, cache, method=method, metric=metric,
+                                                perplexity=float(perplexity), teacher=teacher is None), cache)
+    if job is not None:
+        jobs.poll(MAPS_JOB, _render_maps_job)
+        snap = job.snapshot()
+        if snap.finished:
+            jobs.show_outcome(MAPS_JOB, "Making the maps", unsaved=False)
+            for note in snap.notes:
+                st.warning(plain(note))
+            if projections is None and set(job.projections) >= set(vectors.spaces):
+                projections = {space: job.projections[space] for space in vectors.spaces}  # the cache kept none
+    if projections is None and (job is None or not job.snapshot().finished):
+        st.info(f"{vectors.n:,} points: their {method} maps are being made in the background{first_umap} and "
+                "stored in the cache; they appear here when they are done. The scores and neighbours below "
+                "are ready now.")
+else:
+    with st.spinner(f"Projecting {vectors.n} points{first_umap} ..."):
+        projections = _projections(vectors, cache_id, method, metric, float(perplexity))  # unsaved: sidebar warns
 scores = _silhouettes(vectors, cache_id, metric)
-coords = emb.coordinates_frame(vectors, projections)
+coords = emb.coordinates_frame(vectors, projections or {})
 
 table = vectors.table
 if st.session_state.get("emb_focus") not in set(table["text"]):
@@ -164,6 +211,8 @@ focus = int(np.flatnonzero(table["text"].to_numpy() == st.session_state["emb_foc
 
 def maps_figure() -> go.Figure:
     spaces = list(projections)
+    # Above WEBGL_POINTS markers are drawn with WebGL: SVG markers make 10,000 points pan and zoom in jerks.
+    scatter = go.Scattergl if vectors.n > WEBGL_POINTS else go.Scatter
     n_cols = 2 if len(spaces) > 1 else 1
     n_rows = (len(spaces) + n_cols - 1) // n_cols
     titles = []
@@ -181,17 +230,18 @@ def maps_figure() -> go.Figure:
         xy = projections[space].coords
         for group in groups:
             rows = np.flatnonzero(table["group"].to_numpy() == group)
-            fig.add_scatter(
+            fig.add_trace(scatter(
                 x=xy[rows, 0], y=xy[rows, 1], mode="markers", name=plotly_text(group), legendgroup=str(group),
                 showlegend=k == 0,
-                marker=dict(color=colours[group], size=9, opacity=0.85, line=dict(width=0.5, color="white"),
+                marker=dict(color=colours[group], size=9 if vectors.n <= WEBGL_POINTS else 5, opacity=0.85,
+                            line=dict(width=0.5 if vectors.n <= WEBGL_POINTS else 0, color="white"),
                             symbol=[KIND_SYMBOLS.get(table["kind"].iloc[i], "circle") for i in rows]),
                 # The group goes in as data, not into the template, where "%{...}" in its name would be read.
                 customdata=np.stack([rows, [hover[i] for i in rows], table["kind"].iloc[rows],
                                      table["accuracy"].iloc[rows].round(3), [plotly_text(group)] * len(rows)],
                                     axis=1),
                 hovertemplate="%{customdata[1]}<br><b>%{customdata[4]}</b> · %{customdata[2]} · "
-                              "accuracy %{customdata[3]}<extra></extra>",
+                              "accuracy %{customdata[3]}<extra></extra>"),
                 row=row, col=col)
         fig.add_scatter(x=[xy[focus, 0]], y=[xy[focus, 1]], mode="markers", hoverinfo="skip", showlegend=k == 0,
                         name="selected", legendgroup="selected",
@@ -221,11 +271,13 @@ def pick_point() -> None:
 notes = sorted({p.note for p in projections.values() if p.note})
 for note in notes:
     st.caption(f":material/info: {plain(note)}")
-maps = maps_figure()
-st.plotly_chart(maps, key="emb_map", on_select=pick_point, selection_mode="points",
-                config={"scrollZoom": True})
-st.caption("Colour: group; marker: kind (star original, circle semantic paraphrase, x lexical variant, diamond "
-           "syntax). Hover for the text and its reconstruction accuracy; click a point to list its neighbours.")
+maps = maps_figure() if projections else None
+if maps is not None:
+    st.plotly_chart(maps, key="emb_map", on_select=pick_point, selection_mode="points",
+                    config={"scrollZoom": True})
+    st.caption("Colour: group; marker: kind (star original, circle semantic paraphrase, x lexical variant, diamond "
+               "syntax). Hover for the text and its reconstruction accuracy; click a point to list its neighbours."
+               + (f" {vectors.n:,} points, drawn with WebGL." if vectors.n > WEBGL_POINTS else ""))
 
 # ---- silhouettes -------------------------------------------------------------------------------------
 st.subheader("How well does each space separate the groups?")
@@ -236,7 +288,8 @@ c_table.dataframe(wide.round(3), width="stretch")
 about_subsets = (" *original + semantic* isolates meaning: a high score there means paraphrases of a source "
                  "sit together. *original + lexical* tests spelling." if len(wide.columns) > 1 else "")
 c_table.caption(f"Silhouette with the group as label ({metric} metric) on the full vectors, not on the 2-D map."
-                + about_subsets)
+                + about_subsets + (f" Scored on a fixed sample of {SILHOUETTE_SAMPLE:,} of the {vectors.n:,} "
+                                   "texts." if vectors.n > SILHOUETTE_SAMPLE else ""))
 bars = go.Figure()
 for space in vectors.spaces:
     part = scores[scores["space"] == space]
@@ -249,8 +302,8 @@ c_bars.plotly_chart(bars, key="emb_scores")
 # ---- neighbours ----------------------------------------------------------------------------------------
 st.subheader("Nearest neighbours")
 c_focus, c_k = st.columns([5, 1])
-c_focus.selectbox("Text", table["text"].tolist(), key="emb_focus",
-                  format_func=lambda t: f"[{table['group'].iloc[int(np.flatnonzero(table['text'] == t)[0])]}] {t}")
+group_of = dict(zip(table["text"], table["group"]))
+c_focus.selectbox("Text", table["text"].tolist(), key="emb_focus", format_func=lambda t: f"[{group_of[t]}] {t}")
 k = int(c_k.number_input("Neighbours", 1, 20, 5, key="emb_k"))
 focus = int(np.flatnonzero(table["text"].to_numpy() == st.session_state["emb_focus"])[0])
 neighbours = emb.neighbours_table(vectors, focus, k=k, metric=metric)
@@ -275,6 +328,7 @@ with c1:
 with c2:
     download_csv(scores, f"{stem}_silhouette.csv", "Silhouette scores (CSV)", key="emb_dl_scores")
 with c3:
-    download_figure(maps, f"{stem}_maps_{method}.html", "Maps (HTML)", key="emb_dl_maps")
+    if maps is not None:
+        download_figure(maps, f"{stem}_maps_{method}.html", "Maps (HTML)", key="emb_dl_maps")
 with c4:
     download_figure(bars, f"{stem}_silhouette.html", "Score chart (HTML)", key="emb_dl_bars")

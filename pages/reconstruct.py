@@ -13,6 +13,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from core.engine.cache import CacheEntry
 from core.engine.fit import lookup
+from core.engine.index import ORDERS
 from core.engine.models import TextError
 from core.engine.reconstruct import Reconstruction, reconstruct, token_metrics
 from core.texts.textsets import load_examples
@@ -25,6 +26,7 @@ from ui.widgets import download_csv, download_json, plain, show_error, show_toke
 require_app_shell()  # first: a page opened by its URL on a fresh server runs inside app.py
 
 SINGLE, BATCH = "reconstruct-single", "reconstruct-batch"
+PAGE_SIZES = (25, 50, 100, 200)  # rows of the Cached entries table
 
 
 st.title("Reconstruct")
@@ -193,29 +195,52 @@ with tab_batch:
             if row is not None and done[row].entry.key != current_entry_key():
                 set_current_entry(done[row].entry.key)
 
+def _first_page() -> None:
+    st.session_state["cached_page"] = 1
+
+
 with tab_cached:
-    metas = cache.list(lm.identity)
-    if not metas:
-        st.info("Nothing cached for this model yet.")
+    c_search, c_order, c_size = st.columns([4, 2, 1])
+    search = c_search.text_input("Search", key="cached_search", on_change=_first_page,
+                                 placeholder="Words of the text, or the first characters of a key")
+    order = c_order.selectbox("Order", list(ORDERS), key="cached_order", on_change=_first_page)
+    page_size = c_size.selectbox("Per page", PAGE_SIZES, index=1, key="cached_page_size", on_change=_first_page)
+    page = max(1, int(st.session_state.get("cached_page", 1)))
+    metas, total = cache.page(lm.identity, search, order, offset=(page - 1) * page_size, limit=page_size)
+    n_pages = max(1, -(-total // page_size))
+    if page > n_pages:  # the entries shrank (a delete, a clear, a narrower search): show the last page
+        page = n_pages
+        metas, total = cache.page(lm.identity, search, order, offset=(page - 1) * page_size, limit=page_size)
+    if not total:
+        st.info(plain(f"No cached entry of this model contains {search.strip()!r}.") if search.strip() else
+                "Nothing cached for this model yet.")
     else:
         table = pd.DataFrame([{
             "text": m.text, "tokens": m.n_tokens, "accuracy": m.accuracy,
             "steps": m.metrics.get("steps"), "status": m.metrics.get("status"),
             "preset": m.config.get("preset"), "layout": m.config.get("layout"),
             "created": pd.to_datetime(m.created, unit="s").strftime("%Y-%m-%d %H:%M"),
+            "key": m.key[:12],
         } for m in metas])
-        st.caption(f"{len(metas)} entries. Select a row to make it the current entry (the other pages analyse it).")
+        first = (page - 1) * page_size + 1
+        st.caption(f"Entries {first:,}-{first + len(metas) - 1:,} of {total:,}"
+                   + (" matching the search" if search.strip() else "")
+                   + ". Select a row to make it the current entry (the other pages analyse it).")
         table_key = cached_table_key([m.key for m in metas])
         picked = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="single-row",
                               key=table_key, width="stretch")
         rows = [r for r in (picked.selection.rows if picked else []) if r < len(metas)]
         if newly_picked("cached_table", table_key, rows) is not None and metas[rows[0]].key != current_entry_key():
             set_current_entry(metas[rows[0]].key)
+        c_page, c_delete = st.columns([1, 3])
+        if n_pages > 1:
+            st.session_state["cached_page"] = page
+            c_page.number_input(f"Page (of {n_pages:,})", 1, n_pages, key="cached_page")
         if rows:
             chosen = metas[rows[0]].key
             if metas[rows[0]].shipped:
-                st.caption("Pre-fitted entries ship with the project and cannot be deleted here.")
-            elif st.button("Delete the selected entry", key="delete_entry"):
+                c_delete.caption("Pre-fitted entries ship with the project and cannot be deleted here.")
+            elif c_delete.button("Delete the selected entry", key="delete_entry"):
                 cache.delete(chosen)
                 forget_entry(chosen)  # not current any more, and out of the URL: a reload does not bring it back
                 fitted_here.discard(chosen)

@@ -62,16 +62,15 @@ def _fit_section() -> None:
 def _cache_section():
     cache = get_cache()
     lm = get_model()
-    entries = cache.list(lm.identity) if lm else []
-    own = [m for m in entries if not m.shipped]
-    shipped = f" + {len(entries) - len(own)} pre-fitted (shipped, read-only)" if len(entries) > len(own) else ""
-    st.caption(f"Cache: {len(own)} entr{'y' if len(own) == 1 else 'ies'} for this model{shipped}; {cache.size_bytes() / 1e6:.1f} MB on disk "
-               f"in {plain(cache.root)}")
+    n_own, n_shipped = cache.count(lm.identity) if lm else (0, 0)
+    shipped = f" + {n_shipped:,} pre-fitted (shipped, read-only)" if n_shipped else ""
+    st.caption(f"Cache: {n_own:,} entr{'y' if n_own == 1 else 'ies'} for this model{shipped}; "
+               f"{cache.size_bytes() / 1e6:.1f} MB on disk in {plain(cache.root)}")
     warnings_box = st.container()  # filled at the end of the run: show_cache_warnings
-    if own and st.button("Clear this model's cache", key="clear_cache"):
+    if n_own and st.button("Clear this model's cache", key="clear_cache"):
         st.session_state["confirm_clear"] = True
     if st.session_state.get("confirm_clear"):
-        st.warning(f"Delete the {len(own)} fitted entr{'y' if len(own) == 1 else 'ies'} of this model? "
+        st.warning(f"Delete the {n_own:,} fitted entr{'y' if n_own == 1 else 'ies'} of this model? "
                    "The pre-fitted ones stay.")
         c1, c2 = st.columns(2)
         if c1.button("Delete", key="clear_yes", type="primary"):

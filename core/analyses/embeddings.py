@@ -25,8 +25,10 @@ from jaxtyping import Float, Float32
 
 from core.engine.cache import CacheEntry, ProtoCache, cache_key
 from core.engine.fit import FitConfig
+from core.engine.jobs import BackgroundJob
 from core.engine.models import LoadedModel
-from core.analyses.projection import BLAS_THREADS, Projection, cached_map, map_key, nearest_neighbours, silhouette_by_group
+from core.analyses.projection import (BLAS_THREADS, Projection, cached_map, load_map, map_key, nearest_neighbours,
+                                      silhouette_by_group)
 from core.engine.sets import ConfigChoice, fit_choices, load_manifest
 from core.engine.shapes import checked
 
@@ -42,6 +44,9 @@ TEACHER_ANALYSIS = "teacher-embeddings"
 DEFAULT_METHOD = "tsne"  # the seed paper's maps: t-SNE, perplexity 15, cosine
 DEFAULT_PERPLEXITY = 15.0
 DEFAULT_MIN_ACCURACY = 0.9  # the paper keeps texts fitted to >= 0.9
+# Sets with more kept texts than this get their maps (and missing teacher embeddings) in a MapJob, in the
+# background: t-SNE of 10,000 points takes minutes, and the page's other parts draw meanwhile.
+BACKGROUND_POINTS = 1000
 ALL = "all"
 SUBSETS: dict[str, tuple[str, ...]] = {
     "original + lexical": ("original", "lexical"),
@@ -77,6 +82,15 @@ def teacher_key(texts: Sequence[str], teacher_name: str | None = None) -> str:
     return cache_key("teacher-embeddings-v1", canonical_teacher_name(teacher_name), list(texts))
 
 
+def load_teacher_embeddings(texts: Sequence[str], cache: ProtoCache, teacher_name: str | None = None
+                            ) -> Float32[np.ndarray, "n d_teacher"] | None:
+    """The cached sentence embeddings of the texts (teacher_embeddings'), or None: never loads the teacher."""
+    stored = cache.get_analysis(TEACHER_ANALYSIS, teacher_key(texts, teacher_name), with_tensors=True)
+    if stored is not None and "embeddings" in stored[1] and stored[1]["embeddings"].shape[0] == len(texts):
+        return stored[1]["embeddings"].float().numpy()
+    return None
+
+
 def teacher_embeddings(texts: Sequence[str], cache: ProtoCache, teacher_name: str | None = None
                        ) -> Float32[np.ndarray, "n d_teacher"]:
     """Sentence embeddings [n, d_teacher] of the texts, computed once per text list and kept in the cache.
@@ -84,10 +98,10 @@ def teacher_embeddings(texts: Sequence[str], cache: ProtoCache, teacher_name: st
     Keyed by the whole list (the page always asks for a whole set), so a set costs one small file; the
     pre-fit ships those of the built-in sets, which makes the page instant without loading the teacher.
     """
+    stored = load_teacher_embeddings(texts, cache, teacher_name)
+    if stored is not None:
+        return stored
     key = teacher_key(texts, teacher_name)
-    stored = cache.get_analysis(TEACHER_ANALYSIS, key, with_tensors=True)
-    if stored is not None and "embeddings" in stored[1] and stored[1]["embeddings"].shape[0] == len(texts):
-        return stored[1]["embeddings"].float().numpy()
     from core.engine.teacher import canonical_teacher_name, embed_texts, load_teacher
 
     embeddings = embed_texts(load_teacher(teacher_name), list(texts))
@@ -225,6 +239,93 @@ def project_spaces(vectors: SetVectors, spaces: Sequence[str], method: str = "ts
     keys = list(vectors.table["key"])
     return {space: cached_map(vectors.matrix(space), keys, space, method, metric, seed, perplexity, cache)
             for space in spaces}
+
+
+def load_projections(vectors: SetVectors, spaces: Sequence[str], method: str = "tsne", metric: str = "cosine",
+                     seed: int = 0, perplexity: float = 15.0, cache: ProtoCache | None = None
+                     ) -> dict[str, Projection] | None:
+    """project_spaces' maps when the cache holds every one of them, else None: never projects."""
+    keys = list(vectors.table["key"])
+    maps = {space: load_map(keys, space, method, metric, seed, perplexity, cache) for space in spaces}
+    return maps if all(p is not None for p in maps.values()) else None  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class MapSnapshot:
+    """Where a MapJob is: its state, the step it is on and how many of its steps are done."""
+
+    state: str  # "running", "done", "cancelled", "failed"
+    step: str
+    done: int
+    total: int
+    elapsed: float
+    error: str | None = None
+    traceback: str | None = None
+    notes: list[str] = field(default_factory=list)  # what went without (the teacher reference)
+
+    @property
+    def finished(self) -> bool:
+        return self.state != "running"
+
+
+class MapJob(BackgroundJob):
+    """A large set's maps in a daemon thread: the teacher embeddings of its texts when they are missing, then
+    the 2-D map of each space, each stored in the cache as it is done (teacher_embeddings, cached_map), so the
+    page draws them from the cache on its next run, and a stopped job keeps the maps already made."""
+
+    thread_name = "proto-maps"
+
+    def __init__(self, vectors: SetVectors, texts: Sequence[str], cache: ProtoCache, *, method: str, metric: str,
+                 perplexity: float, teacher: bool = True, seed: int = 0):
+        self.vectors, self.texts, self.cache = vectors, list(texts), cache
+        self.method, self.metric, self.perplexity, self.seed = method, metric, float(perplexity), seed
+        self.teacher = teacher and vectors.teacher is None
+        self._state, self._error, self._step, self._done = "running", None, "starting", 0
+        # what the job made, for a cache that could not store it (keep_analysis warns): space -> map
+        self.projections: dict[str, Projection] = {}
+        self.notes: list[str] = []
+        self._total = int(self.teacher) + len(vectors.spaces) + int(self.teacher)  # the teacher adds a map too
+        super().__init__()
+
+    def _advance(self, step: str) -> None:
+        with self._lock:
+            self._step = step
+
+    def _finish_step(self) -> None:
+        with self._lock:
+            self._done += 1
+
+    def _work(self) -> None:
+        vectors = self.vectors
+        if self.teacher:
+            self._advance(f"embedding {len(self.texts):,} texts with the teacher")
+            try:
+                embeddings = teacher_embeddings(self.texts, self.cache)
+                vectors = replace(vectors, teacher=embeddings[vectors.table["row"].to_numpy(dtype=int)]
+                                  .astype(np.float32))
+            except Exception as exc:  # the maps of e and m are still worth making without the reference
+                with self._lock:
+                    self.notes.append(f"No teacher reference: {' '.join(str(exc).split())}")
+                    self._total -= 1
+            self._finish_step()
+        keys = list(vectors.table["key"])
+        for space in vectors.spaces:
+            if self.cancel_event.is_set():
+                break
+            self._advance(f"{self.method} map of {SPACE_LABELS[space]} ({vectors.n:,} points)")
+            projection = cached_map(vectors.matrix(space), keys, space, self.method, self.metric, self.seed,
+                                    self.perplexity, self.cache)
+            with self._lock:
+                self.projections[space] = projection
+            self._finish_step()
+        with self._lock:
+            self._total = self._done if self.cancel_event.is_set() else self._total
+            self._state = "cancelled" if self.cancel_event.is_set() else "done"
+
+    def snapshot(self) -> MapSnapshot:
+        with self._lock:
+            return MapSnapshot(self._state, self._step, self._done, max(self._total, self._done), self._elapsed(),
+                               self._error, self._traceback, list(self.notes))
 
 
 def coordinates_frame(vectors: SetVectors, projections: dict[str, Projection]) -> pd.DataFrame:

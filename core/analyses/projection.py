@@ -35,6 +35,7 @@ _TSNE_EXACT_MAX_POINTS = 250
 # The maps are small problems (a few hundred rows): one BLAS thread does them as fast as many, and on a busy
 # machine much faster, because threads that wait on each other stall whenever one is descheduled.
 BLAS_THREADS = 1
+SILHOUETTE_SAMPLE = 2000  # rows above which a silhouette is scored on a fixed sample (silhouette_by_group)
 MAP_ANALYSIS = "embedding-maps"  # one cached 2-D map per (rows, space, method, metric, seed, perplexity)
 
 
@@ -216,9 +217,12 @@ def project_2d(
     return Projection(np.asarray(coords, dtype=np.float64), method, method, note)
 
 
-def silhouette_by_group(x: Any, labels: Sequence[Hashable], metric: str = "cosine") -> float | None:
+def silhouette_by_group(x: Any, labels: Sequence[Hashable], metric: str = "cosine",
+                        sample_size: int = SILHOUETTE_SAMPLE) -> float | None:
     """Silhouette score of the rows of x [n, d] grouped by labels [n] (sklearn's silhouette_score).
 
+    Above sample_size rows the score is that of a fixed random sample of sample_size rows (sklearn's
+    sample_size, seed 0): the exact score is quadratic in n (10,000 rows: 10^8 distances per space).
     Returns None where the score is undefined: fewer than 2 groups, or as many groups as points.
     """
     from sklearn.metrics import silhouette_score
@@ -231,9 +235,10 @@ def silhouette_by_group(x: Any, labels: Sequence[Hashable], metric: str = "cosin
     n_groups = len(set(label_array.tolist()))
     if not 2 <= n_groups <= data.shape[0] - 1:
         return None
+    sample = sample_size if data.shape[0] > sample_size else None
     try:
-        return float(silhouette_score(data, label_array, metric=metric))
-    except ValueError:
+        return float(silhouette_score(data, label_array, metric=metric, sample_size=sample, random_state=0))
+    except ValueError:  # a sample that holds a single group
         return None
 
 
@@ -273,16 +278,27 @@ def map_key(row_keys: Sequence[str], space: str, method: str, metric: str = "cos
                      float(perplexity) if method == "tsne" else None)
 
 
+def load_map(row_keys: Sequence[str], space: str, method: str = "pca", metric: str = "cosine", seed: int = 0,
+             perplexity: float = 15.0, cache: ProtoCache | None = None) -> Projection | None:
+    """The cached 2-D map of these rows (cached_map's), or None when the cache does not hold it: never projects."""
+    if cache is None:
+        return None
+    stored = cache.get_analysis(MAP_ANALYSIS, map_key(row_keys, space, method, metric, seed, perplexity),
+                                with_tensors=True)
+    if stored is None or tuple(stored[1].get("coords", np.zeros(0)).shape) != (len(row_keys), 2):
+        return None
+    meta, tensors = stored
+    return Projection(tensors["coords"].double().numpy(), meta["method"], meta["requested_method"], meta.get("note"))
+
+
 def cached_map(x: Any, row_keys: Sequence[str], space: str, method: str = "pca", metric: str = "cosine",
                seed: int = 0, perplexity: float = 15.0, cache: ProtoCache | None = None) -> Projection:
     """project_2d of x [n, d], read from the cache when it holds this map and stored there after (the one way
     every page caches its maps; the pre-fit ships the default maps of the built-in sets)."""
+    stored = load_map(row_keys, space, method, metric, seed, perplexity, cache) if cache is not None else None
+    if stored is not None:
+        return stored
     key = map_key(row_keys, space, method, metric, seed, perplexity) if cache is not None else ""
-    stored = cache.get_analysis(MAP_ANALYSIS, key, with_tensors=True) if cache is not None else None
-    if stored is not None and tuple(stored[1].get("coords", np.zeros(0)).shape) == (len(row_keys), 2):
-        meta, tensors = stored
-        return Projection(tensors["coords"].double().numpy(), meta["method"], meta["requested_method"],
-                          meta.get("note"))
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(BLAS_THREADS):

@@ -22,14 +22,17 @@ import os
 import re
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from jaxtyping import Float32
 from torch import Tensor
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file, save_file
 
+from core.engine.index import INDEX_FILE, open_index
 from core.engine.shapes import checked
 
 log = logging.getLogger(__name__)
@@ -112,7 +115,8 @@ class CacheEntry:
 
 @dataclass(frozen=True)
 class EntryListing:
-    """One row of :meth:`ProtoCache.list`: an entry's metadata, without reading its vectors."""
+    """One row of :meth:`ProtoCache.list` / :meth:`ProtoCache.page`: an entry's metadata as the cache's index
+    (core.engine.index) holds it, without reading its vectors, history or replay snapshots."""
 
     key: str
     model: str  # model identity
@@ -123,13 +127,21 @@ class EntryListing:
     metrics: dict  # accuracy, steps, converged, status, wall_time, ...
     created: float
     shipped: bool = False  # read from the shipped pre-fit, read-only
-    meta: dict = field(default_factory=dict, repr=False, compare=False)  # everything stored (for migrations)
+    group: str | None = None  # the batch the text was coupled in (shared m, a regulariser)
 
     @classmethod
     def from_meta(cls, meta: dict, shipped: bool = False) -> "EntryListing":
-        return cls(key=meta["key"], model=str(meta.get("model", "")), model_name=str(meta.get("model_name") or ""),
+        return cls(key=meta["key"], model=str(meta.get("model") or ""), model_name=str(meta.get("model_name") or ""),
                    text=meta["text"], token_ids=list(meta["token_ids"]), config=meta["config"],
-                   metrics=meta["metrics"], created=_number(meta.get("created")), shipped=shipped, meta=meta)
+                   metrics=meta["metrics"], created=_number(meta.get("created")), shipped=shipped,
+                   group=meta.get("group"))
+
+    @property
+    def meta(self) -> dict:
+        """The stored fields that key and describe the entry (what core.shipped.migrate recomputes keys from)."""
+        return {"key": self.key, "model": self.model, "model_name": self.model_name, "text": self.text,
+                "token_ids": self.token_ids, "config": self.config, "metrics": self.metrics,
+                "created": self.created, "group": self.group}
 
     @property
     def n_tokens(self) -> int:
@@ -242,6 +254,7 @@ class ProtoCache:
             shipped = os.environ.get("PROTOTOKENS_SHIPPED") or SHIPPED_ROOT
         self.shipped = ProtoCache(shipped, shipped="") if shipped and Path(shipped) != self.root else None
         self.warnings: list[str] = []  # unreadable files met so far, for the UI to show
+        self._index = None  # core.engine.index.EntryIndex, opened by the first listing
         if self.root not in _SWEPT_ROOTS:  # once per root and process: pages open a cache at every rerun
             _SWEPT_ROOTS.add(self.root)
             self.sweep_stale_tmp()
@@ -297,11 +310,17 @@ class ProtoCache:
         except OSError as exc:
             raise CacheWriteError(f"Could not write {meta_path.stem[:12]}... to the cache at {self.root}: "
                                   f"{exc.strerror or exc}.") from None
+        if self._index is not None:  # this process lists the cache: its index learns the entry now
+            self._index.put(entry.key, entry.meta(), meta_path)
 
     def _warn(self, message: str) -> None:
         log.warning(message)
         if message not in self.warnings:
             self.warnings.append(message)
+
+    @staticmethod
+    def _parse_meta(meta_path: Path) -> dict:
+        return check_meta(read_json(meta_path), meta_path.stem)
 
     def _read_meta(self, meta_path: Path) -> dict | None:
         try:
@@ -309,6 +328,19 @@ class ProtoCache:
         except (OSError, ValueError) as exc:
             self._warn(f"Ignoring unreadable cache file {meta_path.name}: {exc}")
             return None
+
+    def _read_vectors(self, tensor_path: Path, hidden: int | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(e, m) of one tensors file, checked; None with a warning naming the file when it cannot be used."""
+        try:
+            # Read whole, not mapped (load_file): a mapping costs more than the read of a file this small.
+            tensors = load_safetensors(tensor_path.read_bytes())
+            e, m = tensors["e"].float(), tensors["m"].float()
+            check_vectors(e, m, hidden)
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            owner = self.shipped if self.shipped is not None and tensor_path.parent == self.shipped.entries_dir else self
+            owner._warn(f"Ignoring unreadable cache file {tensor_path.name}: {exc}")
+            return None
+        return e, m
 
     def get(self, key: str, hidden: int | None = None) -> CacheEntry | None:
         """The entry, or None when missing, malformed or not what it claims (a warning names the file).
@@ -323,13 +355,10 @@ class ProtoCache:
         meta = self._read_meta(meta_path)
         if meta is None:
             return None
-        try:
-            tensors = load_file(str(tensor_path))
-            e, m = tensors["e"].float(), tensors["m"].float()
-            check_vectors(e, m, hidden)
-        except Exception as exc:  # safetensors raises its own error types for corrupt files
-            self._warn(f"Ignoring unreadable cache file {tensor_path.name}: {exc}")
+        vectors = self._read_vectors(tensor_path, hidden)
+        if vectors is None:
             return None
+        e, m = vectors
         return CacheEntry(
             key=key, model=str(meta.get("model", "")), text=meta["text"], token_ids=meta["token_ids"],
             config=meta["config"], metrics=meta["metrics"], history=meta.get("history", {}),
@@ -337,26 +366,58 @@ class ProtoCache:
             group=meta.get("group"), created=float(meta.get("created", 0.0) or 0.0),
         )
 
-    def list(self, model: str | None = None, include_shipped: bool = True) -> list[EntryListing]:
-        """Readable entries (newest first), optionally only those of one model identity.
-
-        Entries are found by their files' names; the key of each is its file's name. Shipped entries come
-        after the user's own, with ``shipped`` set.
-        """
-        files = self._entry_files()
-        shipped = []
+    # ---- listing, through the index (core.engine.index) ------------------------------------------
+    def _folders(self, include_shipped: bool = True) -> list[Path]:
+        folders = [self.entries_dir]
         if include_shipped and self.shipped is not None:
-            own = {p.stem for p in files}
-            shipped = [replace(m, shipped=True) for m in self.shipped.list(model) if m.key not in own]
-        listed = []
-        for meta_path in files:
-            meta = self._read_meta(meta_path)
-            if meta is None or (model is not None and meta.get("model") != model):
-                continue
-            if not meta_path.with_suffix(".safetensors").exists():
-                continue
-            listed.append(EntryListing.from_meta(meta))
-        return sorted(listed, key=lambda m: m.created, reverse=True) + shipped
+            folders.append(self.shipped.entries_dir)
+        return folders
+
+    def refresh_index(self, include_shipped: bool = True):
+        """Bring the index up to date with the entry files (one scandir a folder; only changed files are read);
+        every unreadable entry file becomes a warning. Returns the index."""
+        index = open_index(self.root)
+        self._index = index
+        for folder, owner in zip(self._folders(include_shipped), (self, self.shipped)):
+            for name, problem in index.refresh(folder, is_valid_key, self._parse_meta):
+                owner._warn(f"Ignoring unreadable cache file {name}: {problem}")
+        return index
+
+    def page(self, model: str | None = None, search: str = "", order: str = "newest", offset: int = 0,
+             limit: int | None = None, include_shipped: bool = True) -> tuple[list[EntryListing], int]:
+        """(rows, total): one page of the readable entries, optionally only one model identity's and those whose
+        text contains ``search`` (case-insensitive) or whose key starts with it. ``order`` is one of
+        core.engine.index.ORDERS ("newest": the user's own newest first, then the shipped ones, flagged).
+        Entries are found by their files' names; the key of each is its file's name."""
+        index = self.refresh_index(include_shipped)
+        rows, total = index.query(self._folders(include_shipped), model=model, search=search, order=order,
+                                  offset=offset, limit=limit)
+        return [EntryListing.from_meta(listed, shipped) for shipped, listed in rows], total
+
+    def list(self, model: str | None = None, include_shipped: bool = True) -> list[EntryListing]:
+        """Every readable entry (the user's own newest first, then the shipped ones), optionally only those of
+        one model identity: :meth:`page` without a page."""
+        return self.page(model, include_shipped=include_shipped)[0]
+
+    def get_many(self, keys: Sequence[str], hidden: int | None = None) -> dict[str, CacheEntry]:
+        """key -> entry of those keys that are listed, with their vectors but without history and replay
+        snapshots (what set analyses need, read fast: the index and one small tensors file per entry). A file
+        that cannot be read is left out with a warning, as :meth:`get` does."""
+        index = self.refresh_index()
+        found = {}
+        for key, (folder, listed) in index.listed(self._folders(), [k for k in keys if is_valid_key(k)]).items():
+            vectors = self._read_vectors(folder / f"{key}.safetensors", hidden)
+            if vectors is not None:
+                found[key] = CacheEntry(
+                    key=key, model=str(listed.get("model") or ""), text=listed["text"], token_ids=listed["token_ids"],
+                    config=listed["config"], metrics=listed["metrics"], history={}, e=vectors[0], m=vectors[1],
+                    model_name=str(listed.get("model_name") or ""), group=listed.get("group"),
+                    created=_number(listed.get("created")))
+        return found
+
+    def count(self, model: str | None = None) -> tuple[int, int]:
+        """(own, shipped): how many readable entries :meth:`list` gives, without reading them."""
+        return self.refresh_index().count(self._folders(), model=model)
 
     def delete(self, key: str) -> bool:
         """Delete one entry of this cache (never a shipped one). A malformed key deletes nothing."""
@@ -367,6 +428,8 @@ class ProtoCache:
             if path.exists():
                 path.unlink()
                 found = True
+        if self._index is not None:
+            self._index.forget(self.entries_dir, [key])
         return found
 
     def clear(self, model: str | None = None) -> int:
@@ -390,9 +453,13 @@ class ProtoCache:
         return removed
 
     def size_bytes(self) -> int:
+        """Bytes of the cache's own files: its entries as its index last saw them (refreshed when no listing has
+        run yet), its analyses and the index."""
         if not self.root.exists():
             return 0
-        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file() and not p.is_symlink())
+        entries = (self._index or self.refresh_index(include_shipped=False)).size(self.entries_dir)
+        others = [p for name in ("analyses",) for p in (self.root / name).rglob("*")] + [self.root / INDEX_FILE]
+        return entries + sum(p.stat().st_size for p in others if p.is_file() and not p.is_symlink())
 
     # ---- derived analyses ----------------------------------------------------------------------
     def _analysis_paths(self, kind: str, key: str) -> tuple[Path, Path]:

@@ -164,9 +164,21 @@ def fit_choices(shipped: FitConfig | None, sidebar: FitConfig, keys: Mapping[str
 
 def set_entries(lm: LoadedModel, texts: Sequence[str], choice: ConfigChoice, cache: ProtoCache
                 ) -> list[CacheEntry | None]:
-    """The cached entry of each text fitted with the choice's config (None where missing)."""
-    entries = lookup(lm, texts, choice.config, cache)
-    for i, text in enumerate(texts):
-        if entries[i] is None and text in choice.keys:
-            entries[i] = cache.get(choice.keys[text])
+    """The cached entry of each text fitted with the choice's config (None where missing), without history.
+
+    The keys a manifest recorded are read in bulk through the cache's index (ProtoCache.get_many: a corpus of
+    thousands opens in seconds); the other texts are looked up by the key today's code gives them. Coupled
+    texts (shared m, a regulariser) are keyed by their whole batch, so they are always looked up together."""
+    config = choice.config
+    if config.shared_m or config.has_regularizer:
+        entries = lookup(lm, texts, config, cache)
+        found = cache.get_many([choice.keys[t] for t, e in zip(texts, entries) if e is None and t in choice.keys],
+                               lm.hidden_size)
+        return [e if e is not None else found.get(choice.keys.get(t, "")) for t, e in zip(texts, entries)]
+    found = cache.get_many([choice.keys[t] for t in texts if t in choice.keys], lm.hidden_size)
+    entries = [found.get(choice.keys.get(t, "")) for t in texts]
+    missing = [i for i, e in enumerate(entries) if e is None]
+    if missing:
+        for i, entry in zip(missing, lookup(lm, [texts[i] for i in missing], config, cache)):
+            entries[i] = entry
     return entries
