@@ -21,7 +21,6 @@ require_app_shell()  # first: a page opened by its URL on a fresh server runs in
 
 JOB = "embeddings-set"
 MAPS_JOB = "embeddings-maps"
-WEBGL_POINTS = 1000  # maps of more points draw with WebGL (go.Scattergl)
 METHODS = {"t-SNE": "tsne", "PCA": "pca", "UMAP": "umap"}
 KIND_SYMBOLS = {"original": "star", "lexical": "x", "semantic": "circle", "syntax": "diamond"}
 PALETTE = [  # 20 distinguishable colours (plotly's Dark24 without the near-greys)
@@ -211,8 +210,8 @@ focus = int(np.flatnonzero(table["text"].to_numpy() == st.session_state["emb_foc
 
 def maps_figure() -> go.Figure:
     spaces = list(projections)
-    # Above WEBGL_POINTS markers are drawn with WebGL: SVG markers make 10,000 points pan and zoom in jerks.
-    scatter = go.Scattergl if vectors.n > WEBGL_POINTS else go.Scatter
+    # Above emb.WEBGL_POINTS markers are drawn with WebGL: SVG markers make 10,000 points pan and zoom in jerks.
+    scatter = go.Scattergl if vectors.n > emb.WEBGL_POINTS else go.Scatter
     n_cols = 2 if len(spaces) > 1 else 1
     n_rows = (len(spaces) + n_cols - 1) // n_cols
     titles = []
@@ -233,8 +232,8 @@ def maps_figure() -> go.Figure:
             fig.add_trace(scatter(
                 x=xy[rows, 0], y=xy[rows, 1], mode="markers", name=plotly_text(group), legendgroup=str(group),
                 showlegend=k == 0,
-                marker=dict(color=colours[group], size=9 if vectors.n <= WEBGL_POINTS else 5, opacity=0.85,
-                            line=dict(width=0.5 if vectors.n <= WEBGL_POINTS else 0, color="white"),
+                marker=dict(color=colours[group], size=9 if vectors.n <= emb.WEBGL_POINTS else 5, opacity=0.85,
+                            line=dict(width=0.5 if vectors.n <= emb.WEBGL_POINTS else 0, color="white"),
                             symbol=[KIND_SYMBOLS.get(table["kind"].iloc[i], "circle") for i in rows]),
                 # The group goes in as data, not into the template, where "%{...}" in its name would be read.
                 customdata=np.stack([rows, [hover[i] for i in rows], table["kind"].iloc[rows],
@@ -268,7 +267,7 @@ def pick_point() -> None:
             return
 
 
-notes = sorted({p.note for p in projections.values() if p.note})
+notes = sorted({p.note for p in (projections or {}).values() if p.note})
 for note in notes:
     st.caption(f":material/info: {plain(note)}")
 maps = maps_figure() if projections else None
@@ -277,7 +276,7 @@ if maps is not None:
                     config={"scrollZoom": True})
     st.caption("Colour: group; marker: kind (star original, circle semantic paraphrase, x lexical variant, diamond "
                "syntax). Hover for the text and its reconstruction accuracy; click a point to list its neighbours."
-               + (f" {vectors.n:,} points, drawn with WebGL." if vectors.n > WEBGL_POINTS else ""))
+               + (f" {vectors.n:,} points, drawn with WebGL." if vectors.n > emb.WEBGL_POINTS else ""))
 
 # ---- silhouettes -------------------------------------------------------------------------------------
 st.subheader("How well does each space separate the groups?")

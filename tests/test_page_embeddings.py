@@ -172,3 +172,43 @@ def test_a_corpus_fitted_with_core_fit_opens_as_a_set(app_cache, tiny_lm, tmp_pa
     at.run()
     points = [t for t in _charts(at)[0]["data"] if t.get("customdata")]
     assert points and sum(len(t["customdata"]) for t in points) % 4 == 0
+
+
+def test_a_large_set_is_mapped_in_the_background_then_drawn_with_webgl_from_the_cache(app_cache, tiny_lm, tmp_path,
+                                                                                       monkeypatch):
+    """Above BACKGROUND_POINTS the maps (and the missing teacher embeddings) are made by a MapJob while the scores
+    and neighbours draw at once; when it is done the maps come from the cache, as WebGL scatters, and a new visit
+    draws them without starting a job."""
+    import core.analyses.embeddings as emb
+
+    monkeypatch.setattr(emb, "BACKGROUND_POINTS", 3)
+    monkeypatch.setattr(emb, "WEBGL_POINTS", 3)
+    path = tmp_path / "big.txt"
+    path.write_text("Hi cat\nGo home\nRun now\nHey dog\nSit down\nBe kind\n", encoding="utf-8")
+    from core.__main__ import main
+
+    assert main(["fit", "--file", str(path), "--cache", str(app_cache.root), "--model", "tiny-random-llama",
+                 "--preset", "fast", "--max-steps", "5", "--quiet"]) == 0
+    at = open_page()
+    at.selectbox(key="emb_set").set_value("big")
+    at.run()
+    at.slider(key="emb_min_acc").set_value(0.0)
+    at.run()
+    assert not at.exception and not _errors(at)
+    job = at.session_state["job::embeddings-maps"]
+    assert any("being made in the background" in i.value for i in at.info)
+    assert not [c for c in _charts(at) if any(t.get("customdata") for t in c["data"])]  # no map yet
+    assert at.dataframe  # the silhouette table is there meanwhile
+    snap = job.wait(300)
+    assert snap.state == "done" and snap.done == snap.total == 5  # teacher, then e, m, e‖m and teacher maps
+    at.run()
+    maps = [c for c in _charts(at) if any(t.get("customdata") for t in c["data"])]
+    assert maps and {t["type"] for t in maps[0]["data"] if t.get("customdata")} == {"scattergl"}
+    assert sum(len(t["customdata"]) for t in maps[0]["data"] if t.get("customdata")) == 6 * 4
+    again = open_page()  # a new visit: the maps and the teacher come from the cache
+    again.selectbox(key="emb_set").set_value("big")
+    again.run()
+    again.slider(key="emb_min_acc").set_value(0.0)
+    again.run()
+    assert "job::embeddings-maps" not in again.session_state
+    assert [c for c in _charts(again) if any(t.get("customdata") for t in c["data"])]

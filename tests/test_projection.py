@@ -147,3 +147,18 @@ def test_semantic_alignment_is_spearman_of_upper_triangles() -> None:
     expected = spearmanr((unit_v @ unit_v.T)[upper], (unit_t @ unit_t.T)[upper]).statistic
     assert semantic_alignment(vectors, teacher) == pytest.approx(expected, abs=1e-6)
     assert math.isnan(semantic_alignment(vectors[:2], teacher[:2]))
+
+
+def test_a_large_set_is_scored_on_a_fixed_sample() -> None:
+    """Above sample_size rows the silhouette is sklearn's on a fixed sample: the same number every call, close to
+    the exact score, and computed without the n x n distance matrix."""
+    from sklearn.metrics import silhouette_score
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(5), 300)
+    x = rng.normal(size=(1500, 16)) + labels[:, None] * 0.5
+    sampled = silhouette_by_group(x, labels, "cosine", sample_size=400)
+    assert sampled == silhouette_by_group(x, labels, "cosine", sample_size=400)
+    exact = float(silhouette_score(x, labels, metric="cosine"))
+    assert sampled != exact and abs(sampled - exact) < 0.05
+    assert silhouette_by_group(x, labels, "cosine", sample_size=5000) == pytest.approx(exact)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 
 from core.engine.sets import compact_entry, fit_choices, thin_history, validate_set
@@ -64,3 +65,38 @@ def test_fit_choices_put_the_shipped_config_first_and_the_sidebar_only_when_it_d
     assert "preset fast, up to 600 steps" in choices[0].label and "sidebar" in choices[1].label
     assert [c.shipped for c in fit_choices(shipped, preset("fast", max_steps=600))] == [True]  # same key: once
     assert [c.shipped for c in fit_choices(None, sidebar)] == [False]
+
+
+def test_set_entries_reads_the_recorded_keys_in_bulk_and_looks_up_the_rest(tiny_lm, tmp_path, monkeypatch):
+    """A corpus's entries come through the manifest's keys in one bulk read (ProtoCache.get_many: vectors and
+    metrics, no history), not one lookup per text; a text without a recorded key is looked up by today's key."""
+    import core.engine.sets as sets_mod
+    from core.engine.cache import ProtoCache
+    from core.engine.fit import fit_and_cache
+    from core.engine.sets import ConfigChoice, set_entries
+
+    cache = ProtoCache(tmp_path / "cache")
+    config = preset("fast", max_steps=3, restarts=1)
+    fitted = [o.entry for o in fit_and_cache(tiny_lm, ["Hi cat", "Go home", "Run now"], config, cache)]
+    choice = ConfigChoice("corpus", config, keys={e.text: e.key for e in fitted[:2]})
+    looked_up = []
+    real_lookup = sets_mod.lookup
+    monkeypatch.setattr(sets_mod, "lookup", lambda lm, texts, *a: looked_up.extend(texts) or real_lookup(lm, texts, *a))
+    got = set_entries(tiny_lm, ["Hi cat", "Go home", "Run now", "Not fitted"], choice, ProtoCache(tmp_path / "cache"))
+    assert [g.key if g else None for g in got] == [e.key for e in fitted] + [None]
+    assert looked_up == ["Run now", "Not fitted"]  # the recorded two came in bulk
+    assert all(g.history == {} for g in got[:2])
+    for g, e in zip(got, fitted):
+        assert torch.equal(g.e, e.e) and torch.equal(g.m, e.m) and g.metrics["accuracy"] == e.metrics["accuracy"]
+
+
+def test_get_many_leaves_out_a_corrupt_tensors_file_with_a_warning(tmp_path):
+    from bench.synthetic import write_synthetic_entries
+    from core.engine.cache import ProtoCache
+
+    entries = write_synthetic_entries(tmp_path / "cache", 3)
+    (tmp_path / "cache" / "prototokens" / f"{entries[1].key}.safetensors").write_bytes(b"\0" * 40)
+    cache = ProtoCache(tmp_path / "cache", shipped="")
+    got = cache.get_many([e.key for e in entries] + ["../../etc/passwd"])
+    assert set(got) == {entries[0].key, entries[2].key}
+    assert any(entries[1].key in w for w in cache.warnings)

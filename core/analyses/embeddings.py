@@ -47,6 +47,7 @@ DEFAULT_MIN_ACCURACY = 0.9  # the paper keeps texts fitted to >= 0.9
 # Sets with more kept texts than this get their maps (and missing teacher embeddings) in a MapJob, in the
 # background: t-SNE of 10,000 points takes minutes, and the page's other parts draw meanwhile.
 BACKGROUND_POINTS = 1000
+WEBGL_POINTS = 1000  # maps of more points are drawn with WebGL (plotly's Scattergl): SVG pans 10,000 in jerks
 ALL = "all"
 SUBSETS: dict[str, tuple[str, ...]] = {
     "original + lexical": ("original", "lexical"),
