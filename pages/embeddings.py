@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -102,7 +104,16 @@ else:
 config = choices[picked].config
 
 texts = frame["text"].tolist()
-entries = set_entries(lm, texts, choices[picked], cache)
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _entries(model: str, texts: tuple[str, ...], config_key: str, listing: tuple, _choice) -> list:
+    """set_entries, once per set, configuration and state of the cache's listing (a fit, a delete or a refit
+    changes it): a corpus of thousands reads its vectors once per server, not at every rerun."""
+    return set_entries(lm, list(texts), _choice, cache)
+
+
+entries = _entries(lm.identity, tuple(texts), json.dumps(choices[picked].config.key_dict(), sort_keys=True,
+                                                         default=str),
+                   cache.listing_stamp(lm.identity), choices[picked])
 n_fitted = sum(e is not None for e in entries)
 missing = [t for t, e in zip(texts, entries) if e is None]
 running = jobs.is_running(JOB)
@@ -208,6 +219,21 @@ if st.session_state.get("emb_focus") not in set(table["text"]):
 focus = int(np.flatnonzero(table["text"].to_numpy() == st.session_state["emb_focus"])[0])
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def _hovers(texts: tuple[str, ...]) -> list[str]:
+    """The hover text of every point, once per set (wrapping 10,000 texts takes a second)."""
+    return [hover_text(t) for t in texts]
+
+
+def _symbols(kinds: np.ndarray) -> str | list[str]:
+    """The marker symbol of each point by its kind: one symbol for a trace of one kind (plotly checks a list of
+    10,000 symbols one by one)."""
+    unique = set(kinds.tolist())
+    if len(unique) == 1:
+        return KIND_SYMBOLS.get(unique.pop(), "circle")
+    return [KIND_SYMBOLS.get(kind, "circle") for kind in kinds.tolist()]
+
+
 def maps_figure() -> go.Figure:
     spaces = list(projections)
     # Above emb.WEBGL_POINTS markers are drawn with WebGL: SVG markers make 10,000 points pan and zoom in jerks.
@@ -223,7 +249,8 @@ def maps_figure() -> go.Figure:
     groups = list(dict.fromkeys(table["group"]))
     colours = {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(groups)}
     # Plotly reads hover texts and legend names as HTML: texts and group names from an upload are escaped.
-    hover = [hover_text(t) for t in table["text"]]
+    hover = np.array(_hovers(tuple(table["text"])), dtype=object)
+    kinds = table["kind"].to_numpy()
     for k, space in enumerate(spaces):
         row, col = k // n_cols + 1, k % n_cols + 1
         xy = projections[space].coords
@@ -234,9 +261,9 @@ def maps_figure() -> go.Figure:
                 showlegend=k == 0,
                 marker=dict(color=colours[group], size=9 if vectors.n <= emb.WEBGL_POINTS else 5, opacity=0.85,
                             line=dict(width=0.5 if vectors.n <= emb.WEBGL_POINTS else 0, color="white"),
-                            symbol=[KIND_SYMBOLS.get(table["kind"].iloc[i], "circle") for i in rows]),
+                            symbol=_symbols(kinds[rows])),
                 # The group goes in as data, not into the template, where "%{...}" in its name would be read.
-                customdata=np.stack([rows, [hover[i] for i in rows], table["kind"].iloc[rows],
+                customdata=np.stack([rows, hover[rows], kinds[rows],
                                      table["accuracy"].iloc[rows].round(3), [plotly_text(group)] * len(rows)],
                                     axis=1),
                 hovertemplate="%{customdata[1]}<br><b>%{customdata[4]}</b> · %{customdata[2]} · "

@@ -16,6 +16,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from scripts.browser import chromium  # noqa: E402
 
 
+def settle(driver, timeout: float) -> None:
+    """Wait until Streamlit's "running" indicator is gone (the script run is over)."""
+    from selenium.webdriver.common.by import By
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and driver.find_elements(By.CSS_SELECTOR, "[data-testid='stStatusWidget']"):
+        time.sleep(0.5)
+
+
+def _clickable(driver, label: str):
+    from selenium.webdriver.common.by import By
+
+    for element in driver.find_elements(By.XPATH, "//*[@role='tab' or self::button]"):
+        if element.text.strip() == label and element.is_displayed():
+            return element
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("url")
@@ -25,6 +43,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1400)
     parser.add_argument("--height", type=int, default=2000)
     parser.add_argument("--settle", type=float, default=3.0, help="seconds to wait after the text appears")
+    parser.add_argument("--click", action="append", default=[],
+                        help="then click the tab or button with this text (repeat for several, in order)")
     args = parser.parse_args()
 
     from selenium.webdriver.common.by import By
@@ -36,10 +56,11 @@ def main() -> None:
         if args.wait_for:
             WebDriverWait(driver, args.timeout).until(
                 lambda d: args.wait_for in d.find_element(By.TAG_NAME, "body").text)
-        # Streamlit shows a "running" indicator while the script runs; wait until it is gone.
-        deadline = time.time() + args.timeout
-        while time.time() < deadline and driver.find_elements(By.CSS_SELECTOR, "[data-testid='stStatusWidget']"):
-            time.sleep(0.5)
+        settle(driver, args.timeout)
+        for label in args.click:
+            WebDriverWait(driver, args.timeout).until(lambda d: _clickable(d, label)).click()
+            time.sleep(1.0)
+            settle(driver, args.timeout)
         time.sleep(args.settle)
         driver.save_screenshot(args.out)
     finally:

@@ -106,11 +106,14 @@ def download_json(obj, filename: str, label: str | None = None, key: str | None 
 
 
 def download_figure(fig, filename: str, label: str | None = None, key: str | None = None) -> None:
-    """A plotly figure as a standalone HTML file (plotly.js included, opens offline)."""
-    buffer = io.StringIO()
-    fig.write_html(buffer, include_plotlyjs=True, full_html=True)
-    st.download_button(label or f"Download {filename}", buffer.getvalue().encode(), filename, "text/html",
-                       key=key or f"dl_{filename}")
+    """A plotly figure as a standalone HTML file (plotly.js included, opens offline), written when the button is
+    pressed (a map of 10,000 points takes a while to write: not at every rerun)."""
+    def html() -> bytes:
+        buffer = io.StringIO()
+        fig.write_html(buffer, include_plotlyjs=True, full_html=True)
+        return buffer.getvalue().encode()
+
+    st.download_button(label or f"Download {filename}", html, filename, "text/html", key=key or f"dl_{filename}")
 
 
 def choose_text_set(key_prefix: str, names: list[str], load: Callable[[str], pd.DataFrame],

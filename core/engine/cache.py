@@ -415,6 +415,11 @@ class ProtoCache:
                     created=_number(listed.get("created")))
         return found
 
+    def listing_stamp(self, model: str | None = None) -> tuple:
+        """A value that changes whenever :meth:`list` would (a new, refitted or deleted entry): for callers that
+        keep something made from the listing (a page's bulk read of a set)."""
+        return self.refresh_index().stamp(self._folders(), model=model)
+
     def count(self, model: str | None = None) -> tuple[int, int]:
         """(own, shipped): how many readable entries :meth:`list` gives, without reading them."""
         return self.refresh_index().count(self._folders(), model=model)

@@ -298,6 +298,12 @@ class EntryIndex:
 
         return self._run(action)  # type: ignore[return-value]
 
+    def stamp(self, folders: Sequence[Path], model: str | None = None) -> tuple:
+        """What changes whenever a listing of these folders does: entries written, refitted or deleted."""
+        clause, params = self._where(folders, model, "")
+        return tuple(self._run(lambda conn: conn.execute(
+            f"SELECT count(*), max(created), total(accuracy) FROM entries WHERE {clause}", params).fetchone()))
+
     def size(self, folder: Path) -> int:
         """Bytes of the entry files of one folder, as the index last saw them."""
         return int(self._run(lambda conn: conn.execute("SELECT coalesce(sum(bytes), 0) FROM entries WHERE folder = ?",
