@@ -10,6 +10,7 @@
 
 Texts per minute for each; results in bench/results/corpus.json. Usage: python bench/corpus.py [--texts 32]
 [--batch-size 8] [--max-steps 200] [--skip batching|processes]
+[--methods continuous,fixed]
 """
 
 from __future__ import annotations
@@ -50,10 +51,11 @@ def corpus_texts(lm, n: int, low: int = 8, high: int = 64) -> list[str]:
 BATCHING = ("continuous", "fixed", "shrinking chunks")
 
 
-def run_batching(lm, texts: list[str], config, batch_size: int, report: dict) -> dict:
+def run_batching(lm, texts: list[str], config, batch_size: int, report: dict,
+                 methods: tuple[str, ...] = BATCHING) -> dict:
     results = report.setdefault("batching", {})
     torch.set_num_threads(2)
-    for method in BATCHING:
+    for method in methods:
         started = time.perf_counter()
         if method == "shrinking chunks":
             fitted = []
@@ -109,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-steps", type=int, default=200)
     parser.add_argument("--skip", choices=["batching", "processes"])
+    parser.add_argument("--methods", default=",".join(BATCHING),
+                        help=f"batching methods to run, comma-separated (default: {','.join(BATCHING)})")
     args = parser.parse_args(argv)
     lm = load_model()
     texts = corpus_texts(lm, args.texts)
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(texts)} texts of {min(report['tokens'])}-{max(report['tokens'])} tokens, batch {args.batch_size}, "
           f"fast preset up to {args.max_steps} steps", file=sys.stderr, flush=True)
     if args.skip != "batching":
-        run_batching(lm, texts, config, args.batch_size, report)
+        run_batching(lm, texts, config, args.batch_size, report, tuple(args.methods.split(",")))
     if args.skip != "processes":
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "corpus.txt"
