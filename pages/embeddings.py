@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -80,16 +81,22 @@ shared_m = c_shared.checkbox(
     "Shared m", key="emb_shared_m",
     help="Fit one m for the whole set (one coupled batch) and an e per text: then only e differs between texts.")
 @st.cache_data(show_spinner=False, max_entries=8)
-def _validated(model: str, texts: tuple[str, ...], layout: str) -> str | None:
+def _validated(model: str, texts_id: str, layout: str, _texts: list[str]) -> str | None:
     """validate_set's message for these texts, or None: once per set and model (a corpus has thousands)."""
     try:
-        validate_set(lm, list(texts), layout)
+        validate_set(lm, _texts, layout)
     except TextSetError as exc:
         return str(exc)
     return None
 
 
-problem = _validated(lm.identity, tuple(frame["text"]), sidebar_config.layout)
+def digest(items) -> str:
+    """One string for a long list in a cache key: Streamlit hashes a tuple of 10,000 strings item by item."""
+    return hashlib.sha256("\x00".join(map(str, items)).encode()).hexdigest()
+
+
+texts_id = digest(frame["text"])
+problem = _validated(lm.identity, texts_id, sidebar_config.layout, frame["text"].tolist())
 if problem is not None:
     exc = TextSetError(problem)
     show_error(f"This set cannot be fitted with {lm.name}: {exc}", exc)
@@ -105,15 +112,15 @@ config = choices[picked].config
 
 texts = frame["text"].tolist()
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _entries(model: str, texts: tuple[str, ...], config_key: str, listing: tuple, _choice) -> list:
+def _entries(model: str, texts_id: str, config_key: str, listing: tuple, _texts: list[str], _choice) -> list:
     """set_entries, once per set, configuration and state of the cache's listing (a fit, a delete or a refit
     changes it): a corpus of thousands reads its vectors once per server, not at every rerun."""
-    return set_entries(lm, list(texts), _choice, cache)
+    return set_entries(lm, _texts, _choice, cache)
 
 
-entries = _entries(lm.identity, tuple(texts), json.dumps(choices[picked].config.key_dict(), sort_keys=True,
+entries = _entries(lm.identity, texts_id, json.dumps(choices[picked].config.key_dict(), sort_keys=True,
                                                          default=str),
-                   cache.listing_stamp(lm.identity), choices[picked])
+                   cache.listing_stamp(lm.identity), texts, choices[picked])
 n_fitted = sum(e is not None for e in entries)
 missing = [t for t, e in zip(texts, entries) if e is None]
 running = jobs.is_running(JOB)
@@ -152,7 +159,15 @@ if teacher is None and not large:
             teacher = emb.teacher_embeddings(texts, cache)
     except Exception as exc:  # the maps of e and m are still worth showing without the reference
         show_error(f"No teacher reference: {exc}", exc, warning=True)
-vectors = emb.assemble_set(frame, entries, min_accuracy=min_accuracy, teacher=teacher, shared_m=shared_m)
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _assembled(ident: tuple, _entries: list, min_accuracy: float, _teacher, shared_m: bool) -> emb.SetVectors:
+    """assemble_set, once per set state, threshold and teacher (10,000 rows take a second to assemble)."""
+    return emb.assemble_set(frame, _entries, min_accuracy=min_accuracy, teacher=_teacher, shared_m=shared_m)
+
+
+vectors = _assembled((texts_id, digest(frame["group"]), digest(frame["kind"]),
+                      digest(e.key if e else "" for e in entries), cache.listing_stamp(lm.identity),
+                      teacher is not None), entries, float(min_accuracy), teacher, shared_m)
 st.caption(f"Showing **{vectors.n}** of {vectors.n_total} texts: {vectors.n_below} below {min_accuracy:.2f} "
            f"accuracy excluded, {vectors.n_unfitted} not fitted."
            + (" m is shared by every text, so only e and the teacher are drawn." if shared_m else ""))
@@ -160,7 +175,7 @@ if vectors.n < 2:
     st.warning("Fewer than 2 texts pass the threshold: nothing to compare. Lower the threshold or fit more.")
     st.stop()
 
-cache_id = (tuple(vectors.table["key"]), teacher is not None, shared_m)
+cache_id = (digest(vectors.table["key"]), teacher is not None, shared_m)
 large = vectors.n > emb.BACKGROUND_POINTS
 
 
@@ -220,9 +235,9 @@ focus = int(np.flatnonzero(table["text"].to_numpy() == st.session_state["emb_foc
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _hovers(texts: tuple[str, ...]) -> list[str]:
+def _hovers(texts_id: str, _texts: list[str]) -> list[str]:
     """The hover text of every point, once per set (wrapping 10,000 texts takes a second)."""
-    return [hover_text(t) for t in texts]
+    return [hover_text(t) for t in _texts]
 
 
 def _symbols(kinds: np.ndarray) -> str | list[str]:
@@ -249,7 +264,7 @@ def maps_figure() -> go.Figure:
     groups = list(dict.fromkeys(table["group"]))
     colours = {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(groups)}
     # Plotly reads hover texts and legend names as HTML: texts and group names from an upload are escaped.
-    hover = np.array(_hovers(tuple(table["text"])), dtype=object)
+    hover = np.array(_hovers(digest(table["text"]), table["text"].tolist()), dtype=object)
     kinds = table["kind"].to_numpy()
     for k, space in enumerate(spaces):
         row, col = k // n_cols + 1, k % n_cols + 1
@@ -332,7 +347,12 @@ group_of = dict(zip(table["text"], table["group"]))
 c_focus.selectbox("Text", table["text"].tolist(), key="emb_focus", format_func=lambda t: f"[{group_of[t]}] {t}")
 k = int(c_k.number_input("Neighbours", 1, 20, 5, key="emb_k"))
 focus = int(np.flatnonzero(table["text"].to_numpy() == st.session_state["emb_focus"])[0])
-neighbours = emb.neighbours_table(vectors, focus, k=k, metric=metric)
+@st.cache_data(show_spinner=False, max_entries=64)
+def _neighbours(_vectors: emb.SetVectors, ident: tuple, focus: int, k: int, metric: str) -> pd.DataFrame:
+    return emb.neighbours_table(_vectors, focus, k=k, metric=metric)
+
+
+neighbours = _neighbours(vectors, cache_id, focus, k, metric)
 # Two tables a row: the texts stay readable.
 columns = [column for _ in range(0, len(vectors.spaces), 2) for column in st.columns(2)]
 score_name = "cosine" if metric == "cosine" else "distance"

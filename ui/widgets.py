@@ -96,8 +96,9 @@ def show_tokens(tokens: list[str], correct: list[bool] | None = None, title: str
 
 
 def download_csv(df: pd.DataFrame, filename: str, label: str | None = None, key: str | None = None) -> None:
-    st.download_button(label or f"Download {filename}", df.to_csv(index=False).encode(), filename, "text/csv",
-                       key=key or f"dl_{filename}")
+    """A table as CSV, written when the button is pressed (40,000 map rows take a while: not at every rerun)."""
+    st.download_button(label or f"Download {filename}", lambda: df.to_csv(index=False).encode(), filename,
+                       "text/csv", key=key or f"dl_{filename}")
 
 
 def download_json(obj, filename: str, label: str | None = None, key: str | None = None) -> None:
