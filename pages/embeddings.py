@@ -68,7 +68,7 @@ names = list(BUILTIN_SETS) + list(corpora)
 
 def _set_label(name: str) -> str:
     if name in corpora:
-        return f"{name}: a corpus fitted with core fit ({len(corpora[name].texts)} texts, {shipped[name][1]})"
+        return f"{name}: a corpus fitted with core fit ({len(corpora[name].texts):,} texts, {shipped[name][1]})"
     return f"{name}: {BUILTIN_SETS[name]}" + (f" ({shipped[name][1]})" if shipped.get(name, (0, ""))[1] else "")
 
 
@@ -124,7 +124,7 @@ entries = _entries(lm.identity, texts_id, json.dumps(choices[picked].config.key_
 n_fitted = sum(e is not None for e in entries)
 missing = [t for t, e in zip(texts, entries) if e is None]
 running = jobs.is_running(JOB)
-st.caption(f"**{len(frame)} texts** in {len(set(frame['group']))} groups · **{n_fitted} fitted** for "
+st.caption(f"**{len(frame):,} texts** in {len(set(frame['group']))} groups · **{n_fitted:,} fitted** for "
            f"{plain(lm.name)} with these settings · {len(missing)} to fit")
 if missing:
     if n_fitted == 0:
@@ -168,7 +168,7 @@ def _assembled(ident: tuple, _entries: list, min_accuracy: float, _teacher, shar
 vectors = _assembled((texts_id, digest(frame["group"]), digest(frame["kind"]),
                       digest(e.key if e else "" for e in entries), cache.listing_stamp(lm.identity),
                       teacher is not None), entries, float(min_accuracy), teacher, shared_m)
-st.caption(f"Showing **{vectors.n}** of {vectors.n_total} texts: {vectors.n_below} below {min_accuracy:.2f} "
+st.caption(f"Showing **{vectors.n:,}** of {vectors.n_total:,} texts: {vectors.n_below:,} below {min_accuracy:.2f} "
            f"accuracy excluded, {vectors.n_unfitted} not fitted."
            + (" m is shared by every text, so only e and the teacher are drawn." if shared_m else ""))
 if vectors.n < 2:
