@@ -118,9 +118,10 @@ def _entries(model: str, texts_id: str, config_key: str, listing: tuple, _texts:
     return set_entries(lm, _texts, _choice, cache)
 
 
+listing = cache.listing_stamp(lm.identity)  # once a run: both kept results below depend on it
 entries = _entries(lm.identity, texts_id, json.dumps(choices[picked].config.key_dict(), sort_keys=True,
                                                          default=str),
-                   cache.listing_stamp(lm.identity), texts, choices[picked])
+                   listing, texts, choices[picked])
 n_fitted = sum(e is not None for e in entries)
 missing = [t for t, e in zip(texts, entries) if e is None]
 running = jobs.is_running(JOB)
@@ -166,7 +167,7 @@ def _assembled(ident: tuple, _entries: list, min_accuracy: float, _teacher, shar
 
 
 vectors = _assembled((texts_id, digest(frame["group"]), digest(frame["kind"]),
-                      digest(e.key if e else "" for e in entries), cache.listing_stamp(lm.identity),
+                      digest(e.key if e else "" for e in entries), listing,
                       teacher is not None), entries, float(min_accuracy), teacher, shared_m)
 st.caption(f"Showing **{vectors.n:,}** of {vectors.n_total:,} texts: {vectors.n_below:,} below {min_accuracy:.2f} "
            f"accuracy excluded, {vectors.n_unfitted} not fitted."
