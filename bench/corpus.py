@@ -1,16 +1,17 @@
 """Corpus fitting on this machine's CPU, side by side in one run, on the embedded model:
 
-(a) batching: the same texts (of different lengths) fitted with B rows per pass, continuously (a text that
-    converges leaves its row and the next waiting text takes it: core.engine.fit) against fixed batches (a
-    plain batched loop, as the authors' code runs it: B texts stay in every pass until all B are finished,
-    then the next B start) and against chunks of B that shrink (a finished text leaves the pass, but nobody
-    takes its row: the chunk still waits for its slowest text);
+(a) batching: the same texts (of different lengths, in a shuffled order as a corpus file has them) fitted with
+    B rows per pass, continuously (a text that converges leaves its row and the next waiting text, shortest
+    first, takes it: core.engine.fit) against fixed batches (a plain batched loop, as the authors' code runs
+    it: B texts stay in every pass until all B are finished, then the next B start), in the corpus order and,
+    a stronger baseline, sorted by length (each batch pads less); optionally against chunks of B that shrink
+    (a finished text leaves the pass, but nobody takes its row: the chunk still waits for its slowest text);
 (b) processes: ``python -m core fit --file`` as 1 worker with 2 torch threads against
     ``torchrun --nproc-per-node 2`` (2 workers x 1 thread), each into an empty cache.
 
 Texts per minute for each; results in bench/results/corpus.json. Usage: python bench/corpus.py [--texts 32]
 [--batch-size 8] [--max-steps 200] [--skip batching|processes]
-[--methods continuous,fixed]
+[--methods continuous,fixed,fixed sorted]. A part that is skipped keeps its figures from the earlier file.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -48,16 +50,33 @@ def corpus_texts(lm, n: int, low: int = 8, high: int = 64) -> list[str]:
     return list(dict.fromkeys(texts))
 
 
-BATCHING = ("continuous", "fixed", "shrinking chunks")
+BATCHING = ("continuous", "fixed", "fixed sorted", "shrinking chunks")
+DEFAULT_BATCHING = BATCHING[:3]
+
+
+def corpus_order(texts: list[str], seed: int = 0) -> list[str]:
+    """The texts in a fixed shuffled order: a corpus file is not sorted by length."""
+    shuffled = list(texts)
+    random.Random(seed).shuffle(shuffled)
+    return shuffled
 
 
 def run_batching(lm, texts: list[str], config, batch_size: int, report: dict,
                  methods: tuple[str, ...] = BATCHING) -> dict:
     results = report.setdefault("batching", {})
+    texts = corpus_order(texts)
+    report["batching_order"] = "shuffled (random.Random(0))"
+    report["batching_tokens"] = [len(lm.encode(t)) for t in texts]
     torch.set_num_threads(2)
     for method in methods:
         started = time.perf_counter()
-        if method == "shrinking chunks":
+        if method == "fixed sorted":
+            order = sorted(range(len(texts)), key=lambda i: len(lm.encode(texts[i])))
+            by_length = fit_texts(lm, [texts[i] for i in order], config, batch_size=batch_size, batching="fixed")
+            fitted = [None] * len(texts)
+            for i, result in zip(order, by_length):
+                fitted[i] = result
+        elif method == "shrinking chunks":
             fitted = []
             for start in range(0, len(texts), batch_size):
                 fitted += fit_texts(lm, texts[start:start + batch_size], config, batch_size=batch_size)
@@ -72,7 +91,7 @@ def run_batching(lm, texts: list[str], config, batch_size: int, report: dict,
         print(f"  {method}: {seconds:.0f} s, {results[method]['texts_per_minute']:.2f} texts/min, "
               f"{results[method]['converged']}/{len(texts)} converged", file=sys.stderr, flush=True)
         for other in BATCHING[1:]:
-            if other in results:
+            if other in results and "continuous" in results:
                 results[f"speedup over {other}"] = round(results[other]["seconds"] / results["continuous"]["seconds"], 2)
         OUT.write_text(json.dumps(report, indent=1))  # each method as it ends: a stopped run keeps what it measured
     return results
@@ -111,9 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-steps", type=int, default=200)
     parser.add_argument("--skip", choices=["batching", "processes"])
-    parser.add_argument("--methods", default=",".join(BATCHING),
-                        help=f"batching methods to run, comma-separated (default: {','.join(BATCHING)})")
+    parser.add_argument("--methods", default=",".join(DEFAULT_BATCHING),
+                        help=f"batching methods to run, comma-separated, of {', '.join(BATCHING)} "
+                             f"(default: {','.join(DEFAULT_BATCHING)})")
     args = parser.parse_args(argv)
+    methods = tuple(args.methods.split(","))
+    if unknown := set(methods) - set(BATCHING):
+        parser.error(f"unknown batching methods {sorted(unknown)}; use {', '.join(BATCHING)}")
+    previous = json.loads(OUT.read_text()) if OUT.exists() else {}
     lm = load_model()
     texts = corpus_texts(lm, args.texts)
     config = preset("fast", max_steps=args.max_steps)
@@ -122,14 +146,24 @@ def main(argv: list[str] | None = None) -> int:
               "config": config.as_dict(), "created": time.time()}
     print(f"{len(texts)} texts of {min(report['tokens'])}-{max(report['tokens'])} tokens, batch {args.batch_size}, "
           f"fast preset up to {args.max_steps} steps", file=sys.stderr, flush=True)
+    # a skipped part keeps its figures from the earlier run (with what they were measured on)
+    kept = {"batching": ("batching", "batching_order", "batching_tokens"), "processes": ("processes", "process_texts")}
+    if args.skip:
+        report.update({k: previous[k] for k in kept[args.skip] if k in previous})
+        part_config = {"batching": "batching_config", "processes": "process_config"}[args.skip]
+        if args.skip in previous:  # the settings that part was measured with
+            report[part_config] = previous.get(part_config, previous["config"])
+    report.update({k: v for k, v in previous.items() if k.startswith("earlier")})
     if args.skip != "batching":
-        run_batching(lm, texts, config, args.batch_size, report, tuple(args.methods.split(",")))
+        report["batching_config"] = config.as_dict()
+        run_batching(lm, texts, config, args.batch_size, report, methods)
     if args.skip != "processes":
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "corpus.txt"
             # every other text (half the corpus, the same spread of lengths): two more runs of the whole corpus
             # would double the bench's hours
             report["process_texts"] = len(texts[::2])
+            report["process_config"] = config.as_dict()
             path.write_text("\n".join(texts[::2]) + "\n", encoding="utf-8")
             report["processes"] = run_processes(path, args)
     OUT.write_text(json.dumps(report, indent=1))

@@ -175,8 +175,10 @@ def test_each_text_is_handed_over_when_it_finishes(tiny_lm):
     order = []
     results = fit_texts(tiny_lm, [OTHER, SHORT], preset("paper", max_steps=600), batch_size=1,
                         on_done=lambda i, r: order.append((i, r.steps, r.status)))
-    assert [i for i, _, _ in order] == [0, 1]  # batch of one: strictly one after the other
-    assert [(r.steps, r.status) for r in results] == [(s, st) for _, s, st in order]
+    # batch of one: strictly one after the other, the shorter text first (continuous batching admits the waiting
+    # texts shortest first)
+    assert [i for i, _, _ in order] == [1, 0]
+    assert [(r.steps, r.status) for r in results] == [(s, st) for _, s, st in order[::-1]]
 
 
 def test_a_job_that_fails_reports_failed_with_its_message(tiny_lm, tmp_cache, monkeypatch):
@@ -270,21 +272,23 @@ def test_config_round_trips_through_its_dict():
 
 
 def test_a_waiting_text_takes_the_row_a_converged_one_frees_at_the_next_step(tiny_lm, monkeypatch):
-    """Continuous batching: 3 texts in 2 rows; the third starts the step after the first converges, so the batch
-    stays full until no text is waiting, and every text still takes the steps it takes alone."""
+    """Continuous batching: 3 texts in 2 rows; the two shortest start (waiting texts take slots shortest first,
+    whatever the input order), the longest starts the step after the first of them converges, so the batch stays
+    full until no text is waiting, and every text still takes the steps it takes alone."""
     rows = _forward_rows(monkeypatch)
-    texts = [SHORT, "Hello", "Hi cat"]
+    texts = [SHORT, "Hi cat", "Hello"]
+    lengths = [len(tiny_lm.encode(t)) for t in texts]
+    assert len(set(lengths)) == 3 and lengths[0] == max(lengths)  # the longest comes first in the input
     together = fit_texts(tiny_lm, texts, preset("paper", max_steps=300), batch_size=2)
     assert all(r.converged for r in together)
-    lengths = [len(r.token_ids) for r in together]
-    first_done = min(together[0].steps, together[1].steps)  # the first of the two rows to converge
+    first_done = min(together[1].steps, together[2].steps)  # the first of the two started rows to converge
     n = first_done + 1
-    assert all(sorted(r) == sorted(lengths[:2]) for r in rows[:n])  # texts 1 and 2 side by side
-    assert lengths[2] in rows[n] and len(rows[n]) == 2  # text 3 takes the freed row at once
-    third_rows = [r for r in rows if lengths[2] in r]
-    assert len(third_rows) == together[2].steps + 1  # its forwards: one per step it took, none skipped
-    alone = fit_texts(tiny_lm, [texts[2]], preset("paper", max_steps=300))
-    assert together[2].steps == alone[0].steps and together[2].converged == alone[0].converged
+    assert all(sorted(r) == sorted(lengths[1:]) for r in rows[:n])  # the two shorter texts side by side
+    assert lengths[0] in rows[n] and len(rows[n]) == 2  # the longest takes the freed row at once
+    longest_rows = [r for r in rows if lengths[0] in r]
+    assert len(longest_rows) == together[0].steps + 1  # its forwards: one per step it took, none skipped
+    alone = fit_texts(tiny_lm, [texts[0]], preset("paper", max_steps=300))
+    assert together[0].steps == alone[0].steps and together[0].converged == alone[0].converged
 
 
 def test_fixed_batches_keep_finished_rows_in_the_pass_until_the_batch_is_done(tiny_lm, monkeypatch):
