@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from core.engine import corpus  # noqa: E402
+from core.engine.cost import step_cost  # noqa: E402
 from core.engine.fit import fit_texts, preset  # noqa: E402
 from core.engine.models import load_model  # noqa: E402
 from core.engine.reconstruct import reconstruct  # noqa: E402
@@ -81,9 +82,8 @@ def throughput(n_texts: int, n_tokens: int, steps: int, peak: float | None) -> d
     torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     row_steps = sum(r.steps for r in results)
-    params = sum(p.numel() for name, p in lm.model.named_parameters() if "embed" not in name)
-    # Forward 2 N T, backward to the inputs (no weight gradients: the model is frozen) about 2 N T more.
-    flops = 4 * params * (n_tokens + 1) * row_steps
+    # counted from the architecture: forward, and backward to the inputs (the model is frozen)
+    flops = step_cost(lm.model, 1, n_tokens + 1).flops * row_steps
     achieved = flops / seconds / 1e12
     report = {
         "texts": n_texts, "tokens": n_tokens, "steps": steps, "seconds": round(seconds, 2),

@@ -151,7 +151,7 @@ def _config(args):
     overrides = {k: v for k, v in {
         "max_steps": args.max_steps, "lr": args.lr, "threshold": args.threshold, "seed": args.seed,
         "init": args.init, "layout": args.layout, "redraw_after": args.redraw_after,
-        "redraw_plateau": args.redraw_plateau,
+        "redraw_plateau": args.redraw_plateau, "compute": args.compute,
     }.items() if v is not None}
     if args.shared_m:
         overrides["shared_m"] = True
@@ -342,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--redraw-plateau", type=count, help="start a draw still above 0.7 of a uniform guess's loss "
                      "after this many steps over too (0: never; fast preset: 100)")
     fit.add_argument("--layout", choices=["e+m*N", "e+m*(N-1)"])
+    fit.add_argument("--compute", choices=["bfloat16"], help="run the steps with bf16 weights (faster on a CPU with "
+                     "AMX: bench/limits.py); each result is measured, and polished if it falls short, in the "
+                     "model's own dtype")
     fit.add_argument("--shared-m", action="store_true", help="one m shared by all texts")
     fit.add_argument("--batch-size", type=positive_count, default=8)
     fit.add_argument("--device", default="auto")

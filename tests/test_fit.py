@@ -306,3 +306,65 @@ def test_fixed_batches_keep_finished_rows_in_the_pass_until_the_batch_is_done(ti
     assert [r.steps for r in fixed] == [r.steps for r in continuous]
     with pytest.raises(FitError, match="batching"):
         fit_texts(tiny_lm, texts, preset("paper"), batching="static")
+
+
+# ---- compute="bfloat16": steps with bf16 weights, results in the model's own pass --------------------------------
+
+def _passes_by_dtype(monkeypatch) -> list[tuple[torch.dtype, list[int]]]:
+    """The weights' dtype and the text lengths of every forward pass core.engine.fit makes from now on."""
+    import core.engine.fit as fit_mod
+
+    calls = []
+
+    def counting(lm, e, m, lengths, layout):
+        calls.append((lm.dtype, list(lengths)))
+        return scored_logits(lm, e, m, lengths, layout)
+
+    monkeypatch.setattr(fit_mod, "scored_logits", counting)
+    return calls
+
+
+def test_bf16_compute_steps_in_bf16_and_its_result_holds_in_float32(tiny_lm, monkeypatch):
+    calls = _passes_by_dtype(monkeypatch)
+    config = preset("paper", max_steps=600, compute="bfloat16")
+    [result] = fit_texts(tiny_lm, [SHORT], config)
+    assert result.converged and result.status == "converged"
+    passes = [dtype for dtype, _ in calls]
+    # the steps ran with bf16 weights (this text's first bf16 solution falls short in float32 and is polished
+    # there for a few steps: test_bf16_vectors_that_fall_short...), and the result was measured in float32
+    assert passes.count(torch.bfloat16) > result.steps * 0.9 and torch.float32 in passes
+    again = reconstruct(tiny_lm, result.e, result.m, result.token_ids, config.layout)
+    assert again.metrics.accuracy >= config.threshold and again.metrics.accuracy == pytest.approx(result.accuracy)
+    assert calls[0][0] == torch.bfloat16 and tiny_lm.dtype == torch.float32
+
+
+def test_bf16_vectors_that_fall_short_in_float32_are_polished_there(tiny_lm, monkeypatch):
+    """The first float32 check says the vectors fall short: the row goes on in float32 passes until they hold."""
+    import core.engine.fit as fit_mod
+
+    real = fit_mod._FitRun.measure
+    checks = []
+
+    def first_check_fails(self, row, e, m):
+        acc, loss = real(self, row, e, m)
+        checks.append(acc)
+        return (0.5, loss) if len(checks) == 1 else (acc, loss)
+
+    monkeypatch.setattr(fit_mod._FitRun, "measure", first_check_fails)
+    calls = _passes_by_dtype(monkeypatch)
+    [result] = fit_texts(tiny_lm, [SHORT], preset("paper", max_steps=600, compute="bfloat16"))
+    assert result.converged and len(checks) == 1  # polished rows are measured in float32 every step
+    switch = next(i for i, (dtype, _) in enumerate(calls) if dtype == torch.float32 and i > 0
+                  and calls[i - 1][0] == torch.bfloat16)
+    assert all(dtype == torch.float32 for dtype, _ in calls[switch:])  # float32 passes from the failed check on
+    assert len(calls) - switch >= 2  # at least one polishing step after the check
+    assert reconstruct(tiny_lm, result.e, result.m, result.token_ids, "e+m*N").metrics.accuracy >= 0.99
+
+
+def test_bf16_compute_is_refused_with_coupled_texts_and_unknown_values():
+    with pytest.raises(FitError, match="compute"):
+        preset("paper", compute="float16")
+    with pytest.raises(FitError, match="alone"):
+        preset("paper", compute="bfloat16", shared_m=True)
+    assert "compute" not in preset("fast").key_dict()  # unset: every existing key holds
+    assert preset("fast", compute="bfloat16").key_dict()["compute"] == "bfloat16"

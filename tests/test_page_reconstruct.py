@@ -100,3 +100,17 @@ def test_an_entry_that_was_redrawn_says_so(tiny_entry, app_cache):
     at = open_page("pages/reconstruct.py", entry_key=redrawn.key)
     assert not at.exception
     assert any("Started over from a new init 2 times" in c.value for c in at.caption)
+
+
+def test_the_sidebar_compute_setting_reaches_the_fit_config(app_cache):
+    """Fit settings > Compute the steps in: bfloat16 is a FitConfig override (and so part of the cache key), and
+    the Embeddings page's shared m, which cannot take it, still opens."""
+    at = open_page("pages/reconstruct.py")
+    name = at.session_state["preset"]
+    box = at.sidebar.selectbox(key=f"compute_{name}")
+    assert box.value == "" and "the model's dtype" in box.options
+    box.select("bfloat16").run()
+    assert not at.exception
+    assert at.session_state["fit_overrides"]["compute"] == "bfloat16"
+    emb = open_page("pages/embeddings.py", session_state={"fit_overrides": {"compute": "bfloat16"}, "emb_shared_m": True})
+    assert not emb.exception and not [e for e in emb.error if "compute" in e.value]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.engine.fit import INITS, PRESETS, REDRAW_PLATEAU_SHARE, preset
+from core.engine.fit import COMPUTES, INITS, PRESETS, REDRAW_PLATEAU_SHARE, preset
 from core.engine.models import DEFAULT_MODEL, TINY_MODEL
 from core.engine.reconstruct import LAYOUTS
 from ui.state import DEFAULT_MODEL_NAME, get_cache, get_model, set_current_entry
@@ -55,6 +55,12 @@ def _fit_section() -> None:
                      "starts again too (0: never). Some draws on longer texts sit there with an accuracy near 0.")),
             "layout": st.selectbox("Layout", LAYOUTS, index=LAYOUTS.index(base.layout), key=f"layout_{name}",
                                    help="e+m*N: e's output unscored (default). e+m*(N-1): e predicts the first token."),
+            "compute": st.selectbox(
+                "Compute the steps in", COMPUTES, index=COMPUTES.index(base.compute), key=f"compute_{name}",
+                format_func=lambda c: c or "the model's dtype",
+                help="bfloat16: the steps run with bf16 weights, faster on a CPU with AMX (bench/limits.py); each "
+                     "result is measured, and polished if it falls short, in the model's own dtype, so a cached "
+                     "entry means the same either way. Texts fitted alone only (no shared m, no regulariser)."),
         }
     st.session_state["fit_overrides"] = {k: v for k, v in values.items() if getattr(base, k) != v}
 

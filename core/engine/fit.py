@@ -35,7 +35,15 @@ REDRAW_LOSS_SHARE = 0.9
 REDRAW_PLATEAU_SHARE = 0.7
 # Fields added after entries were shipped enter the cache key only when set, so the keys of those entries hold.
 # (redraw_after entered every key when it was added; the entries made before it were re-keyed: core.shipped.migrate.)
-KEY_IF_SET = ("redraw_plateau",)
+KEY_IF_SET = ("redraw_plateau", "compute")
+# compute="bfloat16": the steps run with the weights in bf16 (vectors, loss and optimiser in float32); a text counts
+# as converged only when its vectors also reach the threshold in the model's own forward pass (the one its cache
+# identity names). Vectors that fall short there are polished in that pass, for up to POLISH_STEPS more steps.
+COMPUTES = ("", "bfloat16")
+POLISH_STEPS = 100
+# The bf16 steps run with eager attention (the math path): on this CPU 1.3-1.7x a float32 step, where bf16 sdpa
+# gained 1.3-1.5x (bench/results/limits.json).
+COMPUTE_MODEL = (torch.bfloat16, "eager")
 # The cache key is a promise to every entry already fitted, the shipped pre-fit included. These are the fields
 # of FitConfig.key_dict() under core.engine.cache.ENTRY_SCHEMA; a FitConfig field that is in none of KEY_FIELDS,
 # KEY_IF_SET and DISPLAY_FIELDS stops the import (below the class), so a new field cannot move the keys
@@ -76,12 +84,17 @@ class FitConfig:
     # over too (same texts as redraw_after)
     redraw_plateau: int = 0
     regularizer: RegularizerConfig | None = None
+    # "": steps in the model's own dtype; "bfloat16": steps with bf16 weights, checked (and polished) in the model's
+    # own dtype (COMPUTES, POLISH_STEPS)
+    compute: str = ""
     snapshot_every: int = 10  # how often reconstructions are recorded for replay; does not change the result
 
     def __post_init__(self):
         check_layout(self.layout)
         if self.init not in INITS:
             raise FitError(f"Unknown init {self.init!r}; use one of {', '.join(INITS)}.")
+        if self.compute not in COMPUTES:
+            raise FitError(f"Unknown compute {self.compute!r}; use bfloat16, or leave it empty for the model's own.")
         if self.schedule not in ("constant", "cosine"):
             raise FitError(f"Unknown schedule {self.schedule!r}; use constant or cosine.")
         for name in ("lr", "weight_decay", "threshold", "init_scale"):
@@ -95,6 +108,8 @@ class FitConfig:
                            "and threshold in (0, 1].")
         if self.restarts > 1 and (self.shared_m or self.has_regularizer):
             raise FitError("Restarts need independently fitted texts: not with a shared m or a regulariser.")
+        if self.compute and (self.shared_m or self.has_regularizer):
+            raise FitError(f"compute={self.compute} fits texts alone: not with a shared m or a regulariser.")
 
     @property
     def has_regularizer(self) -> bool:
@@ -268,6 +283,8 @@ class _Row:
     message: str = ""
     done: bool = False
     announced: bool = False  # handed to on_done
+    polishing: bool = False  # steps in the model's own dtype after its bf16 fit fell short there (FitConfig.compute)
+    step_cap: int = 0  # max_steps, or more while polishing
     started: float = 0.0  # perf_counter when the row took a slot (0: never did)
     wall: float = 0.0
     history: dict = field(default_factory=lambda: {"step": [], "loss": [], "accuracy": []})
@@ -342,6 +359,8 @@ class _FitRun:
                  distribution: tuple, slots: int, teacher_embeddings: torch.Tensor | None, on_done: Callable[[int, FitResult], None] | None,
                  callback: Callable[[FitProgress], None] | None, callback_every: int, batching: str = "continuous"):
         self.lm, self.config, self.rows, self.optimizer, self.slots = lm, config, rows, optimizer, slots
+        # the model the steps run in (FitConfig.compute); self.lm is the one results are measured in
+        self.step_lm = lm.in_dtype(*COMPUTE_MODEL) if config.compute == "bfloat16" else lm
         self.batching = batching
         self.distribution = distribution  # redraws draw from it too
         self.teacher_embeddings, self.on_done = teacher_embeddings, on_done
@@ -392,39 +411,54 @@ class _FitRun:
     def iterate(self, active: list[_Row]) -> None:
         """One step of the active rows: forward, decide, hand over and report, then the update."""
         self.iteration += 1
-        logits, row_losses, loss = self.forward(active)
+        row_logits, row_losses, loss = self.forward(active)
         with torch.no_grad():
-            redrawn = self.decide(active, logits, row_losses)
+            redrawn = self.decide(active, row_logits, row_losses)
         self.announce()
         every = self.callback_every
         if self.iteration % every == 1 or every == 1 or all(row.done for row in self.rows):
             self.report()
         self.update(active, loss, redrawn)
 
-    def forward(self, active: list[_Row]) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """One padded forward pass: the logits [A, Nmax, V], each row's loss, and the loss to minimise."""
+    def passes(self, active: list[_Row]) -> list[tuple[LoadedModel, list[int]]]:
+        """The forward passes of a step: (model, the active rows' positions) - one, or with FitConfig.compute the
+        rows still fitting in bf16 and the rows polishing in the model's own dtype."""
+        if self.step_lm is self.lm:
+            return [(self.lm, list(range(len(active))))]
+        reduced = [k for k, row in enumerate(active) if not row.polishing]
+        full = [k for k, row in enumerate(active) if row.polishing]
+        return [(lm, members) for lm, members in ((self.step_lm, reduced), (self.lm, full)) if members]
+
+    def forward(self, active: list[_Row]) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """The padded forward passes (passes()): each row's logits [N_i, V] and loss, and the loss to minimise."""
         lm, config = self.lm, self.config
-        e_batch = torch.stack([row.e for row in active]).to(lm.device)
-        m_batch = torch.stack([row.m for row in active]).to(lm.device)
-        logits = scored_logits(lm, e_batch, m_batch, [len(row.target) for row in active], config.layout)
-        row_losses = [F.cross_entropy(logits[k, : len(row.target)], row.device_target) for k, row in enumerate(active)]
+        row_logits: list[torch.Tensor] = [torch.empty(0)] * len(active)
+        for step_lm, members in self.passes(active):
+            rows = [active[k] for k in members]
+            e_batch = torch.stack([row.e for row in rows]).to(lm.device)
+            m_batch = torch.stack([row.m for row in rows]).to(lm.device)
+            logits = scored_logits(step_lm, e_batch, m_batch, [len(row.target) for row in rows], config.layout)
+            for j, k in enumerate(members):
+                row_logits[k] = logits[j, : len(active[k].target)]
+        row_losses = [F.cross_entropy(row_logits[k], row.device_target) for k, row in enumerate(active)]
         # Sum, not mean: each text's gradient is what it would be if fitted alone.
         loss = torch.stack(row_losses).sum()
         if config.has_regularizer:
+            e_batch = torch.stack([row.e for row in active]).to(lm.device)
+            m_batch = torch.stack([row.m for row in active]).to(lm.device)
             vectors = e_batch if config.regularizer.target == "e" else m_batch
             teacher = self.teacher_embeddings[[row.index for row in active]]
             loss = loss + regularizer_loss(config.regularizer, vectors, teacher) * len(active)
-        return logits, row_losses, loss
+        return row_logits, row_losses, loss
 
-    def decide(self, active: list[_Row], logits: torch.Tensor, row_losses: list[torch.Tensor]) -> list[_Row]:
+    def decide(self, active: list[_Row], row_logits: list[torch.Tensor], row_losses: list[torch.Tensor]) -> list[_Row]:
         """Measure every active row and decide its fate; returns the rows whose draw starts over after this step."""
-        predictions = logits.argmax(-1)
         diverged = False
         redrawn = []  # rows that start over: this step's gradient belongs to their old vectors
         for k, row in enumerate(active):
             if row.done:  # a finished row in a fixed batch: computed, no longer measured
                 continue
-            pred = predictions[k, : len(row.target)]
+            pred = row_logits[k].argmax(-1)
             acc = float((pred == row.device_target).float().mean())
             loss = float(row_losses[k])
             row.record(loss, acc, pred.tolist(), self.config.snapshot_every)
@@ -443,12 +477,34 @@ class _FitRun:
         config = self.config
         if acc > row.best_acc or (acc == row.best_acc and loss < row.best_loss):
             row.keep(acc, loss)
-        if acc >= config.threshold:
+        cap = row.step_cap or config.max_steps
+        if acc >= config.threshold and self.holds(row):
             self.finish(row, "converged")
-        elif row.steps >= config.max_steps:
-            self.finish(row, "max_steps", f"Reached max steps ({config.max_steps}) at accuracy {row.best_acc:.3f}.")
+        elif row.steps >= cap:
+            self.finish(row, "max_steps", f"Reached max steps ({cap}) at accuracy {row.best_acc:.3f}.")
         else:
             return self.stuck(row.steps - row.drawn_at, loss)
+        return False
+
+    def measure(self, row: _Row, e: torch.Tensor, m: torch.Tensor) -> tuple[float, float]:
+        """Accuracy and loss of (e, m) for the row's text in the model's own forward pass."""
+        with torch.no_grad():
+            logits = scored_logits(self.lm, e[None].to(self.lm.device), m[None].to(self.lm.device),
+                                   [len(row.target)], self.config.layout)[0]
+            return (float((logits.argmax(-1) == row.device_target).float().mean()),
+                    float(F.cross_entropy(logits, row.device_target)))
+
+    def holds(self, row: _Row) -> bool:
+        """Whether a row that reached the threshold reaches it in the model's own forward pass too (always, unless
+        its steps ran in bf16: FitConfig.compute). One that falls short polishes there from now on."""
+        if self.step_lm is self.lm or row.polishing:
+            return True
+        acc, loss = self.measure(row, row.e.detach(), row.m.detach())
+        row.keep(acc, loss)  # best so far, now as the model's own pass measures it
+        if acc >= self.config.threshold:
+            return True
+        row.polishing = True
+        row.step_cap = max(self.config.max_steps, row.steps + POLISH_STEPS)
         return False
 
     def decide_group(self, active: list[_Row]) -> None:
@@ -475,7 +531,12 @@ class _FitRun:
                 or (0 < config.redraw_plateau <= age and loss >= self.plateau_loss))
 
     def finish(self, row: _Row, how: str, message: str = "") -> None:
-        """End a row (it leaves the batch at the next fill_slots); a converged restart supersedes its siblings."""
+        """End a row (it leaves the batch at the next fill_slots); a converged restart supersedes its siblings.
+
+        A row whose best vectors were measured in bf16 (FitConfig.compute) is measured again in the model's own
+        pass, so its result says what the cache's identity promises."""
+        if self.step_lm is not self.lm and not row.polishing and how != "converged" and row.best_acc >= 0:
+            row.best_acc, row.best_loss = self.measure(row, row.best_e, row.best_m)
         row.status, row.done, row.message = how, True, message
         row.wall = time.perf_counter() - row.started if row.started else 0.0
         if how == "converged" and row.owner is not None:  # the other restarts of this text are not needed

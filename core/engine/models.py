@@ -13,6 +13,8 @@ Three kinds of model names are understood:
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -52,6 +54,7 @@ class LoadedModel:
     dtype: torch.dtype
     context_limit: int  # maximum sequence length the model was trained for
     _attn_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _copies: dict = field(default_factory=dict, repr=False)  # (dtype, attention) -> LoadedModel (in_dtype)
 
     @property
     def hidden_size(self) -> int:
@@ -101,6 +104,25 @@ class LoadedModel:
                 f"with layout {layout} (context {self.context_limit:,})."
             )
         return ids
+
+    def in_dtype(self, dtype: torch.dtype, attention: str | None = None) -> LoadedModel:
+        """This model with its weights in another dtype (and, if given, another attention kernel: "sdpa" or
+        "eager"), for computing only: one copy per (dtype, attention), kept.
+
+        Its identity stays this model's: what it helps fit is checked in this model (core.engine.fit, compute)."""
+        current = self.model.config._attn_implementation
+        attention = attention or current
+        if dtype == self.dtype and attention == current:
+            return self
+        with self._attn_lock:
+            other = self._copies.get((dtype, attention))
+            if other is None:
+                model = _freeze(copy.deepcopy(self.model).to(dtype))
+                if attention != current:
+                    model.set_attn_implementation(attention)
+                other = dataclasses.replace(self, model=model, dtype=dtype, _attn_lock=threading.Lock(), _copies={})
+                self._copies[(dtype, attention)] = other
+        return other
 
     @contextlib.contextmanager
     def eager_attention(self):
