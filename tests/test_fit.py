@@ -224,18 +224,23 @@ def test_a_stuck_draw_starts_over_from_a_new_init(tiny_lm, monkeypatch, rule, sh
     assert torch.equal(again.e, r.e) and again.history["loss"] == loss  # redraws are seeded
 
 
-def _forward_rows(monkeypatch) -> list[list[int]]:
-    """The text lengths of every forward pass core.engine.fit makes from now on, in row order."""
+def _record_forwards(monkeypatch, what) -> list:
+    """what(lm, lengths) of every forward pass core.engine.fit makes from now on, in order."""
     import core.engine.fit as fit_mod
 
-    rows = []
+    calls = []
 
-    def counting(lm, e, m, lengths, layout):
-        rows.append(list(lengths))
+    def recording(lm, e, m, lengths, layout):
+        calls.append(what(lm, list(lengths)))
         return scored_logits(lm, e, m, lengths, layout)
 
-    monkeypatch.setattr(fit_mod, "scored_logits", counting)
-    return rows
+    monkeypatch.setattr(fit_mod, "scored_logits", recording)
+    return calls
+
+
+def _forward_rows(monkeypatch) -> list[list[int]]:
+    """The text lengths of every forward pass core.engine.fit makes from now on, in row order."""
+    return _record_forwards(monkeypatch, lambda lm, lengths: lengths)
 
 
 def test_restarts_wait_for_the_slots_converged_texts_free(tiny_lm, monkeypatch):
@@ -312,16 +317,7 @@ def test_fixed_batches_keep_finished_rows_in_the_pass_until_the_batch_is_done(ti
 
 def _passes_by_dtype(monkeypatch) -> list[tuple[torch.dtype, list[int]]]:
     """The weights' dtype and the text lengths of every forward pass core.engine.fit makes from now on."""
-    import core.engine.fit as fit_mod
-
-    calls = []
-
-    def counting(lm, e, m, lengths, layout):
-        calls.append((lm.dtype, list(lengths)))
-        return scored_logits(lm, e, m, lengths, layout)
-
-    monkeypatch.setattr(fit_mod, "scored_logits", counting)
-    return calls
+    return _record_forwards(monkeypatch, lambda lm, lengths: (lm.dtype, lengths))
 
 
 def test_bf16_compute_steps_in_bf16_and_its_result_holds_in_float32(tiny_lm, monkeypatch):

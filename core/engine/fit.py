@@ -352,6 +352,11 @@ def _admission_order(rows: list[_Row]) -> list[_Row]:
     return [rows[k] for k in order]
 
 
+def _accuracy(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Token accuracy of a row's argmax predictions, as the fit loop stops on it."""
+    return float((pred == target).float().mean())
+
+
 class _FitRun:
     """The rows of one _fit_items call, what they share, and the steps of its loop (see the comment above _Row)."""
 
@@ -459,7 +464,7 @@ class _FitRun:
             if row.done:  # a finished row in a fixed batch: computed, no longer measured
                 continue
             pred = row_logits[k].argmax(-1)
-            acc = float((pred == row.device_target).float().mean())
+            acc = _accuracy(pred, row.device_target)
             loss = float(row_losses[k])
             row.record(loss, acc, pred.tolist(), self.config.snapshot_every)
             if not math.isfinite(loss):
@@ -491,8 +496,7 @@ class _FitRun:
         with torch.no_grad():
             logits = scored_logits(self.lm, e[None].to(self.lm.device), m[None].to(self.lm.device),
                                    [len(row.target)], self.config.layout)[0]
-            return (float((logits.argmax(-1) == row.device_target).float().mean()),
-                    float(F.cross_entropy(logits, row.device_target)))
+            return _accuracy(logits.argmax(-1), row.device_target), float(F.cross_entropy(logits, row.device_target))
 
     def holds(self, row: _Row) -> bool:
         """Whether a row that reached the threshold reaches it in the model's own forward pass too (always, unless
