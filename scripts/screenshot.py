@@ -28,8 +28,9 @@ def settle(driver, timeout: float) -> None:
 def _clickable(driver, label: str):
     from selenium.webdriver.common.by import By
 
-    for element in driver.find_elements(By.XPATH, "//*[@role='tab' or self::button]"):
-        if element.text.strip() == label and element.is_displayed():
+    for element in driver.find_elements(By.XPATH, "//*[@role='tab' or self::button or self::summary]"):
+        lines = element.text.strip().splitlines()  # an expander's text starts with its icon's name
+        if lines and label in (lines[0], lines[-1]) and element.is_displayed():
             return element
     return None
 
@@ -44,7 +45,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=2000)
     parser.add_argument("--settle", type=float, default=3.0, help="seconds to wait after the text appears")
     parser.add_argument("--click", action="append", default=[],
-                        help="then click the tab or button with this text (repeat for several, in order)")
+                        help="then click the tab, button or expander with this text (repeat for several, in order)")
     args = parser.parse_args()
 
     from selenium.webdriver.common.by import By
