@@ -35,28 +35,13 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from core.engine.cost import step_cost  # noqa: E402
+from core.engine.cost import best_time, matmul_rate, step_cost  # noqa: E402
 from core.engine.models import load_model  # noqa: E402
 from core.engine.reconstruct import scored_logits  # noqa: E402
 
 OUT = REPO / "bench" / "results" / "limits.json"
 WAYS = ("float32", "bf16", "bf16 eager", "bf16 autocast", "compiled")
 SHAPES = [(1, 16), (1, 32), (1, 64), (8, 16), (8, 32), (8, 64)]  # (rows, text tokens)
-
-
-def best_time(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times)
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 4096, reps: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    return 2 * n**3 / best_time(lambda: a @ b, reps) / 1e9
 
 
 def bandwidth(reps: int = 5) -> dict:
@@ -121,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     report: dict = {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                     "created": time.time()}
-    report["peak_gflops"] = {"float32": round(matmul_peak(torch.float32), 0),
-                             "bf16": round(matmul_peak(torch.bfloat16), 0)}
+    report["peak_gflops"] = {"float32": round(matmul_rate(torch.float32), 0),
+                             "bf16": round(matmul_rate(torch.bfloat16), 0)}
     report["bandwidth"] = bandwidth()
     print(f"peak {report['peak_gflops']} GFLOP/s, bandwidth {report['bandwidth']} GB/s", file=sys.stderr, flush=True)
     lm = load_model()

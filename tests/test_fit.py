@@ -315,12 +315,35 @@ def test_fixed_batches_keep_finished_rows_in_the_pass_until_the_batch_is_done(ti
 
 # ---- compute="bfloat16": steps with bf16 weights, results in the model's own pass --------------------------------
 
+@pytest.fixture
+def fast_bf16(monkeypatch):
+    """The bf16 tests run wherever the suite runs: on a CPU without a bf16 unit fits refuse compute=bfloat16
+    (test_bf16_compute_is_refused_where_bf16_is_slow), so these take the probe's answer as 'fast'."""
+    import core.engine.cost as cost_mod
+
+    monkeypatch.setattr(cost_mod, "bf16_slowdown", lambda device="cpu": None)
+
+
+def test_bf16_compute_is_refused_where_bf16_is_slow(tiny_lm, monkeypatch):
+    import core.engine.cost as cost_mod
+
+    monkeypatch.setattr(cost_mod, "bf16_rates", lambda device="cpu": (0.28, 83.0))  # an AVX2-only EPYC, measured
+    assert "0.3 GFLOP/s against 83" in cost_mod.bf16_slowdown("cpu")
+    with pytest.raises(FitError, match="bfloat16 are refused: .*0.3 GFLOP/s"):
+        fit_texts(tiny_lm, [SHORT], preset("paper", max_steps=2, compute="bfloat16"))
+    monkeypatch.setattr(cost_mod, "bf16_rates", lambda device="cpu": (2008.0, 310.0))  # with AMX
+    assert cost_mod.bf16_slowdown("cpu") is None
+    [result] = fit_texts(tiny_lm, [SHORT], preset("paper", max_steps=2, compute="bfloat16"))
+    assert result.steps == 2
+    fit_texts(tiny_lm, [SHORT], preset("paper", max_steps=1))  # float32 steps never ask
+
+
 def _passes_by_dtype(monkeypatch) -> list[tuple[torch.dtype, list[int]]]:
     """The weights' dtype and the text lengths of every forward pass core.engine.fit makes from now on."""
     return _record_forwards(monkeypatch, lambda lm, lengths: (lm.dtype, lengths))
 
 
-def test_bf16_compute_steps_in_bf16_and_its_result_holds_in_float32(tiny_lm, monkeypatch):
+def test_bf16_compute_steps_in_bf16_and_its_result_holds_in_float32(tiny_lm, monkeypatch, fast_bf16):
     calls = _passes_by_dtype(monkeypatch)
     config = preset("paper", max_steps=600, compute="bfloat16")
     [result] = fit_texts(tiny_lm, [SHORT], config)
@@ -334,7 +357,7 @@ def test_bf16_compute_steps_in_bf16_and_its_result_holds_in_float32(tiny_lm, mon
     assert calls[0][0] == torch.bfloat16 and tiny_lm.dtype == torch.float32
 
 
-def test_bf16_vectors_that_fall_short_in_float32_are_polished_there(tiny_lm, monkeypatch):
+def test_bf16_vectors_that_fall_short_in_float32_are_polished_there(tiny_lm, monkeypatch, fast_bf16):
     """The first float32 check says the vectors fall short: the row goes on in float32 passes until they hold."""
     import core.engine.fit as fit_mod
 

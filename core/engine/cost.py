@@ -1,4 +1,5 @@
-"""What a fitting step costs, counted from the model's architecture (bench/limits.py, bench/gpu.py).
+"""What a fitting step costs, counted from the model's architecture (bench/limits.py, bench/gpu.py), and what this
+device's matrix products reach (matmul_rate; bf16_slowdown guards FitConfig.compute).
 
 A fitting step is one forward pass of the frozen model over the input sequence ([e, m, ..., m]: n_tokens + 1
 positions for the default layout) and a backward pass to the inputs only: the weights are frozen, so no
@@ -10,7 +11,10 @@ twice that backward (dQ, dK, dP, dV). Embedding lookups and element-wise work ar
 
 from __future__ import annotations
 
+import functools
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -45,3 +49,52 @@ def step_cost(model: torch.nn.Module, batch: int, seq_len: int) -> StepCost:
     attention = 2 * 2 * batch * seq_len**2 * heads * head_dim * layers * 3  # forward + twice that backward
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     return StepCost(linear_flops=float(linear), attention_flops=float(attention), weight_bytes=weight_bytes)
+
+
+def best_time(fn: Callable[[], object], reps: int) -> float:
+    """The fastest of `reps` calls of fn, after one warm-up call (seconds)."""
+    fn()
+    times = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def matmul_rate(dtype: torch.dtype, n: int = 4096, reps: int = 5, device: str = "cpu") -> float:
+    """GFLOP/s of an n x n matrix product in dtype on this device (the best of reps)."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+
+    def product():
+        a @ b
+        if device != "cpu":
+            torch.cuda.synchronize()
+
+    return 2 * n**3 / best_time(product, reps) / 1e9
+
+
+# A bf16 product must reach this share of the float32 rate for bf16 steps to pay (FitConfig.compute). On a CPU with
+# AMX it is several times faster; without a bf16 unit (AVX2 only, e.g. an AMD EPYC of 2021) torch falls back to a
+# path about 300x slower than float32 (0.28 against 83 GFLOP/s measured on one).
+BF16_MIN_SHARE = 0.8
+
+
+@functools.cache
+def bf16_rates(device: str = "cpu") -> tuple[float, float]:
+    """(bf16, float32) GFLOP/s of a 256 x 256 product on this device: a probe of a few tenths of a second at most,
+    once per process."""
+    return matmul_rate(torch.bfloat16, 256, 2, device), matmul_rate(torch.float32, 256, 2, device)
+
+
+def bf16_slowdown(device: str = "cpu") -> str | None:
+    """None when bf16 matrix products are fast on this device; otherwise one line saying why bf16 steps would be
+    slower than float32 ones."""
+    if device.startswith("cuda"):
+        return None if torch.cuda.is_bf16_supported() else "this GPU has no bf16 support"
+    bf16, fp32 = bf16_rates(device)
+    if bf16 >= BF16_MIN_SHARE * fp32:
+        return None
+    return (f"this {device.upper()} multiplies bf16 matrices at {bf16:.1f} GFLOP/s against {fp32:.0f} in float32 "
+            f"(no AMX or AVX512-BF16 unit), so bf16 steps would be slower")

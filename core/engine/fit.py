@@ -20,9 +20,11 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from core.engine import cost
 from core.engine.cache import CacheEntry, CacheWriteError, ProtoCache, entry_key
 from core.engine.models import LoadedModel
 from core.engine.reconstruct import check_layout, scored_logits
+from core.engine.start import START_KINDS, Start, learned_starts
 from core.engine.teacher import RegularizerConfig, regularizer_loss
 
 PRESETS = ("paper", "fast")
@@ -35,7 +37,7 @@ REDRAW_LOSS_SHARE = 0.9
 REDRAW_PLATEAU_SHARE = 0.7
 # Fields added after entries were shipped enter the cache key only when set, so the keys of those entries hold.
 # (redraw_after entered every key when it was added; the entries made before it were re-keyed: core.shipped.migrate.)
-KEY_IF_SET = ("redraw_plateau", "compute")
+KEY_IF_SET = ("redraw_plateau", "compute", "start")
 # compute="bfloat16": the steps run with the weights in bf16 (vectors, loss and optimiser in float32); a text counts
 # as converged only when its vectors also reach the threshold in the model's own forward pass (the one its cache
 # identity names). Vectors that fall short there are polished in that pass, for up to POLISH_STEPS more steps.
@@ -87,6 +89,9 @@ class FitConfig:
     # "": steps in the model's own dtype; "bfloat16": steps with bf16 weights, checked (and polished) in the model's
     # own dtype (COMPUTES, POLISH_STEPS)
     compute: str = ""
+    # "": a random draw; "nearest": the vectors of the nearest cached text by teacher embedding, where one is near
+    # enough; "mean": the mean of the cached solutions (core.engine.start, which fit_and_cache asks)
+    start: str = ""
     snapshot_every: int = 10  # how often reconstructions are recorded for replay; does not change the result
 
     def __post_init__(self):
@@ -110,6 +115,10 @@ class FitConfig:
             raise FitError("Restarts need independently fitted texts: not with a shared m or a regulariser.")
         if self.compute and (self.shared_m or self.has_regularizer):
             raise FitError(f"compute={self.compute} fits texts alone: not with a shared m or a regulariser.")
+        if self.start not in START_KINDS:
+            raise FitError(f"Unknown start {self.start!r}; use nearest or mean, or leave it empty for a random draw.")
+        if self.start and (self.shared_m or self.has_regularizer):
+            raise FitError(f"start={self.start} fits texts alone: not with a shared m or a regulariser.")
 
     @property
     def has_regularizer(self) -> bool:
@@ -169,13 +178,14 @@ def preset(name: str = "paper", **overrides) -> FitConfig:
     100 steps starts over too: on the shipped pre-fit (texts of 3-36 tokens, made without this rule) all
     56 draws that converged after step 100 were at or below 0.60 of it at step 100, and 13 of the 14 that
     stalled for 600 steps at 0.77 or above (accuracy about 0.05). bench/fit_speed.py measures the preset
-    against the paper loop.
+    against the paper loop. A text near a cached one (a paraphrase, a typo variant: core.engine.start) starts from
+    that text's vectors instead of a draw (bench/start.py).
     """
     if name == "paper":
         base = FitConfig()
     elif name == "fast":
         base = FitConfig(preset="fast", init="token", lr=0.05, betas=(0.9, 0.95), weight_decay=0.0,
-                         schedule="cosine", max_steps=2000, redraw_after=20, redraw_plateau=100)
+                         schedule="cosine", max_steps=2000, redraw_after=20, redraw_plateau=100, start="nearest")
     else:
         raise FitError(f"Unknown preset {name!r}; use one of {', '.join(PRESETS)}.")
     return replace(base, **overrides) if overrides else base
@@ -308,10 +318,17 @@ class _Row:
 
 
 def _init_row(lm: LoadedModel, index: int, text: str, target: list[int], seed: int, owner: int | None,
-              distribution: tuple, shared_m: torch.nn.Parameter | None = None) -> _Row:
-    """A row's initial state: e (and m, unless it is shared) drawn from the init distribution with its seed."""
-    e = torch.nn.Parameter(_init_vector(lm.hidden_size, distribution, seed))
-    m = shared_m if shared_m is not None else torch.nn.Parameter(_init_vector(lm.hidden_size, distribution, seed + 1))
+              distribution: tuple, shared_m: torch.nn.Parameter | None = None,
+              start: tuple[torch.Tensor, torch.Tensor] | None = None) -> _Row:
+    """A row's initial state: e (and m, unless it is shared) drawn from the init distribution with its seed, or the
+    given start (e, m) (a learned start: core.engine.start). A redraw draws from the distribution either way."""
+    if start is not None:
+        e = torch.nn.Parameter(start[0].detach().float().cpu().clone())
+        m = torch.nn.Parameter(start[1].detach().float().cpu().clone())
+    else:
+        e = torch.nn.Parameter(_init_vector(lm.hidden_size, distribution, seed))
+        m = (shared_m if shared_m is not None
+             else torch.nn.Parameter(_init_vector(lm.hidden_size, distribution, seed + 1)))
     return _Row(index=index, text=text, target=target, device_target=torch.tensor(target, device=lm.device),
                 seed=seed, owner=owner, e=e, m=m, best_e=e.detach().clone(), best_m=m.detach().clone())
 
@@ -638,10 +655,12 @@ def _fit_items(
     teacher_embeddings: torch.Tensor | None = None,
     init_seeds: Sequence[int] | None = None,
     batching: str = "continuous",
+    starts: Sequence[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
 ) -> list[FitResult]:
     """The loop behind :func:`fit_texts`: one row per item (a text, or one restart of a text).
 
     owners: the text each item belongs to; when an item converges, the other items of its text stop.
+    starts: per item, the (e, m) it starts from instead of a draw (None: a draw).
     """
     config = config or FitConfig()
     if not texts:
@@ -649,6 +668,8 @@ def _fit_items(
     if batching not in BATCHING:
         raise FitError(f"Unknown batching {batching!r}; use one of {', '.join(BATCHING)}.")
     targets = [list(t) for t in token_ids] if token_ids is not None else [lm.validate_text(t, config.layout) for t in texts]
+    if config.compute == "bfloat16" and (why := cost.bf16_slowdown(torch.device(lm.device).type)):
+        raise FitError(f"Steps in bfloat16 are refused: {why}. Leave compute empty (the model's own dtype).")
     distribution = _init_distribution(lm, config)
     seeds = list(init_seeds) if init_seeds is not None else [text_seed(config.seed, t) for t in targets]
     group_mode = config.shared_m or config.has_regularizer
@@ -658,8 +679,10 @@ def _fit_items(
     if config.shared_m:
         shared_m = torch.nn.Parameter(_init_vector(lm.hidden_size, distribution,
                                                    text_seed(config.seed + 1, sum(targets, []))))
+    if starts is not None and (len(starts) != len(texts) or (shared_m is not None and any(starts))):
+        raise FitError("starts: one (e, m) or None per text, and none with a shared m.")
     rows = [_init_row(lm, i, texts[i], targets[i], seeds[i], owners[i] if owners is not None else None, distribution,
-                      shared_m) for i in range(len(texts))]
+                      shared_m, starts[i] if starts is not None else None) for i in range(len(texts))]
     optimizer = _new_optimizer(config, rows, shared_m)
     if config.has_regularizer:
         from core.engine import teacher as teacher_mod
@@ -686,6 +709,7 @@ def fit_texts(
     init_seeds: Sequence[int] | None = None,
     on_done: Callable[[int, FitResult], None] | None = None,
     batching: str = "continuous",
+    starts: Sequence[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
 ) -> list[FitResult]:
     """Fit one (e, m) pair per text; texts share padded forward passes.
 
@@ -701,6 +725,8 @@ def fit_texts(
     has room for every row), so they keep a batch full while its slow texts finish.
     teacher_embeddings: [n_texts, d_teacher] for a regulariser (computed with the config's teacher if None).
     init_seeds: per-text init seeds (default: derived from the config seed and the text's tokens).
+    starts: per text, the (e, m) its first draw starts from instead of a random one (None: a random draw), e.g. a
+    learned start (core.engine.start); further restarts and redraws are random draws.
     on_done(index, result): called as soon as a text is finished, before the others are.
     Returns one :class:`FitResult` per text, in input order. Cancel returns the best vectors so far.
     """
@@ -709,7 +735,7 @@ def fit_texts(
     if restarts == 1 or not texts:
         return _fit_items(lm, texts, config, token_ids=token_ids, batch_size=batch_size, callback=callback,
                           callback_every=callback_every, cancel=cancel, teacher_embeddings=teacher_embeddings,
-                          init_seeds=init_seeds, on_done=on_done, batching=batching)
+                          init_seeds=init_seeds, on_done=on_done, batching=batching, starts=starts)
     targets = [list(t) for t in token_ids] if token_ids is not None else [lm.validate_text(t, config.layout) for t in texts]
     base_seeds = list(init_seeds) if init_seeds is not None else [text_seed(config.seed, t) for t in targets]
     # Restart-major order: every text's first draw comes before any second one, so with fewer slots than rows
@@ -750,7 +776,9 @@ def fit_texts(
 
     items = _fit_items(lm, [texts[o] for o in owners], config, token_ids=[targets[o] for o in owners], owners=owners,
                        batch_size=batch_size, callback=per_text if callback else None, callback_every=callback_every,
-                       cancel=cancel, init_seeds=seeds, on_done=item_done, batching=batching)
+                       cancel=cancel, init_seeds=seeds, on_done=item_done, batching=batching,
+                       starts=[starts[o] if r == 0 else None for r in range(restarts) for o in range(len(texts))]
+                       if starts is not None else None)
     return [pick(items, i) for i in range(len(texts))]
 
 
@@ -780,19 +808,35 @@ def entry_keys(lm: LoadedModel, targets: Sequence[Sequence[int]], config: FitCon
     return [entry_key(lm.identity, t, config.key_dict(), group) for t in targets], group
 
 
+def _cached(lm: LoadedModel, targets: Sequence[Sequence[int]], config: FitConfig, cache: ProtoCache
+            ) -> tuple[list[str], str | None, list[CacheEntry | None]]:
+    """The keys and coupling group of texts fitted together with ``config``, and their cached entries (None where
+    missing). A learned start only changes where the search begins: a text fitted from a random draw with otherwise
+    the same settings is that text's entry too (so the entries fitted before the fast preset had a start count)."""
+    keys, group = entry_keys(lm, targets, config)
+    entries = [cache.get(k, lm.hidden_size) for k in keys]
+    if config.start and not all(entries):
+        drawn = entry_keys(lm, targets, replace(config, start=""))[0]
+        entries = [entry or cache.get(k, lm.hidden_size) for entry, k in zip(entries, drawn)]
+    return keys, group, entries
+
+
 def lookup(lm: LoadedModel, texts: Sequence[str], config: FitConfig, cache: ProtoCache) -> list[CacheEntry | None]:
     """The cached entries these texts would have if fitted together with ``config`` (None where missing)."""
-    keys, _ = entry_keys(lm, [lm.validate_text(t, config.layout) for t in texts], config)
-    return [cache.get(k, lm.hidden_size) for k in keys]
+    return _cached(lm, [lm.validate_text(t, config.layout) for t in texts], config, cache)[2]
 
 
-def entry_from_result(lm: LoadedModel, result: FitResult, config: FitConfig, key: str, group: str | None) -> CacheEntry:
+def entry_from_result(lm: LoadedModel, result: FitResult, config: FitConfig, key: str, group: str | None,
+                      start: Start | None = None) -> CacheEntry:
+    """The cache entry of a fit's result; start: where its vectors started, when not from a draw (metrics["start"])."""
     metrics = {
         "accuracy": result.accuracy, "loss": result.loss if math.isfinite(result.loss) else None,
         "steps": result.steps, "converged": result.converged, "status": result.status, "redraws": result.redraws,
         "message": result.message, "wall_time": result.wall_time, "n_tokens": len(result.token_ids),
         "norm_e": float(result.e.norm()), "norm_m": float(result.m.norm()),
     }
+    if start is not None:
+        metrics["start"] = start.as_dict()
     return CacheEntry(
         key=key, model=lm.identity, model_name=lm.name, text=result.text, token_ids=list(result.token_ids),
         config=config.as_dict(), metrics=metrics, history=result.history, e=result.e, m=result.m,
@@ -824,22 +868,31 @@ def fit_and_cache(
     all the same, the fit goes on and the text's outcome carries the entry with ``unsaved`` saying why.
     """
     targets = [lm.validate_text(t, config.layout) for t in texts]
-    keys, group = entry_keys(lm, targets, config)
+    if refit:
+        keys, group = entry_keys(lm, targets, config)
+        found: list[CacheEntry | None] = [None] * len(texts)
+    else:
+        keys, group, found = _cached(lm, targets, config, cache)
     outcomes: list[CachedFit | None] = [None] * len(texts)
     misses = []
-    for i, key in enumerate(keys):
-        entry = None if refit else cache.get(key, lm.hidden_size)
+    for i, entry in enumerate(found):
         if entry is not None and entry.metrics.get("status") != "cancelled":
             outcomes[i] = CachedFit(entry=entry, cached=True)
         else:
             misses.append(i)
     if group is not None and misses:
         misses = list(range(len(texts)))  # coupled texts are only meaningful fitted together
+    starts: list[Start | None] = [None] * len(misses)
+    if config.start and misses and not (cancel is not None and cancel.is_set()):
+        starts = learned_starts(cache, lm.identity, lm.hidden_size, [texts[i] for i in misses], config.start,
+                                config.layout)
+
     def store(row: int, result: FitResult) -> None:
         i = misses[row]
         if result.status == "cancelled" and not result.history["step"]:
             return  # never started: nothing to keep
-        entry = entry_from_result(lm, result, config, keys[i], group)
+        # a start that was redrawn from is still where the fit began (the history shows the redraw)
+        entry = entry_from_result(lm, result, config, keys[i], group, starts[row])
         try:
             cache.put(entry)
         except CacheWriteError as exc:
@@ -854,6 +907,6 @@ def fit_and_cache(
             lm, [texts[i] for i in misses], config, token_ids=[targets[i] for i in misses], batch_size=batch_size,
             callback=(lambda p: callback(p, misses)) if callback else None, callback_every=callback_every,
             cancel=cancel, teacher_embeddings=teacher_embeddings[misses] if teacher_embeddings is not None else None,
-            on_done=store,
+            on_done=store, starts=[(s.e, s.m) if s is not None else None for s in starts] if any(starts) else None,
         )
     return outcomes
