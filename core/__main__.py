@@ -152,6 +152,7 @@ def _config(args):
         "max_steps": args.max_steps, "lr": args.lr, "threshold": args.threshold, "seed": args.seed,
         "init": args.init, "layout": args.layout, "redraw_after": args.redraw_after,
         "redraw_plateau": args.redraw_plateau, "compute": args.compute,
+        "start": {"draw": ""}.get(args.start, args.start),
     }.items() if v is not None}
     if args.shared_m:
         overrides["shared_m"] = True
@@ -345,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--compute", choices=["bfloat16"], help="run the steps with bf16 weights (faster on a CPU with "
                      "AMX: bench/limits.py); each result is measured, and polished if it falls short, in the "
                      "model's own dtype")
+    fit.add_argument("--start", choices=["draw", "nearest", "mean"], help="where each text's fit begins: a random "
+                     "draw (default), the vectors of the nearest cached text by teacher embedding (else a draw), "
+                     "or the mean of the cached solutions (core.engine.start)")
     fit.add_argument("--shared-m", action="store_true", help="one m shared by all texts")
     fit.add_argument("--batch-size", type=positive_count, default=8)
     fit.add_argument("--device", default="auto")

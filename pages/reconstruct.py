@@ -16,6 +16,7 @@ from core.engine.fit import lookup
 from core.engine.index import ORDERS
 from core.engine.models import TextError
 from core.engine.reconstruct import Reconstruction, reconstruct, token_metrics
+from core.engine.start import steps_saved
 from core.texts.textsets import load_examples
 from ui import jobs
 from ui.state import (current_entry, current_entry_key, entry_label, fit_config, forget_entry, get_cache,
@@ -255,6 +256,26 @@ def _reconstruction(key: str, created: float, model: str, _entry: CacheEntry) ->
     return reconstruct(lm, _entry.e, _entry.m, _entry.token_ids, _entry.layout)
 
 
+def show_start(entry: CacheEntry, start: dict) -> None:
+    """Where a fit with a learned start (FitConfig.start) began: the one pass from there, and the steps it saved."""
+    source = (f"the fitted vectors of the cached text \u201c{start.get('text')}\u201d (teacher similarity "
+              f"{start.get('similarity')})" if start.get("kind") == "nearest" else f"{start.get('text')}")
+    saved = steps_saved(cache, entry.model, entry.n_tokens, int(entry.metrics.get("steps") or 0),
+                        entry.config.get("preset"), entry.layout)
+    against = (f"{saved.n_compared} cached texts of about its length fitted from a random draw with this preset took "
+               f"a median of {saved.draw_median:.0f} steps, so the start saved about {saved.saved:.0f}"
+               if saved.draw_median is not None else "no cached text of about its length was fitted from a draw "
+               "with this preset to compare with")
+    st.caption(plain(f"Learned start: the fit began from {source}, not a random draw. It took {saved.steps} steps; "
+                     f"{against}."))
+    first = entry.snapshots[0] if entry.snapshots and entry.snapshots[0].get("step") == 0 else None
+    if first is not None:
+        tokens, target = first["tokens"][: len(entry.token_ids)], entry.token_ids
+        acc = token_metrics(tokens, target).accuracy
+        show_tokens(lm.token_strings(tokens), [t == target[i] for i, t in enumerate(tokens)],
+                    f"one pass from the start, before any step: accuracy {acc:.3f}")
+
+
 def show_entry(entry: CacheEntry) -> None:
     metrics = entry.metrics
     unsaved = unsaved_reason(entry.key)
@@ -284,6 +305,8 @@ def show_entry(entry: CacheEntry) -> None:
         st.caption(f"Started over from a new init {redraws} time{'s' if redraws > 1 else ''}: the loss was still "
                    "too high after the steps set in *Fit settings* (a stuck draw), so the curves "
                    "jump back up there.")
+    if start := metrics.get("start"):
+        show_start(entry, start)
     show_prediction(rec.token_ids, entry.token_ids, "one-pass reconstruction from the stored e and m")
     st.markdown("**Decoded**")
     # As code, never as Markdown: the decoded text is model output about a user's text. Escapes make newlines

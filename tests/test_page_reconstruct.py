@@ -114,3 +114,44 @@ def test_the_sidebar_compute_setting_reaches_the_fit_config(app_cache):
     assert at.session_state["fit_overrides"]["compute"] == "bfloat16"
     emb = open_page("pages/embeddings.py", session_state={"fit_overrides": {"compute": "bfloat16"}, "emb_shared_m": True})
     assert not emb.exception and not [e for e in emb.error if "compute" in e.value]
+
+
+def test_an_entry_fitted_from_a_learned_start_shows_where_it_began_and_the_steps_saved(tiny_lm, tiny_entry, app_cache):
+    """The Reconstruct page of an entry with metrics["start"]: the neighbour's text, the one pass from the start
+    (the step-0 snapshot) with its accuracy, and the steps against draw-fitted texts of about its length."""
+    from dataclasses import replace
+
+    from core.engine.cache import cache_key
+
+    n = tiny_entry.n_tokens
+    for steps in (100, 300, 500):  # texts of the same length fitted from a draw with the entry's preset
+        app_cache.put(replace(tiny_entry, key=cache_key("draw", steps), text=f"draw {steps}",
+                              metrics={**tiny_entry.metrics, "steps": steps}))
+    start = {"kind": "nearest", "key": tiny_entry.key, "text": "Hello <b>world</b>", "similarity": 0.9123}
+    vocab = tiny_lm.model.config.vocab_size
+    first = tiny_entry.token_ids[:1] + [(t + 1) % vocab for t in tiny_entry.token_ids[1:]]  # only the first right
+    warm = replace(tiny_entry, key=cache_key("warm"), config={**tiny_entry.config, "start": "nearest"},
+                   metrics={**tiny_entry.metrics, "steps": 12, "start": start},
+                   snapshots=[{"step": 0, "tokens": first}, *tiny_entry.snapshots[1:]])
+    app_cache.put(warm)
+    at = open_page("pages/reconstruct.py", entry_key=warm.key)
+    assert not at.exception
+    [caption] = [c.value for c in at.caption if "Learned start" in c.value]
+    assert "Hello <b>world</b>" in caption or "Hello \\<b\\>world\\</b\\>" in caption  # shown as text
+    assert "0.9123" in caption and "took 12 steps" in caption
+    assert "median of 300 steps, so the start saved about 288" in caption
+    assert f"before any step: accuracy {1 / n:.3f}" in _markdown_text(at)
+    plain = open_page("pages/reconstruct.py", entry_key=tiny_entry.key)
+    assert not [c for c in plain.caption if "Learned start" in c.value]
+
+
+def test_the_sidebar_start_setting_reaches_the_fit_config(app_cache):
+    at = open_page("pages/reconstruct.py")
+    at.sidebar.radio(key="preset").set_value("fast").run()
+    box = at.sidebar.selectbox(key="start_fast")
+    assert box.value == "" and "the nearest cached text" in box.options
+    box.select("nearest").run()
+    assert not at.exception and at.session_state["fit_overrides"]["start"] == "nearest"
+    emb = open_page("pages/embeddings.py", session_state={"preset": "fast", "emb_shared_m": True,
+                                                          "fit_overrides": {"start": "nearest"}})
+    assert not emb.exception and not [e for e in emb.error if "start" in e.value]

@@ -7,6 +7,7 @@ import streamlit as st
 from core.engine.fit import COMPUTES, INITS, PRESETS, REDRAW_PLATEAU_SHARE, preset
 from core.engine.models import DEFAULT_MODEL, TINY_MODEL
 from core.engine.reconstruct import LAYOUTS
+from core.engine.start import MIN_SIMILARITY, START_KINDS, START_LABELS
 from ui.state import DEFAULT_MODEL_NAME, get_cache, get_model, set_current_entry
 from ui.widgets import plain
 
@@ -61,6 +62,12 @@ def _fit_section() -> None:
                 help="bfloat16: the steps run with bf16 weights, faster on a CPU with AMX (bench/limits.py); each "
                      "result is measured, and polished if it falls short, in the model's own dtype, so a cached "
                      "entry means the same either way. Texts fitted alone only (no shared m, no regulariser)."),
+            "start": st.selectbox(
+                "Start from", START_KINDS, index=START_KINDS.index(base.start), key=f"start_{name}",
+                format_func=START_LABELS.get,
+                help="nearest: the fitted vectors of the cached text nearest by the teacher's sentence embedding "
+                     f"(cosine {MIN_SIMILARITY} or more; a paraphrase or a typo variant of a fitted text), else a "
+                     "random draw. mean: the mean of the cached solutions. Texts fitted alone only."),
         }
     st.session_state["fit_overrides"] = {k: v for k, v in values.items() if getattr(base, k) != v}
 

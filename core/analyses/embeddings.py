@@ -66,7 +66,7 @@ def config_choices(lm: LoadedModel, set_name: str | None, sidebar: FitConfig, sh
     def with_sharing(config: FitConfig) -> FitConfig:
         # Restarts pick the best of several independent inits per text, which a shared m cannot do; bf16 compute
         # checks texts one by one (FitConfig.compute), so it is for texts fitted alone too.
-        return replace(config, shared_m=True, restarts=1, compute="") if shared_m else config
+        return replace(config, shared_m=True, restarts=1, compute="", start="") if shared_m else config
 
     manifest = load_manifest() if manifest is None else manifest
     prefit = manifest.get(set_name) if set_name else None

@@ -126,11 +126,11 @@ def parse_lambdas(text: str) -> tuple[float, ...]:
 def sweep_config(config: FitConfig) -> FitConfig:
     """The config a sweep fits with: ``config`` with a single init per text and no regulariser of its own.
 
-    Restarts, redraws (the fast preset starts a stuck draw over) and bf16 compute need independently fitted texts, which a
+    Restarts, redraws (the fast preset starts a stuck draw over), bf16 compute and a learned start need independently fitted texts, which a
     regulariser's batch is not; the baseline gets a single draw too, so every setting starts from the same
     vectors and differs only by its loss.
     """
-    return replace(config, restarts=1, redraw_after=0, redraw_plateau=0, regularizer=None, compute="")
+    return replace(config, restarts=1, redraw_after=0, redraw_plateau=0, regularizer=None, compute="", start="")
 
 
 # ---- results ------------------------------------------------------------------------------------------

@@ -178,14 +178,15 @@ def preset(name: str = "paper", **overrides) -> FitConfig:
     100 steps starts over too: on the shipped pre-fit (texts of 3-36 tokens, made without this rule) all
     56 draws that converged after step 100 were at or below 0.60 of it at step 100, and 13 of the 14 that
     stalled for 600 steps at 0.77 or above (accuracy about 0.05). bench/fit_speed.py measures the preset
-    against the paper loop. A text near a cached one (a paraphrase, a typo variant: core.engine.start) starts from
-    that text's vectors instead of a draw (bench/start.py).
+    against the paper loop. It starts from a random draw: a start from the nearest cached text (FitConfig.start,
+    core.engine.start) did not win in bench/start.py (a typo variant of a shipped text took 402 steps from its
+    neighbour's vectors against 229 from a draw), so it stays an option.
     """
     if name == "paper":
         base = FitConfig()
     elif name == "fast":
         base = FitConfig(preset="fast", init="token", lr=0.05, betas=(0.9, 0.95), weight_decay=0.0,
-                         schedule="cosine", max_steps=2000, redraw_after=20, redraw_plateau=100, start="nearest")
+                         schedule="cosine", max_steps=2000, redraw_after=20, redraw_plateau=100)
     else:
         raise FitError(f"Unknown preset {name!r}; use one of {', '.join(PRESETS)}.")
     return replace(base, **overrides) if overrides else base

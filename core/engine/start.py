@@ -26,6 +26,7 @@ from torch import Tensor
 from core.engine.cache import EntryListing, ProtoCache, cache_key
 
 START_KINDS = ("", "nearest", "mean")
+START_LABELS = {"": "a random draw", "nearest": "the nearest cached text", "mean": "the mean of the cached solutions"}
 START_ANALYSIS = "start-embeddings"
 START_VERSION = "start-embeddings-v1"
 # Below this teacher cosine similarity the nearest cached text is not a neighbour (a draw is used instead).
@@ -137,3 +138,28 @@ def learned_starts(cache: ProtoCache, model: str, hidden: int, texts: Sequence[s
     if kind == "":
         return [None] * len(texts)
     raise ValueError(f"unknown start {kind!r}; use one of {', '.join(k for k in START_KINDS if k)}")
+
+
+@dataclass(frozen=True)
+class StepsSaved:
+    """What a learned start saved one entry, against cached texts of about its length fitted from a draw."""
+
+    steps: int  # the entry's own steps
+    draw_median: float | None  # median steps of the comparable entries fitted from a draw (None: none cached)
+    n_compared: int
+
+    @property
+    def saved(self) -> float | None:
+        return None if self.draw_median is None else self.draw_median - self.steps
+
+
+def steps_saved(cache: ProtoCache, entry_model: str, n_tokens: int, steps: int, preset: str | None,
+                layout: str = "e+m*N", within: float = 0.25) -> StepsSaved:
+    """The entry's steps against the median steps of the converged entries of the same model, layout and preset
+    fitted from a random draw, whose texts are within `within` of n_tokens long."""
+    lo, hi = n_tokens * (1 - within), n_tokens * (1 + within)
+    drawn = [row.metrics.get("steps") for row in candidates(cache, entry_model, layout)
+             if not row.config.get("start") and row.config.get("preset") == preset and lo <= row.n_tokens <= hi
+             and isinstance(row.metrics.get("steps"), int)]
+    median = float(torch.tensor(drawn, dtype=torch.float32).median()) if drawn else None
+    return StepsSaved(steps=steps, draw_median=median, n_compared=len(drawn))
