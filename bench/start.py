@@ -10,7 +10,7 @@ Methods (every one the fast preset otherwise):
   nearest    the vectors of the nearest cached text by teacher embedding (the fast preset now); a text with no cached
              text near enough (core.engine.start.MIN_SIMILARITY) starts from a draw, so for it this method is `draw`
              plus the lookup (timed apart, and not refitted);
-  mean       the mean of the cached solutions, one shared start (the "new" texts only).
+  mean       the mean of the cached solutions, one shared start.
 Every fit goes through core.engine.fit.fit_and_cache on an empty cache root over the shipped pre-fit (so the wall
 time includes finding the start), its result checked again with core.engine.reconstruct. Writes
 bench/results/start.json. Usage: python bench/start.py [--max-steps 800] [--methods draw,nearest,mean] [--groups ...]
@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ from core.engine.teacher import load_teacher  # noqa: E402
 from core.texts.augment import lexical_variants  # noqa: E402
 from core.texts.textsets import group_seed, load_sources  # noqa: E402
 
-from fit_cost import TEXTS as NEW_TEXTS  # noqa: E402
+from fit_cost import TEXTS as NEW_TEXTS, spread  # noqa: E402
 
 OUT = REPO / "bench" / "results" / "start.json"
 # Paraphrases of shipped sources ("sport", "weather"), written for this bench: not in any built-in set.
@@ -67,33 +66,43 @@ def typo_variants(shipped: set[str]) -> list[str]:
     return out
 
 
-def spread(values: list[float]) -> dict:
-    if not values:
-        return {"n": 0}
-    return {"median": round(statistics.median(values), 2), "min": round(min(values), 2),
-            "max": round(max(values), 2), "n": len(values)}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-steps", type=int, default=800)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--new-texts", type=int, default=3, help="how many of bench/fit_cost.py's texts")
+    parser.add_argument("--new-from", type=int, default=0, help="the first of bench/fit_cost.py's texts to take")
+    parser.add_argument("--groups", default="variants,new")
+    parser.add_argument("--append", action="store_true",
+                        help="add these runs to bench/results/start.json (same settings) instead of starting anew")
+    parser.add_argument("--summarize", action="store_true",
+                        help="only summarise the runs already in bench/results/start.json (a stopped run)")
     args = parser.parse_args(argv)
     methods = args.methods.split(",")
+    if args.summarize:
+        report = json.loads(OUT.read_text())
+        report["stopped_after_runs"] = len(report["runs"])
+        summarize(report, methods)
+        return 0
     torch.set_num_threads(os.cpu_count() or 1)
     lm = load_model()
     shipped_texts = {row.text for row in ProtoCache().list(lm.identity)}
     t0 = time.perf_counter()
     load_teacher()
     teacher_load = time.perf_counter() - t0
-    texts = ([("variants", t) for t in typo_variants(shipped_texts) + PARAPHRASES]
-             + [("new", t) for t in NEW_TEXTS[: args.new_texts]])
+    groups = args.groups.split(",")
+    texts = ([("variants", t) for t in typo_variants(shipped_texts) + PARAPHRASES if "variants" in groups]
+             + [("new", t) for t in NEW_TEXTS[args.new_from: args.new_texts] if "new" in groups])
     assert not any(t in shipped_texts for _, t in texts), "a bench text is in the cache"
     report = {"model": lm.name, "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "created": time.time(),
               "max_steps": args.max_steps, "min_similarity": MIN_SIMILARITY, "teacher_load_seconds": round(teacher_load, 2),
               "cpu": " ".join(open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].split()[1:])
               if os.path.exists("/proc/cpuinfo") else "", "texts": [], "runs": []}
+    if args.append:
+        earlier = json.loads(OUT.read_text())
+        assert earlier["max_steps"] == args.max_steps and earlier["cpu"] == report["cpu"], "other settings or machine"
+        report = {**earlier, "appended": earlier.get("appended", 0) + 1}
+        methods = list(dict.fromkeys([r["method"] for r in report["runs"]] + methods))
     for group, text in texts:
         t0 = time.perf_counter()
         root = tempfile.mkdtemp(prefix="start-bench-")
@@ -103,11 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         near = start is not None
         info = {"group": group, "text": text, "n_tokens": len(lm.encode(text)), "lookup_seconds": round(lookup, 3),
                 "neighbour": start.as_dict() if near else None}
-        report["texts"].append(info)
+        known = [i for i, t in enumerate(report["texts"]) if t["text"] == text]
+        if known:
+            index = known[0]
+        else:
+            report["texts"].append(info)
+            index = len(report["texts"]) - 1
         print(f"[{group}] {info['n_tokens']} tokens, neighbour {info['neighbour']}", file=sys.stderr, flush=True)
-        for method in methods:
-            if method == "mean" and group != "new":
-                continue
+        for method in args.methods.split(","):
             if method == "nearest" and not near:
                 continue  # a draw, the same fit as method "draw" (plus the lookup above)
             root = tempfile.mkdtemp(prefix="start-bench-")
@@ -121,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(root, ignore_errors=True)
             entry = outcome.entry
             check = reconstruct(lm, entry.e, entry.m, entry.token_ids, config.layout).metrics.accuracy
-            run = {"method": method, "group": group, "text_index": len(report["texts"]) - 1, "n_tokens": entry.n_tokens, "seconds": round(seconds, 2),
+            run = {"method": method, "group": group, "text_index": index, "n_tokens": entry.n_tokens, "seconds": round(seconds, 2),
                    "steps": entry.metrics["steps"], "redraws": entry.metrics["redraws"],
                    "converged": entry.metrics["converged"], "float32_accuracy": check,
                    "start_accuracy": entry.history["accuracy"][0] if entry.history["accuracy"] else None,
@@ -130,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {method:8s} {seconds:6.1f} s, {run['steps']} steps, {run['redraws']} redraws, start accuracy "
                   f"{run['start_accuracy']}, converged {run['converged']}", file=sys.stderr, flush=True)
             OUT.write_text(json.dumps(report, indent=1))
+    summarize(report, methods)
+    return 0
+
+
+def summarize(report: dict, methods: list[str]) -> None:
+    """Medians and spreads per group and method, and per-text speedups over a draw; written into the report."""
     summary = {}
     for group in ("variants", "new"):
         for method in methods:
@@ -148,7 +166,6 @@ def main(argv: list[str] | None = None) -> int:
     report["summary"] = summary
     OUT.write_text(json.dumps(report, indent=1))
     print(json.dumps(summary, indent=1))
-    return 0
 
 
 if __name__ == "__main__":

@@ -156,6 +156,7 @@ def _config(args):
     }.items() if v is not None}
     if args.shared_m:
         overrides["shared_m"] = True
+        overrides.setdefault("start", "")  # a shared m is fitted from draws (the fast preset's start is per text)
     return preset(args.preset, **overrides)
 
 
@@ -347,8 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "AMX: bench/limits.py); each result is measured, and polished if it falls short, in the "
                      "model's own dtype")
     fit.add_argument("--start", choices=["draw", "nearest", "mean"], help="where each text's fit begins: a random "
-                     "draw (default), the vectors of the nearest cached text by teacher embedding (else a draw), "
-                     "or the mean of the cached solutions (core.engine.start)")
+                     "draw (paper preset), the vectors of the nearest cached text by teacher embedding (else a draw), "
+                     "or the mean of the cached solutions (fast preset; core.engine.start)")
     fit.add_argument("--shared-m", action="store_true", help="one m shared by all texts")
     fit.add_argument("--batch-size", type=positive_count, default=8)
     fit.add_argument("--device", default="auto")

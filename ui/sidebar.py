@@ -33,7 +33,8 @@ def _model_section() -> None:
 def _fit_section() -> None:
     name = st.radio("Fit preset", PRESETS, key="preset", horizontal=True,
                     help="paper: the published recipe (AdamW 0.01, N(0,1) init). fast: token-like init, lr 0.05 with "
-                         "a cosine decay, stuck draws start over: measured to converge sooner.")
+                         "a cosine decay, the first draw at the mean of the cached solutions, stuck draws start over: "
+                         "measured to converge sooner.")
     base = preset(name)
     with st.expander("Fit settings"):
         # Keys carry the preset name so switching presets shows that preset's own values.

@@ -44,6 +44,8 @@ PREFIT_RESTARTS = 1
 # The shipped pre-fit was made before the fast preset got its plateau rule (FitConfig.redraw_plateau); refitting
 # it with the rule takes hours on a CPU, so the pre-fit keeps the settings its entries were made with.
 PREFIT_REDRAW_PLATEAU = 0
+# ... nor a learned start (FitConfig.start): the pre-fit is what the starts are learned from.
+PREFIT_START = ""
 # One torch thread: on a shared CPU, OpenMP threads wait on each other whenever one is descheduled, and a step of
 # 8 rows took several times longer with 2 threads than with 1 (bench/fit_speed.py measures steps).
 PREFIT_THREADS = int(os.environ.get("PROTOTOKENS_PREFIT_THREADS", "1"))
@@ -54,7 +56,7 @@ CHUNK = 24
 def prefit_config() -> FitConfig:
     """The settings the shipped pre-fit is made with: the fast preset, capped, one draw per text."""
     return preset(PREFIT_PRESET, max_steps=PREFIT_MAX_STEPS, restarts=PREFIT_RESTARTS,
-                  redraw_plateau=PREFIT_REDRAW_PLATEAU)
+                  redraw_plateau=PREFIT_REDRAW_PLATEAU, start=PREFIT_START)
 
 
 def _fmt_seconds(seconds: float) -> str:
