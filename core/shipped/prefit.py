@@ -232,14 +232,14 @@ def ship_demo_views(root: str | os.PathLike = SHIPPED_ROOT, *, lm: LoadedModel |
     """Store what the Noise and Attention pages show first for the demo entry (core.shipped.demo.demo_entry, the
     entry ui.state.default_entry makes current on a fresh install): the noise sweep with the Noise page's default
     settings (NoiseSettings()) and the attention analysis, so both pages draw at once without a forward pass; and the
-    teacher embeddings of the converged entries, from which a fit's learned start is picked (core.engine.start).
+    teacher embeddings and the mean of the converged entries, a fit's learned starts (core.engine.start).
 
     Computed with the same functions and keys the pages use; whatever is stored already is read back, not
     recomputed, so a second run changes nothing. Returns the demo entry's key (None when lm has no converged
     entry under root: nothing is stored)."""
     from core.analyses.attention import run_attention
     from core.analyses.noise import NoiseSettings, run_noise
-    from core.engine.start import candidate_embeddings, candidates
+    from core.engine.start import candidate_embeddings, candidates, mean_start
 
     if lm is None:
         from core.engine.models import load_model
@@ -256,6 +256,7 @@ def ship_demo_views(root: str | os.PathLike = SHIPPED_ROOT, *, lm: LoadedModel |
     run_noise(lm, [entry], settings, cache=cache)
     run_attention(lm, entry, cache)
     candidate_embeddings(cache, lm.identity, candidates(cache, lm.identity, entry.layout))  # learned starts
+    mean_start(cache, lm.identity, lm.hidden_size, entry.layout)
     if not quiet:
         print(f"Demo views (noise sweep, attention) of {entry.key[:12]} ({entry.n_tokens} tokens) stored in "
               f"{_fmt_seconds(time.perf_counter() - t0)}; {_size_mb(Path(root)):.1f} MB in {root}", file=sys.stderr)
