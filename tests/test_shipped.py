@@ -147,3 +147,22 @@ def test_the_demo_entry_and_its_noise_and_attention_views_resolve_without_comput
     assert result.from_cache and result.n_tokens == entry.n_tokens
     assert tuple(result.to_e.shape[:2]) == (embedded_lm.num_layers, embedded_lm.num_heads)
     assert not (tmp_path / "fresh").exists(), "resolving the demo views wrote to the user's cache"
+
+
+def test_the_learned_starts_of_the_shipped_entries_ship_with_them(shipped, monkeypatch):
+    """A fresh install's first fit with a learned start (the fast preset's mean, or the nearest text) reads the
+    shipped candidates' teacher embeddings and mean: no teacher run for the cache's texts, no vectors read."""
+    import core.engine.teacher as teacher_mod
+    from core.engine.start import candidate_embeddings, candidates, mean_start
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the shipped candidates were embedded again")
+
+    monkeypatch.setattr(teacher_mod, "load_teacher", no_teacher)
+    monkeypatch.setattr(ProtoCache, "get_many", lambda *a, **k: no_teacher())
+    model = json.loads(next((shipped.root / "prototokens").glob("*.json")).read_text())["model"]
+    rows = candidates(shipped, model, "e+m*N")
+    assert len(rows) >= 150
+    assert candidate_embeddings(shipped, model, rows).shape == (len(rows), 384)
+    start = mean_start(shipped, model, 576)
+    assert start is not None and start.text == f"the mean of {len(rows)} cached solutions"
