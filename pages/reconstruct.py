@@ -262,10 +262,13 @@ def show_start(entry: CacheEntry, start: dict) -> None:
               f"{start.get('similarity')})" if start.get("kind") == "nearest" else f"{start.get('text')}")
     saved = steps_saved(cache, entry.model, entry.n_tokens, int(entry.metrics.get("steps") or 0),
                         entry.config.get("preset"), entry.layout)
-    against = (f"{saved.n_compared} cached texts of about its length fitted from a random draw with this preset took "
-               f"a median of {saved.draw_median:.0f} steps, so the start saved about {saved.saved:.0f}"
-               if saved.draw_median is not None else "no cached text of about its length was fitted from a draw "
-               "with this preset to compare with")
+    if saved.draw_median is None:
+        against = "no cached text of about its length was fitted from a draw with this preset to compare with"
+    else:
+        outcome = (f"so the start saved about {saved.saved:.0f}" if saved.saved >= 0
+                   else f"so this fit took about {-saved.saved:.0f} more")
+        against = (f"{saved.n_compared} cached texts of about its length fitted from a random draw with this preset "
+                   f"took a median of {saved.draw_median:.0f} steps, {outcome}")
     st.caption(plain(f"Learned start: the fit began from {source}, not a random draw. It took {saved.steps} steps; "
                      f"{against}."))
     first = entry.snapshots[0] if entry.snapshots and entry.snapshots[0].get("step") == 0 else None
