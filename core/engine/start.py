@@ -18,6 +18,7 @@ so the entry records it (metrics["start"]: how many solutions it averaged).
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -178,5 +179,5 @@ def steps_saved(cache: ProtoCache, entry_model: str, n_tokens: int, steps: int, 
     drawn = [row.metrics.get("steps") for row in candidates(cache, entry_model, layout)
              if not row.config.get("start") and row.config.get("preset") == preset and lo <= row.n_tokens <= hi
              and isinstance(row.metrics.get("steps"), int)]
-    median = float(torch.tensor(drawn, dtype=torch.float32).median()) if drawn else None
+    median = float(statistics.median(drawn)) if drawn else None
     return StepsSaved(steps=steps, draw_median=median, n_compared=len(drawn))
