@@ -7,7 +7,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import streamlit as st
 
-from ui.sidebar import render_sidebar, show_cache_warnings
+from ui.sidebar import presentation_mode, presenting, render_sidebar, show_cache_warnings
 from ui.state import begin_run, check_url_entry
 
 st.set_page_config(page_title="Proto-token lab", page_icon=":material/token:", layout="wide")
@@ -19,9 +19,10 @@ PAGES = [
     st.Page("pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
     st.Page("pages/regularisers.py", title="Regularisers", icon=":material/tune:"),
 ]
-navigation = st.navigation(PAGES)
+navigation = st.navigation(PAGES, position="top" if presenting() else "sidebar")
 begin_run()
 warnings_box = render_sidebar()
+presentation_mode()
 check_url_entry()  # a link's ?entry= becomes the current entry only if it is a readable entry of this model
 try:
     navigation.run()

@@ -3,13 +3,15 @@
 (a) a plain loop written straight from the paper, like the authors' scripts: batch 1, eager attention,
     [e, m x N] with e's output unscored, AdamW(0.01, (0.9, 0.9), 0.01), e, m ~ N(0, 1);
 (b) core.engine.fit with the paper preset (the same recipe through the library: sdpa attention);
-(c) core.engine.fit with the fast preset.
+(c) core.engine.fit with the fast preset from a random draw (the fast preset before it had a learned start);
+(d) core.engine.fit with the fast preset from its learned start (FitConfig.start="mean": the mean of the shipped
+    pre-fit's solutions, core.engine.start.mean_start), so the whole ladder is in one table.
 Then texts per minute for 8 texts fitted in one batch of 8 rows vs one by one with one row per pass
 (core.engine.fit, the same fast config with a step cap per draw and up to --batch-restarts draws per text), once
 per seed (--batch-seeds), and what a pass of 1 and of 8 rows costs.
 
 Methods run interleaved per (text, seed), so a busy machine slows them alike. Writes
-bench/results/fit_speed.json after every run. Usage: python bench/fit_speed.py [--seeds 3] [--cap 800]
+bench/results/fit_speed.json (or --out) after every run. Usage: python bench/fit_speed.py [--seeds 3] [--cap 800]
 [--batch-max-steps 150] [--runs-from RUNS.jsonl (reuse (a)/(b)/(c) runs printed by an earlier, stopped run)
 [--rerun c_core_fast (run only these methods again, e.g. after the fast preset changed)]]
 """
@@ -20,6 +22,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -29,8 +32,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.engine.cache import SHIPPED_ROOT, ProtoCache  # noqa: E402
+from core.engine.cost import cpu_name  # noqa: E402
 from core.engine.fit import fit_texts, preset  # noqa: E402
 from core.engine.models import load_model  # noqa: E402
+from core.engine.start import learned_starts  # noqa: E402
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -73,9 +79,15 @@ def paper_loop(lm, text: str, seed: int, cap: int) -> dict:
     return {"steps": cap, "seconds": time.perf_counter() - t0, "converged": False}
 
 
-def library_fit(lm, text: str, config) -> dict:
+def library_fit(lm, text: str, config, cache: ProtoCache | None = None) -> dict:
+    """One text through core.engine.fit; with a cache, from the start config.start names (found in the cache, timed
+    with the fit) instead of a draw."""
     t0 = time.perf_counter()
-    [r] = fit_texts(lm, [text], config)
+    starts = None
+    if cache is not None and config.start:
+        starts = [None if s is None else (s.e, s.m)
+                  for s in learned_starts(cache, lm.identity, lm.hidden_size, [text], config.start, config.layout)]
+    [r] = fit_texts(lm, [text], config, starts=starts)
     return {"steps": r.steps, "seconds": time.perf_counter() - t0, "converged": r.converged}
 
 
@@ -83,7 +95,7 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
-METHODS = ("a_paper_loop", "b_core_paper", "c_core_fast")
+METHODS = ("a_paper_loop", "b_core_paper", "c_core_fast", "d_fast_start")
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -102,6 +114,14 @@ def summarize(runs: list[dict]) -> dict:
                   if r["method"] == "c_core_fast" and (r["n_tokens"], r["seed"]) in pairs]
         summary["fast_speedup_per_run"] = spread(ratios)
         summary["note"] = "a run of (a) or (b) that did not converge counts with its capped time: a lower bound"
+    if "a_paper_loop" in summary and "d_fast_start" in summary:
+        summary["start_speedup_vs_paper_loop_median"] = (summary["a_paper_loop"]["seconds"]["median"]
+                                                         / summary["d_fast_start"]["seconds"]["median"])
+    if "c_core_fast" in summary and "d_fast_start" in summary:
+        pairs = {(r["n_tokens"], r["seed"]): r for r in runs if r["method"] == "c_core_fast"}
+        summary["start_speedup_vs_fast_draw_per_run"] = spread(
+            [pairs[(r["n_tokens"], r["seed"])]["seconds"] / r["seconds"] for r in runs
+             if r["method"] == "d_fast_start" and (r["n_tokens"], r["seed"]) in pairs])
     return summary
 
 
@@ -168,10 +188,14 @@ def main() -> None:
     parser.add_argument("--runs-from", help="a JSON-lines file of (a)/(b)/(c) runs printed earlier: skip them")
     parser.add_argument("--rerun", nargs="*", default=[], choices=METHODS,
                         help="with --runs-from: run these methods again (e.g. c_core_fast after the preset changed)")
+    parser.add_argument("--out", default="fit_speed.json", help="file name under bench/results")
     args = parser.parse_args()
     lm = load_model()
-    path = Path(__file__).resolve().parent / "results" / "fit_speed.json"
-    out = {"model": lm.identity, "device": str(lm.device), "torch_threads": torch.get_num_threads(), "runs": []}
+    # (d) finds its start in the shipped pre-fit, under an empty root (no user entry changes the mean)
+    cache = ProtoCache(tempfile.mkdtemp(prefix="fit_speed-"), shipped=SHIPPED_ROOT)
+    path = Path(__file__).resolve().parent / "results" / args.out
+    out = {"model": lm.identity, "device": str(lm.device), "torch_threads": torch.get_num_threads(),
+           "cpu": cpu_name(), "cap": args.cap, "runs": []}
 
     def write() -> None:
         out["summary"] = summarize(out["runs"])
@@ -189,7 +213,8 @@ def main() -> None:
                 for method, run in (
                     ("a_paper_loop", lambda: paper_loop(lm, text, seed, args.cap)),
                     ("b_core_paper", lambda: library_fit(lm, text, preset("paper", seed=seed, max_steps=args.cap))),
-                    ("c_core_fast", lambda: library_fit(lm, text, preset("fast", seed=seed))),
+                    ("c_core_fast", lambda: library_fit(lm, text, preset("fast", seed=seed, start=""))),
+                    ("d_fast_start", lambda: library_fit(lm, text, preset("fast", seed=seed), cache)),
                 ):
                     if method not in rerun:
                         continue

@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from core.engine.cache import SHIPPED_ROOT, ProtoCache  # noqa: E402
+from core.engine.cost import cpu_name  # noqa: E402
 from core.engine.fit import fit_and_cache, preset  # noqa: E402
 from core.engine.models import load_model  # noqa: E402
 from core.engine.reconstruct import reconstruct  # noqa: E402
@@ -96,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     assert not any(t in shipped_texts for _, t in texts), "a bench text is in the cache"
     report = {"model": lm.name, "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "created": time.time(),
               "max_steps": args.max_steps, "min_similarity": MIN_SIMILARITY, "teacher_load_seconds": round(teacher_load, 2),
-              "cpu": " ".join(open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].split()[1:])
-              if os.path.exists("/proc/cpuinfo") else "", "texts": [], "runs": []}
+              "cpu": cpu_name(), "texts": [], "runs": []}
     if args.append:
         earlier = json.loads(OUT.read_text())
         assert earlier["max_steps"] == args.max_steps and earlier["cpu"] == report["cpu"], "other settings or machine"

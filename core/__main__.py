@@ -1,7 +1,7 @@
 """Command line: ``python -m core fit --text "..." [--model ID] [--preset paper|fast] [--json]``.
 
-Also ``python -m core list`` (cached entries) and ``python -m core prefit`` (regenerate the pre-fitted
-cache of the built-in text sets). Bad input exits non-zero with a one-line message on stderr.
+Also ``python -m core list`` (cached entries), ``python -m core report`` (a self-contained HTML report of an entry
+or a set) and ``python -m core prefit`` (regenerate the pre-fitted cache of the built-in text sets). Bad input exits non-zero with a one-line message on stderr.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 # Arguments that name files: on POSIX a file name may be any bytes, which Python hands over as lone surrogates
 # (surrogateescape), so these are the only arguments that need not be valid UTF-8.
-PATH_ARGUMENTS = ("file", "cache")
+PATH_ARGUMENTS = ("file", "cache", "output")
 
 
 class UsageError(ValueError):
@@ -292,14 +292,46 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from core.engine.cache import ProtoCache
+    from core.engine.fit import lookup, preset
+    from core.engine.models import load_model
+    from core.report import ReportError, entry_report, find_entry, named_set, set_report
+
+    if sum(x is not None for x in (args.entry, args.text, args.set)) != 1:
+        raise UsageError("give one of --entry KEY, --text TEXT or --set NAME")
+    output = Path(args.output)
+    if output.is_dir():
+        raise UsageError(f"{args.output} is a folder; give the report's file name (e.g. report.html)")
+    cache = ProtoCache(args.cache)
+    lm = load_model(args.model)
+    if args.set is not None:
+        frame, entries = named_set(lm, args.set, cache)
+        page = set_report(lm, args.set, frame, entries, cache, publication=args.publication)
+    else:
+        if args.entry is not None:
+            entry = find_entry(cache, lm, args.entry)
+        else:
+            entry = lookup(lm, [args.text], preset(args.preset), cache)[0]
+            if entry is None:
+                raise ReportError(f"This text is not cached with the {args.preset} preset: fit it first "
+                                  f"(python -m core fit --preset {args.preset} --text ...).")
+        page = entry_report(lm, entry, cache, publication=args.publication)
+    output.write_text(page, encoding="utf-8")
+    if not args.quiet:
+        print(f"Wrote {output} ({output.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+    return 0
+
+
 def cmd_prefit(args) -> int:
-    from core.shipped.prefit import prefit_builtin
+    from core.shipped.prefit import EXAMPLES_SET, prefit_builtin
 
     from core.texts.textsets import PREFIT_SETS
 
-    unknown = [name for name in args.sets or () if name not in PREFIT_SETS]
+    known = (*PREFIT_SETS, EXAMPLES_SET)
+    unknown = [name for name in args.sets or () if name not in known]
     if unknown:
-        print(f"error: unknown set {unknown[0]!r}; pre-fitted sets: {', '.join(PREFIT_SETS)}", file=sys.stderr)
+        print(f"error: unknown set {unknown[0]!r}; pre-fitted sets: {', '.join(known)}", file=sys.stderr)
         return 2
     import signal
     import threading
@@ -316,7 +348,7 @@ def cmd_prefit(args) -> int:
 
     previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        prefit_builtin(quiet=args.quiet, sets=args.sets or PREFIT_SETS, batch_size=args.batch_size,
+        prefit_builtin(quiet=args.quiet, sets=args.sets or known, batch_size=args.batch_size,
                        fit=not args.no_fit, sweep=not args.no_sweep, stop=stop)
     finally:
         for signum, handler in previous.items():
@@ -363,6 +395,17 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--cache")
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=cmd_list)
+    rep = sub.add_parser("report", help="one self-contained HTML file (opens offline) for an entry or a set")
+    rep.add_argument("--entry", help="the entry's key, or its first 8 or more characters (python -m core list)")
+    rep.add_argument("--text", help="the entry of this text fitted with --preset")
+    rep.add_argument("--set", help="a set the manifest lists: a built-in set, examples, or a corpus (core fit --file)")
+    rep.add_argument("--preset", default="fast", choices=["paper", "fast"], help="with --text (default: fast)")
+    rep.add_argument("--model", help="Hugging Face id or local folder (default: the embedded SmolLM2-135M)")
+    rep.add_argument("--cache")
+    rep.add_argument("--output", "-o", default="report.html", help="the HTML file to write (default: report.html)")
+    rep.add_argument("--publication", action="store_true", help="figures in the publication style")
+    rep.add_argument("--quiet", action="store_true")
+    rep.set_defaults(func=cmd_report)
     pre = sub.add_parser("prefit", help="regenerate the shipped pre-fitted cache of the built-in sets")
     pre.add_argument("--sets", nargs="+", metavar="SET", help="only these sets, in this order (default: all)")
     pre.add_argument("--batch-size", type=positive_count, default=8, help="rows per forward pass (a text's restarts count)")

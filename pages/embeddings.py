@@ -18,7 +18,9 @@ from core.engine.sets import (corpus_sets, load_manifest, most_prefitted, prefit
 from core.texts.textsets import BUILTIN_SETS, TextSetError, builtin_set
 from ui import jobs
 from ui.state import fit_config, get_cache, get_model, require_app_shell
-from ui.widgets import choose_text_set, download_csv, download_figure, hover_text, plain, plotly_text, show_error
+from core.figures import hover_text, plotly_text
+from core.report import set_report
+from ui.widgets import URL, choose_text_set, download_csv, download_figure, download_report, plain, show_error
 
 require_app_shell()  # first: a page opened by its URL on a fresh server runs inside app.py
 
@@ -145,10 +147,10 @@ if n_fitted == 0:
 # ---- vectors -----------------------------------------------------------------------------------------
 c_thr, c_method, c_metric, c_perp = st.columns([2, 2, 1, 1])
 min_accuracy = c_thr.slider("Keep texts reconstructed to at least", 0.0, 1.0, emb.DEFAULT_MIN_ACCURACY, 0.01,
-                            key="emb_min_acc", help="Token accuracy of the fitted vectors; the paper keeps >= 0.9.")
-method = METHODS[c_method.radio("2-D map", list(METHODS), horizontal=True, key="emb_method")]
-metric = c_metric.selectbox("Metric", METRICS, key="emb_metric")
-perplexity = c_perp.number_input("Perplexity", 2.0, 100.0, emb.DEFAULT_PERPLEXITY, 1.0, key="emb_perplexity",
+                            key="emb_min_acc", bind=URL, help="Token accuracy of the fitted vectors; the paper keeps >= 0.9.")
+method = METHODS[c_method.radio("2-D map", list(METHODS), horizontal=True, key="emb_method", bind=URL)]
+metric = c_metric.selectbox("Metric", METRICS, key="emb_metric", bind=URL)
+perplexity = c_perp.number_input("Perplexity", 2.0, 100.0, emb.DEFAULT_PERPLEXITY, 1.0, key="emb_perplexity", bind=URL,
                                  disabled=method != "tsne", help="t-SNE only; clamped below the number of points.")
 
 # A large set's teacher embeddings and maps are made in the background (a MapJob); a small set's right here.
@@ -346,7 +348,7 @@ st.subheader("Nearest neighbours")
 c_focus, c_k = st.columns([5, 1])
 group_of = dict(zip(table["text"], table["group"]))
 c_focus.selectbox("Text", table["text"].tolist(), key="emb_focus", format_func=lambda t: f"[{group_of[t]}] {t}")
-k = int(c_k.number_input("Neighbours", 1, 20, 5, key="emb_k"))
+k = int(c_k.number_input("Neighbours", 1, 20, 5, key="emb_k", bind=URL))
 focus = int(np.flatnonzero(table["text"].to_numpy() == st.session_state["emb_focus"])[0])
 @st.cache_data(show_spinner=False, max_entries=64)
 def _neighbours(_vectors: emb.SetVectors, ident: tuple, focus: int, k: int, metric: str) -> pd.DataFrame:
@@ -376,6 +378,9 @@ with c2:
     download_csv(scores, f"{stem}_silhouette.csv", "Silhouette scores (CSV)", key="emb_dl_scores")
 with c3:
     if maps is not None:
-        download_figure(maps, f"{stem}_maps_{method}.html", "Maps (HTML)", key="emb_dl_maps")
+        download_figure(maps, f"{stem}_maps_{method}.html", "Maps", key="emb_dl_maps")
 with c4:
-    download_figure(bars, f"{stem}_silhouette.html", "Score chart (HTML)", key="emb_dl_bars")
+    download_figure(bars, f"{stem}_silhouette.html", "Score chart", key="emb_dl_bars")
+download_report(lambda publication: set_report(lm, set_name or "uploaded", frame, entries, cache,
+                                               publication=publication),
+                f"report-{stem}.html", key="emb_dl_report")

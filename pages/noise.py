@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
-from plotly.colors import hex_to_rgb, qualitative
 
 from core.engine.cache import CacheEntry
+from core.figures.noise import TYPE_LABELS, accuracy_figure, flip_figure, prefix_figure
 from core.analyses.noise import (
     MAX_DRAWS,
     NOISE_TARGETS,
     NOISE_TYPES,
-    PAPER_ACCURACY,
     PAPER_ALPHAS,
     PAPER_MODEL,
-    PAPER_PREFIX_REL,
     NoiseSettings,
     load_noise,
     flip_rates,
@@ -24,13 +21,11 @@ from core.analyses.noise import (
     summarize_noise,
 )
 from ui.state import entries_multiselect, entry_label, entry_selector, get_cache, get_model, require_app_shell
-from ui.widgets import download_csv, download_figure, plain, plotly_text, show_error, show_tokens, visible_token
+from core.report import entry_report
+from ui.widgets import URL, download_csv, download_figure, download_report, plain, show_error, show_tokens
 
 require_app_shell()  # first: a page opened by its URL on a fresh server runs inside app.py
 
-TYPE_LABELS = {"gaussian": "gaussian", "uniform": "uniform", "signed_exponential": "signed exponential",
-               "sinusoidal": "sinusoidal"}
-TYPE_COLOURS = dict(zip(NOISE_TYPES, qualitative.Plotly))
 TARGET_LABELS = {"e": "e (as in the paper)", "m": "m", "both": "e and m"}
 CURRENT, SEVERAL = "Current entry", "Several entries"
 ALL_TYPES = "all types"
@@ -55,71 +50,8 @@ if not cache.list(lm.identity):
     st.stop()
 
 
-def band_colour(hex_colour: str, opacity: float) -> str:
-    r, g, b = hex_to_rgb(hex_colour)
-    return f"rgba({r},{g},{b},{opacity})"
-
-
-def curve_figure(summary: pd.DataFrame, metric: str, title: str) -> go.Figure:
-    """Mean per noise type with a min-max band; summary has one row per (type, alpha)."""
-    fig = go.Figure()
-    for kind, rows in summary.groupby("type", sort=False):
-        rows = rows.sort_values("alpha")
-        alphas = rows["alpha"].tolist()
-        colour = TYPE_COLOURS.get(kind, "#444")
-        fig.add_scatter(
-            x=alphas + alphas[::-1], y=rows[f"{metric}_max"].tolist() + rows[f"{metric}_min"].tolist()[::-1],
-            mode="lines", fill="toself", fillcolor=band_colour(colour, 0.15), line=dict(width=0), hoverinfo="skip",
-            legendgroup=kind, showlegend=False)
-        fig.add_scatter(
-            x=alphas, y=rows[f"{metric}_mean"], name=TYPE_LABELS.get(kind, kind), legendgroup=kind,
-            mode="lines+markers", line=dict(color=colour), customdata=rows[[f"{metric}_std", f"{metric}_min",
-                                                                            f"{metric}_max"]].to_numpy(),
-            hovertemplate="alpha %{x:g}<br>mean %{y:.3f} ± %{customdata[0]:.3f}<br>"
-                          "min %{customdata[1]:.3f}, max %{customdata[2]:.3f}<extra>%{fullData.name}</extra>")
-    largest = float(summary["alpha"].max()) or 1.0
-    fig.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10), title=title,
-                      xaxis=dict(title="alpha", range=[-0.04 * largest, 1.04 * largest]),
-                      yaxis=dict(range=[-0.02, 1.04]), legend=dict(orientation="h", y=-0.2))
-    return fig
-
-
-def accuracy_figure(summary: pd.DataFrame) -> go.Figure:
-    fig = curve_figure(summary, "accuracy", "Token accuracy")
-    fig.add_scatter(x=list(PAPER_ACCURACY), y=list(PAPER_ACCURACY.values()), mode="lines+markers",
-                    name=f"{PAPER_MODEL}, seed paper", line=dict(color="black", dash="dash"),
-                    marker=dict(symbol="diamond"))
-    return fig
-
-
-def prefix_figure(summary: pd.DataFrame) -> go.Figure:
-    fig = curve_figure(summary, "correct_prefix_rel", "Relative correct prefix")
-    fig.add_scatter(x=list(PAPER_PREFIX_REL), y=list(PAPER_PREFIX_REL.values()), mode="markers+text",
-                    name=f"{PAPER_MODEL}, seed paper (only these two points reported)",
-                    text=[f"paper {v:g}" for v in PAPER_PREFIX_REL.values()],
-                    # Inward of each point, so neither label is cut off at the plot's edge.
-                    textposition=["middle right" if alpha == 0 else "top left" for alpha in PAPER_PREFIX_REL],
-                    marker=dict(color="black", symbol="diamond", size=10))
-    return fig
-
-
-def flip_figure(rates: pd.DataFrame, tokens: list[str], title: str) -> go.Figure:
-    """rates [position x alpha] -> heatmap with alpha on y (one row per grid value) and "i:token" on x."""
-    # Plotly reads tick labels as HTML, so a token like "<b" must be escaped to show as typed.
-    labels = [f"{i}:{plotly_text(visible_token(token))}" for i, token in enumerate(tokens)]
-    alpha_labels = [f"{alpha:g}" for alpha in rates.columns]
-    fig = go.Figure(go.Heatmap(
-        z=rates.T.to_numpy(), x=labels, y=alpha_labels, zmin=0, zmax=1, colorscale="Reds",
-        colorbar=dict(title="flipped"),
-        hovertemplate="token %{x}<br>alpha %{y}<br>wrong in %{z:.0%} of draws<extra></extra>"))
-    fig.update_layout(height=160 + 28 * len(alpha_labels), margin=dict(l=10, r=10, t=40, b=10), title=title,
-                      xaxis=dict(title="position:token", type="category", tickangle=-60),
-                      yaxis=dict(title="alpha", type="category"))
-    return fig
-
-
 # ---- what to sweep ---------------------------------------------------------------------------------
-scope = st.radio("Sweep", [CURRENT, SEVERAL], horizontal=True, key="noise_scope",
+scope = st.radio("Sweep", [CURRENT, SEVERAL], horizontal=True, key="noise_scope", bind=URL,
                  help="Several entries: the curves average over every chosen entry.")
 if scope == CURRENT:
     chosen = entry_selector(lm, "Entry", key="noise_entry")
@@ -132,13 +64,13 @@ if not entries:
 
 c1, c2 = st.columns([3, 2])
 kinds = c1.multiselect("Noise types", NOISE_TYPES, default=list(NOISE_TYPES), format_func=TYPE_LABELS.get,
-                       key="noise_kinds")
+                       key="noise_kinds", bind=URL)
 alpha_text = c2.text_input("Alphas (noise norm / ‖target‖)", ", ".join(f"{a:g}" for a in PAPER_ALPHAS),
-                           key="noise_alphas", help="Comma-separated numbers >= 0; the paper's grid is the default.")
+                           key="noise_alphas", bind=URL, help="Comma-separated numbers >= 0; the paper's grid is the default.")
 c3, c4, c5 = st.columns([1, 2, 1])
-draws = int(c3.number_input("Draws per alpha", 1, MAX_DRAWS, 8, key="noise_draws"))
-target = c4.radio("Noise on", NOISE_TARGETS, format_func=TARGET_LABELS.get, horizontal=True, key="noise_target")
-seed = int(c5.number_input("Seed", 0, 2**31 - 1, 0, key="noise_seed"))
+draws = int(c3.number_input("Draws per alpha", 1, MAX_DRAWS, 8, key="noise_draws", bind=URL))
+target = c4.radio("Noise on", NOISE_TARGETS, format_func=TARGET_LABELS.get, horizontal=True, key="noise_target", bind=URL)
+seed = int(c5.number_input("Seed", 0, 2**31 - 1, 0, key="noise_seed", bind=URL))
 
 try:
     alphas = parse_alphas(alpha_text)
@@ -195,7 +127,7 @@ if len(entries) > 1:
 else:
     shown = entries[0]
 heat_type = c2.selectbox("Noise type", [ALL_TYPES, *kinds], format_func=lambda k: TYPE_LABELS.get(k, k),
-                         key="noise_heat_type")
+                         key="noise_heat_type", bind=URL)
 token_strings = lm.token_strings(shown.token_ids)
 rates = flip_rates(df, shown, None if heat_type == ALL_TYPES else [heat_type])
 flip_fig = flip_figure(rates, token_strings, f"Share of draws in which each token is wrong ({heat_type})")
@@ -203,7 +135,7 @@ st.plotly_chart(flip_fig, key="noise_flips")
 
 # ---- one noisy reconstruction ---------------------------------------------------------------------
 c1, c2, c3 = st.columns([1, 3, 2])
-sample_type = c1.selectbox("Type", kinds, format_func=TYPE_LABELS.get, key="noise_sample_type")
+sample_type = c1.selectbox("Type", kinds, format_func=TYPE_LABELS.get, key="noise_sample_type", bind=URL)
 default_alpha = 0.2 if 0.2 in alphas else alphas[len(alphas) // 2]
 sample_alpha = c2.select_slider("alpha", alphas, value=default_alpha, format_func=lambda a: f"{a:g}",
                                 key="noise_sample_alpha")
@@ -233,8 +165,11 @@ with c1:
 with c2:
     download_csv(summary, "noise_summary.csv", "Summary (CSV)", key="noise_dl_summary")
 with c3:
-    download_figure(accuracy_fig, "noise_accuracy.html", "Accuracy (HTML)", key="noise_dl_accuracy")
+    download_figure(accuracy_fig, "noise_accuracy.html", "Accuracy", key="noise_dl_accuracy")
 with c4:
-    download_figure(prefix_fig, "noise_prefix.html", "Prefix (HTML)", key="noise_dl_prefix")
+    download_figure(prefix_fig, "noise_prefix.html", "Prefix", key="noise_dl_prefix")
 with c5:
-    download_figure(flip_fig, "noise_flips.html", "Heatmap (HTML)", key="noise_dl_flips")
+    download_figure(flip_fig, "noise_flips.html", "Heatmap", key="noise_dl_flips")
+if len(entries) == 1:  # a report is of one entry: its noise sweep with the default settings, beside its fit
+    download_report(lambda publication: entry_report(lm, entries[0], cache, publication=publication),
+                    f"report-{entries[0].key[:12]}.html", key="noise_dl_report")

@@ -6,9 +6,7 @@ import hashlib
 import json
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
-from plotly.subplots import make_subplots
 from safetensors.torch import save as safetensors_bytes
 
 from core.engine.cache import CacheEntry
@@ -17,12 +15,14 @@ from core.engine.index import ORDERS
 from core.engine.models import TextError
 from core.engine.reconstruct import Reconstruction, reconstruct, token_metrics
 from core.engine.start import steps_saved
+from core.figures.reconstruct import curves_figure
+from core.report import entry_report
 from core.texts.textsets import load_examples
 from ui import jobs
 from ui.state import (current_entry, current_entry_key, entry_label, fit_config, forget_entry, get_cache,
                       get_model, is_default_entry, keep_unsaved, require_app_shell, set_current_entry,
                       unsaved_reason)
-from ui.widgets import download_csv, download_json, plain, show_error, show_tokens
+from ui.widgets import download_csv, download_figure, download_json, download_report, plain, show_error, show_tokens
 
 require_app_shell()  # first: a page opened by its URL on a fresh server runs inside app.py
 
@@ -49,22 +49,6 @@ if "text" not in st.session_state:
     st.session_state["text"] = entry.text if entry is not None else examples[0].text
     # Without a current entry, a cached fit of the prefilled text is shown at once.
     st.session_state["text_changed"] = entry is None
-
-
-def curves_figure(steps, loss, accuracy, threshold: float) -> go.Figure:
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_scatter(x=steps, y=loss, name="loss", line=dict(color="#7f7f7f"), secondary_y=False)
-    fig.add_scatter(x=steps, y=accuracy, name="token accuracy", line=dict(color="#1f77b4"), secondary_y=True)
-    fig.add_hline(y=threshold, line=dict(dash="dot", color="#1f77b4"), secondary_y=True,
-                  annotation_text=f"stop at {threshold:g}", annotation_position="bottom right")
-    fig.update_yaxes(title_text="cross-entropy (log)", type="log", dtick="D2", secondary_y=False)
-    # Fixed ticks and no grid of its own: by default plotly syncs this axis's ticks to the log axis's grid,
-    # which gives labels like 0.792, 0.85, 0.898 crowded together.
-    fig.update_yaxes(title_text="accuracy", range=[0, 1.02], tickmode="array", tickvals=[0, 0.25, 0.5, 0.75, 1],
-                     showgrid=False, secondary_y=True)
-    fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="step",
-                      legend=dict(orientation="h", y=1.15))
-    return fig
 
 
 def show_prediction(predicted: list[int], target: list[int], title: str) -> None:
@@ -122,6 +106,20 @@ tab_one, tab_batch, tab_cached = st.tabs(["One text", "Batch", "Cached entries"]
 
 with tab_one:
     titles = [ex.title for ex in examples]
+    fitting = []  # the examples this model can fit (a small model's context may not hold the longest)
+    for ex in examples:
+        try:
+            lm.validate_text(ex.text, config.layout)
+            fitting.append(ex)
+        except TextError:
+            pass
+    # Which of them are cached with these settings (on a fresh install: pre-fitted, shipped).
+    fitted_examples = {ex.title: entry for ex, entry in zip(fitting, lookup(lm, [ex.text for ex in fitting],
+                                                                          config, cache)) if entry is not None}
+
+    def example_label(title: str) -> str:
+        entry = fitted_examples.get(title)
+        return title if entry is None else f"{title} · fitted, accuracy {entry.metrics.get('accuracy', 0):.2f}"
 
     def use_example():
         chosen = st.session_state["example"]
@@ -129,7 +127,9 @@ with tab_one:
         st.session_state["text_changed"] = True
 
     st.selectbox("Example", titles, index=None, placeholder="Pick an example text ...", key="example",
-                 on_change=use_example)
+                 on_change=use_example, format_func=example_label,
+                 help="Examples marked fitted are cached with the sidebar's settings (on a fresh install, pre-fitted "
+                      "and shipped): picking one shows its fit at once.")
     text = st.text_area("Text", key="text", height=120,
                         on_change=lambda: st.session_state.update(text_changed=True))
     running = jobs.is_running(SINGLE)
@@ -144,11 +144,11 @@ with tab_one:
         show_error(exc, exc)
         text_ok = False
 
-    c1, c2, c3, _ = st.columns([1, 1, 1, 5])
-    fit_clicked = c1.button("Fit", type="primary", disabled=running or not text_ok)
-    refit_clicked = c2.button("Refit", disabled=running or entry_for_text is None,
-                              help="Fit again even though this text is cached with these settings")
-    if running and c3.button("Stop", help="Stop now and keep the best vectors so far"):
+    buttons = st.container(horizontal=True)  # side by side at their own width, a small gap between them
+    fit_clicked = buttons.button("Fit", type="primary", disabled=running or not text_ok)
+    refit_clicked = buttons.button("Refit", disabled=running or entry_for_text is None,
+                                   help="Fit again even though this text is cached with these settings")
+    if running and buttons.button("Stop", help="Stop now and keep the best vectors so far"):
         jobs.get_job(SINGLE).cancel()
     if (fit_clicked or refit_clicked) and text_ok:
         # An unwritable cache stops it here, with one line saying why.
@@ -324,10 +324,12 @@ def show_entry(entry: CacheEntry) -> None:
         acc = token_metrics(snap["tokens"], entry.token_ids).accuracy
         show_prediction(snap["tokens"], entry.token_ids, f"step {chosen}: accuracy {acc:.3f}")
     history = entry.history
+    curves = None
     if history.get("step"):
-        st.plotly_chart(curves_figure(history["step"], history["loss"], history["accuracy"],
-                                      entry.config.get("threshold", 0.99)), key="entry_curves")
-    c1, c2, c3 = st.columns(3)
+        curves = curves_figure(history["step"], history["loss"], history["accuracy"],
+                               entry.config.get("threshold", 0.99))
+        st.plotly_chart(curves, key="entry_curves")
+    c1, c2, c3, c4, c5 = st.columns(5)
     c1.download_button("e and m (safetensors)", safetensors_bytes({"e": entry.e, "m": entry.m}),
                        f"prototokens-{entry.key[:12]}.safetensors", "application/octet-stream")
     with c2:
@@ -335,6 +337,13 @@ def show_entry(entry: CacheEntry) -> None:
                       f"prototokens-{entry.key[:12]}.json", "Metrics and history (JSON)")
     with c3:
         download_csv(pd.DataFrame(history), f"history-{entry.key[:12]}.csv", "History (CSV)")
+    if curves is not None:
+        with c4:
+            download_figure(curves, f"fit-curves-{entry.key[:12]}.html", "Curves figure", key="dl_entry_curves")
+    if not unsaved:
+        with c5:
+            download_report(lambda publication: entry_report(lm, entry, cache, publication=publication),
+                            f"report-{entry.key[:12]}.html", key="dl_entry_report")
 
 
 if not jobs.is_running(SINGLE):

@@ -30,7 +30,8 @@ from core.shipped.default_sweep import DEFAULT_SET_NAME, default_sweep_set, load
 from core.texts.textsets import BUILTIN_SETS, TextSetError, builtin_set
 from ui import jobs
 from ui.state import fit_config, get_cache, get_model, require_app_shell
-from ui.widgets import choose_text_set, download_csv, download_figure, hover_text, plain, plotly_text, show_error
+from core.figures import hover_text, plotly_text
+from ui.widgets import URL, choose_text_set, download_csv, download_figure, plain, show_error
 
 require_app_shell()  # first: a page opened by its URL on a fresh server runs inside app.py
 
@@ -101,11 +102,11 @@ if len(frame) > DEFAULT_TEXTS:
 
 # ---- the settings ------------------------------------------------------------------------------------
 c_kinds, c_lambdas, c_target = st.columns([2, 2, 2])
-kinds = c_kinds.multiselect("Regularisers", SWEEP_KINDS, default=list(SWEEP_KINDS), key="reg_kinds",
+kinds = c_kinds.multiselect("Regularisers", SWEEP_KINDS, default=list(SWEEP_KINDS), key="reg_kinds", bind=URL,
                             help="Every sweep also fits the set without a regulariser, the baseline.")
-lambda_text = c_lambdas.text_input("λ values", ", ".join(f"{x:g}" for x in DEFAULT_LAMBDAS), key="reg_lambdas",
+lambda_text = c_lambdas.text_input("λ values", ", ".join(f"{x:g}" for x in DEFAULT_LAMBDAS), key="reg_lambdas", bind=URL,
                                    help="Weights of the loss, comma-separated numbers > 0; the authors used 0.1.")
-target = c_target.radio("Applied to", ["e", "m"], format_func=VECTOR_LABELS.get, horizontal=True, key="reg_target")
+target = c_target.radio("Applied to", ["e", "m"], format_func=VECTOR_LABELS.get, horizontal=True, key="reg_target", bind=URL)
 try:
     lambdas = parse_lambdas(lambda_text)
 except RegulariserError as exc:
@@ -190,7 +191,7 @@ summary = summarize_regularisers(result)
 # ---- trade-off ---------------------------------------------------------------------------------------
 st.subheader("Trade-off")
 shown = st.radio("Vectors", ["e", "m"], index=["e", "m"].index(target), format_func=VECTOR_LABELS.get,
-                 horizontal=True, key="reg_shown", help="Alignment and silhouette of e or of m.")
+                 horizontal=True, key="reg_shown", bind=URL, help="Alignment and silhouette of e or of m.")
 
 
 def _kind(setting: RegulariserSetting) -> str:
@@ -269,8 +270,8 @@ else:
     relational = [i for i, r in enumerate(regularised) if r.setting.kind == "relational"]
     default = max(relational, key=lambda i: regularised[i].setting.weight) if relational else 0
     chosen_label = c_with.selectbox("Regularised setting", labels, index=default, key="reg_map_setting")
-    method = METHODS[c_method.radio("2-D map", list(METHODS), horizontal=True, key="reg_map_method")]
-    vector = c_vec.radio("Vectors", ["e", "m"], index=["e", "m"].index(target), horizontal=True, key="reg_map_vec")
+    method = METHODS[c_method.radio("2-D map", list(METHODS), horizontal=True, key="reg_map_method", bind=URL)]
+    vector = c_vec.radio("Vectors", ["e", "m"], index=["e", "m"].index(target), horizontal=True, key="reg_map_vec", bind=URL)
     chosen = regularised[labels.index(chosen_label)]
 
     def map_figure() -> go.Figure:
@@ -314,9 +315,9 @@ c1, c2, c3, c4 = st.columns(4)
 with c1:
     download_csv(summary, "regulariser_sweep.csv", "Summary (CSV)", key="reg_dl_summary")
 with c2:
-    download_figure(tradeoff_fig, "regulariser_tradeoff.html", "Trade-off plot (HTML)", key="reg_dl_tradeoff")
+    download_figure(tradeoff_fig, "regulariser_tradeoff.html", "Trade-off plot", key="reg_dl_tradeoff")
 with c3:
-    download_figure(silhouette_fig, "regulariser_silhouette.html", "Silhouette plot (HTML)", key="reg_dl_silhouette")
+    download_figure(silhouette_fig, "regulariser_silhouette.html", "Silhouette plot", key="reg_dl_silhouette")
 if map_fig is not None:
     with c4:
-        download_figure(map_fig, "regulariser_maps.html", "Maps (HTML)", key="reg_dl_maps")
+        download_figure(map_fig, "regulariser_maps.html", "Maps", key="reg_dl_maps")

@@ -15,7 +15,8 @@ import pytest
 from core.engine.cache import ENTRY_DIR, CacheEntry, CacheWriteError, ProtoCache
 from core.engine.fit import fit_and_cache, preset
 from tests.conftest import REPO, open_page
-from ui.widgets import hover_text, plain, plotly_text
+from core.figures import hover_text, plotly_text
+from ui.widgets import plain
 
 # Markdown, LaTeX, a link, a remote image, HTML and Streamlit's own directives: all must show as typed.
 NASTY = "$5 or $6 [link](http://x) ![img](http://x/a.png) <b>bold</b> **star**"

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.engine.fit import COMPUTES, INITS, PRESETS, REDRAW_PLATEAU_SHARE, preset
+from core.engine.fit import COMPUTES, INITS, PRESET_LABELS, REDRAW_PLATEAU_SHARE, UI_PRESETS, preset
 from core.engine.models import DEFAULT_MODEL, TINY_MODEL
 from core.engine.reconstruct import LAYOUTS
 from core.engine.start import MIN_SIMILARITY, START_KINDS, START_LABELS
 from ui.state import DEFAULT_MODEL_NAME, get_cache, get_model, set_current_entry
-from ui.widgets import plain
+from ui.widgets import PUBLICATION_KEY, URL, plain
 
 CUSTOM = "Other (Hugging Face id or local folder)"
 MAX_WARNINGS = 5  # unreadable cache files listed one by one; more are counted
@@ -31,10 +31,11 @@ def _model_section() -> None:
 
 
 def _fit_section() -> None:
-    name = st.radio("Fit preset", PRESETS, key="preset", horizontal=True,
-                    help="paper: the published recipe (AdamW 0.01, N(0,1) init). fast: token-like init, lr 0.05 with "
-                         "a cosine decay, the first draw at the mean of the cached solutions, stuck draws start over: "
-                         "measured to converge sooner.")
+    name = st.radio("Fit preset", UI_PRESETS, key="preset", format_func=PRESET_LABELS.get,
+                    help="fast: token-like init, lr 0.05 with a cosine decay, the first draw at the mean of the cached "
+                         "solutions, stuck draws start over: measured to converge several times sooner "
+                         "(bench/fit_speed.py). paper: the published recipe of Mezentsev & Oseledets (arXiv "
+                         "2505.21189): AdamW 0.01, N(0,1) init.")
     base = preset(name)
     with st.expander("Fit settings"):
         # Keys carry the preset name so switching presets shows that preset's own values.
@@ -115,6 +116,48 @@ def show_cache_warnings(box) -> None:
                        "server's log).")
 
 
+PRESENT_KEY = "present"
+# What presentation mode hides: the sidebar and every control (their values hold: the page shows what they chose),
+# the toolbar; the type grows for a projector. The exit button lives in a keyed container, which stays.
+_HIDDEN_IN_PRESENTATION = ", ".join(f'[data-testid="{name}"]' for name in (
+    "stSidebar", "stSidebarCollapsedControl", "stToolbar", "stTextArea", "stSelectbox", "stNumberInput", "stRadio",
+    "stSlider", "stMultiSelect", "stTextInput", "stCheckbox", "stButton", "stDownloadButton", "stPopover",
+    "stFileUploader", "stExpander"))
+PRESENTATION_CSS = f"""<style>
+{_HIDDEN_IN_PRESENTATION} {{ display: none !important; }}
+.st-key-present_exit [data-testid="stButton"] {{ display: block !important; }}
+html {{ font-size: 20px; }}
+.stMainBlockContainer {{ padding-top: 2rem; max-width: 100%; }}
+</style>"""
+
+
+def presenting() -> bool:
+    """Whether presentation mode is on: its sidebar switch, or ?present=true in a link not yet drawn."""
+    if PRESENT_KEY in st.session_state:
+        return bool(st.session_state[PRESENT_KEY])
+    return str(st.query_params.get(PRESENT_KEY, "")).lower() in ("true", "1")
+
+
+def presentation_mode() -> None:
+    """In presentation mode: hide the sidebar and controls, larger type, and a button that ends it. app.py calls
+    it before the page draws (the page navigation moves to the top, where it stays visible)."""
+    if not presenting():
+        return
+    st.html(PRESENTATION_CSS)
+    with st.container(key="present_exit", horizontal=True, horizontal_alignment="right"):
+        st.button("Exit presentation", key="present_exit_button", icon=":material/close_fullscreen:",
+                  on_click=lambda: st.session_state.update({PRESENT_KEY: False}))
+
+
+def _presentation_section() -> None:
+    st.toggle("Presentation mode", key=PRESENT_KEY, bind=URL,
+              help="For a projector: the sidebar and the page's controls are hidden (their values stay), the type is "
+                   "larger, pages are listed at the top. A link copied now opens in this mode.")
+    st.toggle("Publication style for downloads", key=PUBLICATION_KEY, bind=URL,
+              help="SVG, PNG, HTML figures and reports: white background, larger fonts, a colour-blind-safe palette "
+                   "(Okabe-Ito).")
+
+
 def render_sidebar():
     """Draw the sidebar; returns the box where show_cache_warnings puts the cache's warnings."""
     with st.sidebar:
@@ -125,5 +168,7 @@ def render_sidebar():
                        f"context {lm.context_limit:,} tokens, on {lm.device.type} ({str(lm.dtype)[6:]})")
         st.divider()
         _fit_section()
+        st.divider()
+        _presentation_section()
         st.divider()
         return _cache_section()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from core.engine.cache import SHIPPED_ROOT, CacheEntry, EntryListing, ProtoCache, is_valid_key
-from core.engine.fit import FitConfig, FitError, preset
+from core.engine.fit import UI_PRESETS, FitConfig, FitError, preset
 from core.engine.models import DEFAULT_MODEL, LoadedModel, ModelLoadError, load_model
 from core.shipped.demo import demo_entry
 from ui.widgets import plain, show_error
@@ -85,7 +85,7 @@ def fit_config() -> FitConfig | None:
     """The FitConfig the sidebar describes (None, with an error shown, if its values are invalid)."""
     overrides = st.session_state.get("fit_overrides", {})
     try:
-        return preset(st.session_state.get("preset", "paper"), **overrides)
+        return preset(st.session_state.get("preset", UI_PRESETS[0]), **overrides)
     except (FitError, ValueError) as exc:
         show_error(f"Invalid fit settings: {exc}", exc)
         return None

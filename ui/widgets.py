@@ -8,16 +8,18 @@ import io
 import json
 import os
 import re
-import textwrap
 from typing import Callable
 
 import pandas as pd
 import streamlit as st
 
-CORRECT_COLOUR = "#1b7f3b"
-WRONG_COLOUR = "#c0392b"
-NEUTRAL_COLOUR = "#555"
+from core.figures.reconstruct import tokens_html
+
 DEBUG_ENV = "PROTOTOKENS_DEBUG"
+# A page's own controls pass bind=URL: Streamlit keeps their value in the URL's query string (the widget key is the
+# parameter; a default value leaves it out), so a copied link reopens the page as it was, controls and all.
+URL = "query-params"
+PUBLICATION_KEY = "publication"  # the sidebar's switch: downloaded figures and reports in core.figures' publication style
 
 # Every ASCII punctuation character: CommonMark lets a backslash make any of them literal.
 _MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
@@ -38,16 +40,6 @@ def plain(text: object) -> str:
     return _SHORTCODE_START.sub(lambda _: "\\:\u2060", _MARKDOWN_PUNCTUATION.sub(r"\\\1", one_line))
 
 
-def plotly_text(text: object) -> str:
-    """``text`` for a plotly string that is read as HTML (hover texts, tick labels, legend names, titles)."""
-    return html.escape(str(text), quote=False)
-
-
-def hover_text(text: object, width: int = 60) -> str:
-    """User text for a plotly hover: HTML-escaped and wrapped into lines of about ``width`` characters."""
-    return "<br>".join(plotly_text(line) for line in textwrap.wrap(str(text), width)) or plotly_text(text)
-
-
 def debug_enabled() -> bool:
     """PROTOTOKENS_DEBUG=1 in the environment: errors show their traceback too."""
     return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
@@ -62,33 +54,6 @@ def show_error(message: object, exc: BaseException | None = None, traceback_text
             st.exception(exc)
         elif traceback_text:
             st.code(traceback_text, language=None)
-
-
-def visible_token(token: str) -> str:
-    """Whitespace made visible so a token made of spaces or newlines is still seen."""
-    return token.replace("\n", "\u21b5").replace("\t", "\u2192") or "\u2205"
-
-
-def tokens_html(tokens: list[str], correct: list[bool] | None = None, title: str | None = None) -> str:
-    """Tokens as boxes, green when correct and red when wrong (neutral without ``correct``).
-
-    Every token is HTML-escaped: texts come from users and from the model.
-    """
-    spans = []
-    for i, token in enumerate(tokens):
-        if correct is None:
-            colour, background = NEUTRAL_COLOUR, "#f2f2f2"
-        elif correct[i]:
-            colour, background = CORRECT_COLOUR, "#e3f4e8"
-        else:
-            colour, background = WRONG_COLOUR, "#fbe4e1"
-        spans.append(
-            f'<span title="{i}" style="display:inline-block;margin:1px;padding:1px 3px;border-radius:3px;'
-            f'font-family:monospace;white-space:pre;color:{colour};background:{background}">'
-            f"{html.escape(visible_token(token))}</span>"
-        )
-    head = f'<div style="font-size:0.8em;color:#666;margin-top:4px">{html.escape(title)}</div>' if title else ""
-    return f'{head}<div style="line-height:1.9">{"".join(spans)}</div>'
 
 
 def show_tokens(tokens: list[str], correct: list[bool] | None = None, title: str | None = None) -> None:
@@ -107,14 +72,39 @@ def download_json(obj, filename: str, label: str | None = None, key: str | None 
 
 
 def download_figure(fig, filename: str, label: str | None = None, key: str | None = None) -> None:
-    """A plotly figure as a standalone HTML file (plotly.js included, opens offline), written when the button is
-    pressed (a map of 10,000 points takes a while to write: not at every rerun)."""
-    def html() -> bytes:
+    """A plotly figure's downloads, in a popover: a standalone HTML file (plotly.js included, opens offline), and
+    SVG and PNG at a slide's size through kaleido (core.figures), in the publication style when the sidebar's
+    switch is on. Each file is written when its button is pressed (a map of 10,000 points takes a while: not at
+    every rerun). Without Chromium or kaleido the SVG and PNG buttons are disabled and say why."""
+    from core.figures import FORMATS, MIME, ExportError, export_figure, publication_style, static_export_problem
+
+    stem = filename.removesuffix(".html")
+    key = key or f"dl_{stem}"
+    publication = bool(st.session_state.get(PUBLICATION_KEY))
+
+    def as_html() -> bytes:
         buffer = io.StringIO()
-        fig.write_html(buffer, include_plotlyjs=True, full_html=True)
+        (publication_style(fig) if publication else fig).write_html(buffer, include_plotlyjs=True, full_html=True)
         return buffer.getvalue().encode()
 
-    st.download_button(label or f"Download {filename}", html, filename, "text/html", key=key or f"dl_{filename}")
+    def static(fmt: str) -> Callable[[], bytes]:
+        def make() -> bytes:
+            try:
+                return export_figure(fig, fmt, publication=publication)
+            except ExportError as exc:  # shown as a one-line file rather than a traceback in the page
+                return f"{exc}\n".encode()
+        return make
+
+    problem = static_export_problem()
+    with st.popover(label or f"Download {stem}"):
+        st.download_button("HTML (interactive)", as_html, f"{stem}.html", MIME["html"], key=key)
+        for fmt in FORMATS:
+            st.download_button(fmt.upper(), static(fmt), f"{stem}.{fmt}", MIME[fmt], key=f"{key}_{fmt}",
+                               disabled=problem is not None, help=problem or
+                               f"{fmt.upper()} at a slide's size" + (", publication style" if publication else
+                                                                   " (the sidebar switches to a publication style)"))
+        if problem:
+            st.caption(plain(problem))
 
 
 def choose_text_set(key_prefix: str, names: list[str], load: Callable[[str], pd.DataFrame],
@@ -126,12 +116,14 @@ def choose_text_set(key_prefix: str, names: list[str], load: Callable[[str], pd.
     """
     from core.texts.textsets import KINDS, MAX_ROWS, MAX_UPLOAD_MB, TextSetError, parse_text_set
 
-    c_source, c_set = st.columns([1, 3])
-    source = c_source.radio("Text set", ["Built-in", "Upload"], horizontal=True, key=f"{key_prefix}_source")
+    # One above the other, each the page's width: a set's label (what it holds, how much of it ships pre-fitted)
+    # is a long line, and a column cut it.
+    source = st.radio("Text set", ["Built-in", "Upload"], horizontal=True, key=f"{key_prefix}_source")
     if source == "Built-in":
-        name = c_set.selectbox("Built-in set", names, index=default, key=f"{key_prefix}_set", format_func=format_func)
+        name = st.selectbox("Built-in set", names, index=default, key=f"{key_prefix}_set", format_func=format_func,
+                            bind=URL)
         return name, load(name)
-    upload = c_set.file_uploader(
+    upload = st.file_uploader(
         "CSV or JSONL with columns text, group, kind", type=["csv", "jsonl", "json", "txt"],
         key=f"{key_prefix}_upload",
         help=f"text is required; group (colour and silhouette label) and kind ({', '.join(KINDS)}; the marker) "
@@ -145,3 +137,20 @@ def choose_text_set(key_prefix: str, names: list[str], load: Callable[[str], pd.
     except TextSetError as exc:
         show_error(f"Cannot read this file: {exc}", exc)
         st.stop()
+
+
+def download_report(make: Callable[[bool], str], filename: str, key: str, label: str = "Report (HTML)") -> None:
+    """The self-contained HTML report (core.report) of what the page shows, made when the button is pressed:
+    make(publication) returns the page, publication following the sidebar's switch. A report that cannot be made
+    downloads as a one-line HTML page saying why."""
+    from core.report import ReportError
+
+    def data() -> bytes:
+        try:
+            return make(bool(st.session_state.get(PUBLICATION_KEY))).encode()
+        except (ReportError, ValueError) as exc:
+            return f"<!DOCTYPE html><p>No report: {html.escape(str(exc))}</p>\n".encode()
+
+    st.download_button(label, data, filename, "text/html", key=key, icon=":material/description:",
+                       help="One HTML file with everything shown here for it (figures interactive), its settings and "
+                            "the papers' reference numbers; it opens offline, in any browser.")

@@ -98,3 +98,18 @@ def bf16_slowdown(device: str = "cpu") -> str | None:
         return None
     return (f"this {device.upper()} multiplies bf16 matrices at {bf16:.1f} GFLOP/s against {fp32:.0f} in float32 "
             f"(no AMX or AVX512-BF16 unit), so bf16 steps would be slower")
+
+
+def cpu_name() -> str:
+    """This machine's CPU model as /proc/cpuinfo names it (the processor string elsewhere), for benchmark records:
+    figures measured on different CPUs are not comparable."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()

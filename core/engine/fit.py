@@ -28,6 +28,10 @@ from core.engine.start import START_KINDS, Start, learned_starts
 from core.engine.teacher import RegularizerConfig, regularizer_loss
 
 PRESETS = ("paper", "fast")
+# What the dashboard offers, first the default: the fast preset (bench/fit_speed.py, bench/start.py), then the
+# papers' recipes, named for their papers.
+UI_PRESETS = ("fast", "paper")
+PRESET_LABELS = {"fast": "fast (this lab's)", "paper": "paper (Mezentsev & Oseledets 2025)"}
 INITS = ("normal", "embedding", "token")
 # A draw whose loss is still this share of log(vocab) (the loss of a uniform guess) after
 # FitConfig.redraw_after steps is stuck: see preset().

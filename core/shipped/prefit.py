@@ -27,11 +27,11 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from core.engine.cache import SHIPPED_ROOT, CacheEntry, ProtoCache
-from core.engine.fit import CachedFit, FitConfig, FitProgress, entry_keys, fit_and_cache, preset
+from core.engine.fit import UI_PRESETS, CachedFit, FitConfig, FitProgress, entry_keys, fit_and_cache, preset
 from core.engine.models import LoadedModel
 from core.engine.sets import PrefitSet, compact_entry, load_manifest, write_manifest
 from core.shipped.demo import demo_entry
-from core.texts.textsets import BUILTIN_SETS, PREFIT_SETS, builtin_set
+from core.texts.textsets import BUILTIN_SETS, PREFIT_SETS, builtin_set, load_examples
 
 PREFIT_PRESET = "fast"
 # A text still below the threshold after this many steps is left as it is (the page excludes entries
@@ -51,6 +51,27 @@ PREFIT_START = ""
 PREFIT_THREADS = int(os.environ.get("PROTOTOKENS_PREFIT_THREADS", "1"))
 # Entries are written after each chunk, so a stopped pre-fit loses at most one chunk's work.
 CHUNK = 24
+# The Reconstruct page's example texts (data/examples.json), fitted with the dashboard's default preset as it is
+# (UI_PRESETS[0], its learned start included), so picking one shows its fit at once, replay included: these
+# entries keep their snapshots and whole history (six texts: a few hundred KB).
+EXAMPLES_SET = "examples"
+
+
+def examples_frame() -> pd.DataFrame:
+    """The example texts as a set: one group per example (its title)."""
+    examples = load_examples()
+    return pd.DataFrame({"text": [ex.text for ex in examples], "group": [ex.title for ex in examples],
+                         "kind": "original"})
+
+
+def examples_config() -> FitConfig:
+    """What the examples are fitted with: the settings the sidebar opens on."""
+    return preset(UI_PRESETS[0])
+
+
+def prefit_frame(name: str) -> pd.DataFrame:
+    """The texts of a pre-fitted set by name: a built-in set, or the examples."""
+    return examples_frame() if name == EXAMPLES_SET else builtin_set(name)
 
 
 def prefit_config() -> FitConfig:
@@ -67,7 +88,7 @@ def prefit_builtin(
     quiet: bool = False,
     root: str | os.PathLike = SHIPPED_ROOT,
     *,
-    sets: Sequence[str] | Mapping[str, pd.DataFrame] = PREFIT_SETS,
+    sets: Sequence[str] | Mapping[str, pd.DataFrame] = (*PREFIT_SETS, EXAMPLES_SET),
     lm: LoadedModel | None = None,
     config: FitConfig | None = None,
     batch_size: int = 8,
@@ -80,8 +101,8 @@ def prefit_builtin(
 ) -> dict[str, PrefitSet]:
     """Fit the built-in sets into the shipped cache under root and write its manifest.
 
-    sets: built-in set names, or name -> frame (tests pass their own small sets). lm: the model (default:
-    the embedded one). config: default prefit_config(). teacher: also store each
+    sets: built-in set names (EXAMPLES_SET too), or name -> frame (tests pass their own small sets). lm: the model
+    (default: the embedded one). config: default prefit_config(); the examples always get examples_config(). teacher: also store each
     set's teacher embeddings there. sweep: then run the Regularisers page's default sweep (core.analyses.regularisers) if
     it exists. demo: after the sets, store the demo entry's noise sweep and attention (ship_demo_views).
     fit=False: fit nothing, only record (compacted) what the folder holds, e.g. after a run that
@@ -111,7 +132,8 @@ def _prefit(lm: LoadedModel, config: FitConfig, root: Path, sets: Sequence[str] 
             quiet: bool, batch_size: int, chunk: int, teacher: bool, sweep: bool, fit: bool, demo: bool,
             stop: threading.Event) -> dict[str, PrefitSet]:
     cache = ProtoCache(root, shipped="")
-    frames = dict(sets) if isinstance(sets, Mapping) else {name: builtin_set(name) for name in sets}
+    frames = dict(sets) if isinstance(sets, Mapping) else {name: prefit_frame(name) for name in sets}
+    base_config = config
     manifest = load_manifest(root)
 
     def say(message: str) -> None:
@@ -119,9 +141,12 @@ def _prefit(lm: LoadedModel, config: FitConfig, root: Path, sets: Sequence[str] 
             print(message, file=sys.stderr, flush=True)
 
     say(f"Pre-fitting {', '.join(f'{n} ({len(f)} texts)' for n, f in frames.items())} for {lm.name} "
-        f"with preset {config.preset} (max {config.max_steps} steps, batch {batch_size}) into {root}")
+        f"with preset {config.preset} (max {config.max_steps} steps, batch {batch_size}; the examples with the "
+        f"dashboard's default settings) into {root}")
     t_all = time.perf_counter()
     for name, frame in frames.items():
+        config = examples_config() if name == EXAMPLES_SET else base_config
+        keep_replay = name == EXAMPLES_SET
         texts = frame["text"].tolist()
         targets = [lm.validate_text(t, config.layout) for t in texts]
         keys, _ = entry_keys(lm, targets, config)
@@ -152,8 +177,9 @@ def _prefit(lm: LoadedModel, config: FitConfig, root: Path, sets: Sequence[str] 
             for i, outcome in zip(part, outcomes):
                 if outcome is None:
                     continue
-                entry = compact_entry(outcome.entry)
-                if not outcome.cached or entry.history != outcome.entry.history or outcome.entry.snapshots:
+                entry = outcome.entry if keep_replay else compact_entry(outcome.entry)
+                if not outcome.cached or (not keep_replay and (entry.history != outcome.entry.history
+                                                              or outcome.entry.snapshots)):
                     cache.put(entry)
                 fitted_now += not outcome.cached
                 entries[i] = entry
@@ -217,7 +243,7 @@ def ship_views(root: str | os.PathLike = SHIPPED_ROOT, quiet: bool = False) -> d
     has, without fitting: for a pre-fit that was stopped before the end of a set."""
     cache = ProtoCache(root, shipped="")
     for name, record in load_manifest(root).items():
-        frame = builtin_set(name) if name in BUILTIN_SETS else pd.DataFrame(
+        frame = prefit_frame(name) if name in BUILTIN_SETS or name == EXAMPLES_SET else pd.DataFrame(
             {"text": record.texts, "group": "default", "kind": "original"})
         by_text = dict(zip(record.texts, record.keys))
         entries = [cache.get(by_text[t]) if t in by_text else None for t in frame["text"]]
