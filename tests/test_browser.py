@@ -80,3 +80,40 @@ def test_fit_in_the_browser_rebuilds_the_text(server, browser, tmp_path):
     assert decoded == TEXT, f"decoded {decoded!r}, want {TEXT!r}"
     accuracy = browser.find_element(By.XPATH, "//*[@data-testid='stMetric'][.//*[text()='Token accuracy']]").text
     assert "1.000" in accuracy, accuracy
+
+
+def test_a_report_opens_offline_draws_its_figures_and_requests_nothing(browser, tiny_lm, tmp_path):
+    """The report of an entry, opened from a file with the network cut off: every figure is drawn by the plotly.js
+    inside the file, and the page asks the network for nothing (not even a font)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from core.analyses.attention import run_attention
+    from core.engine.cache import ProtoCache
+    from core.engine.fit import fit_and_cache, preset
+    from core.report import entry_report
+
+    cache = ProtoCache(tmp_path / "cache")
+    [outcome] = fit_and_cache(tiny_lm, ["Rain <i>fell</i> softly"], preset("fast", max_steps=60), cache)
+    run_attention(tiny_lm, outcome.entry, cache)
+    path = tmp_path / "report.html"
+    path.write_text(entry_report(tiny_lm, outcome.entry, cache), encoding="utf-8")
+
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.emulateNetworkConditions", {
+        "offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+    try:
+        browser.get(path.as_uri())
+        WebDriverWait(browser, 60).until(
+            lambda d: d.execute_script("return document.querySelectorAll('.js-plotly-plot .main-svg').length") >= 4)
+        drawn = browser.execute_script("return document.querySelectorAll('.js-plotly-plot').length")
+        requested = browser.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)"
+            ".filter(n => !n.startsWith('data:') && !n.startsWith('blob:'))")
+        heading = browser.execute_script("return document.querySelector('.text').textContent")
+        browser.save_screenshot(str(_screenshot_dir(tmp_path) / "report.png"))
+    finally:
+        browser.execute_cdp_cmd("Network.emulateNetworkConditions", {
+            "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+    assert drawn == 2, drawn  # the fit curves and the attention heatmap (no noise sweep was run)
+    assert requested == [], requested
+    assert heading == "Rain <i>fell</i> softly"  # the user's text as text, not markup

@@ -38,13 +38,15 @@ def test_the_architecture_map_names_every_module_of_core_and_nothing_that_is_gon
     """docs/ARCHITECTURE.md is the map: every module of a room is in its row, and every path it names exists."""
     text = ARCHITECTURE.read_text(encoding="utf-8")
     rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(core/\w+/|ui/|pages/)` \| ([^|]+) \|", text, re.M)}
-    assert {"core/texts/", "core/engine/", "core/analyses/", "core/shipped/"} <= set(rows)
-    for room in ("texts", "engine", "analyses", "shipped"):
+    assert {"core/texts/", "core/engine/", "core/analyses/", "core/figures/", "core/shipped/", "core/report/"} <= set(rows)
+    for room in ("texts", "engine", "analyses", "figures", "shipped"):
         listed = set(re.findall(r"`(\w+)`", rows[f"core/{room}/"]))
         modules = {p.stem for p in (REPO / "core" / room).glob("*.py") if p.stem != "__init__"}
         assert listed == modules, f"core/{room}/: the map lists {sorted(listed)}, the folder has {sorted(modules)}"
     assert not [p for p in (REPO / "core").glob("*.py") if p.stem not in ("__init__", "__main__")], \
         "a module outside the rooms: put it in one and on the map"
+    rooms = {p.name for p in (REPO / "core").iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert {f"core/{room}/" for room in rooms} <= set(rows), "a room of core that the map does not name"
     for path in re.findall(r"`((?:core|ui|pages|tests|bench|docs|data|scripts)/[\w/.-]+\.(?:py|md|json))`", text):
         if "capacity" not in path:  # the recipe's example page, yet to be written
             assert (REPO / path).exists(), f"docs/ARCHITECTURE.md names {path}, which does not exist"

@@ -31,7 +31,7 @@ from core.figures.reconstruct import curves_figure, tokens_html
 REPORT_TITLE = "Proto-token lab report"
 MAX_SET_ROWS = 2000  # rows of a set's table in the file; the maps hold every kept text
 
-# The papers' numbers a reader compares against (../shared/PAPERS.md; docs/science.md).
+# The papers' numbers a reader compares against (docs/science.md, A.capacity and B.2).
 REFERENCES: tuple[tuple[str, str, str], ...] = (
     ("Mezentsev & Oseledets, arXiv 2505.21189", "A text counts as reconstructed at token accuracy", ">= 0.99"),
     ("Mezentsev & Oseledets, arXiv 2505.21189", "Recipe", "e, m ~ N(0, 1); AdamW lr 0.01, betas (0.9, 0.9), "
