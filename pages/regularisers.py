@@ -31,7 +31,8 @@ from core.texts.textsets import BUILTIN_SETS, TextSetError, builtin_set
 from ui import jobs
 from ui.state import fit_config, get_cache, get_model, require_app_shell
 from core.figures import hover_text, plotly_text
-from ui.widgets import URL, choose_text_set, download_csv, download_figure, plain, show_error
+from core.report import figures_report
+from ui.widgets import URL, choose_text_set, download_csv, download_figure, download_report, plain, show_error
 
 require_app_shell()  # first: a page opened by its URL on a fresh server runs inside app.py
 
@@ -321,3 +322,18 @@ with c3:
 if map_fig is not None:
     with c4:
         download_figure(map_fig, "regulariser_maps.html", "Maps", key="reg_dl_maps")
+
+
+def sweep_report(publication: bool) -> str:
+    sections = [("Trade-off: reconstruction against semantic alignment", tradeoff_fig),
+                ("Silhouettes", silhouette_fig), ("The sweep", summary)]
+    if map_fig is not None:
+        sections.append(("e without and with a regulariser", map_fig))
+    return figures_report(lm, f"regulariser sweep of {set_name or 'an uploaded set'}", sections,
+                          settings=[("set", set_name or "uploaded"), ("texts", len(result.texts)),
+                                    ("teacher", result.teacher), ("applied to", target),
+                                    *sorted(result.config.items())], publication=publication)
+
+
+download_report(sweep_report, f"report-regularisers-{(set_name or 'uploaded').replace(' ', '_')}.html",
+                key="reg_dl_report")

@@ -75,7 +75,11 @@ def test_one_head_map_only_on_request_and_downloads(tiny_entry):
     assert len(_figures(at)) == 4
     at.toggle(key="attention_downloads").set_value(True).run()
     assert not at.exception
-    assert len(at.get("download_button")) == 5
+    labels = [b.proto.label for b in at.get("download_button")]
+    # The view's CSV, the report, and four figures (layer x position, layer x head, one layer, one head's map)
+    # each as HTML, SVG and PNG.
+    assert labels.count("CSV: layer, head, query, token, value") == 1 and labels.count("Report (HTML)") == 1
+    assert labels.count("SVG") == labels.count("PNG") == labels.count("HTML (interactive)") == 4
 
 
 def test_empty_cache_shows_the_hint(app_cache):

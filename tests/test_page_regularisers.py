@@ -66,3 +66,5 @@ def test_small_sweep_ends_with_the_tradeoff_chart(app_cache, monkeypatch):
     assert summary["setting"].tolist() == ["none", "relational λ=1"]
     assert not any("None of these settings" in i.value for i in at.info)
     assert not [b for b in at.button if b.key == "reg_fit"]  # nothing left to fit
+    # The sweep can be taken away as a report (core.report.figures_report, tested in test_report.py).
+    assert [b for b in at.get("download_button") if b.proto.label == "Report (HTML)"]

@@ -119,3 +119,17 @@ def test_cli_report_writes_the_file_and_says_why_in_one_line(tiny_lm, stocked, t
     assert "give one of --entry" in capsys.readouterr().err
     assert main(["report", "--model", TINY_MODEL, "--cache", str(cache.root), "--set", "nope", "-o", str(out)]) == 2
     assert "No set named 'nope'" in capsys.readouterr().err
+
+
+def test_figures_report_shows_a_page_s_figures_tables_and_settings(tiny_lm):
+    import plotly.graph_objects as go
+
+    from core.report import figures_report
+
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[1, 0]))
+    fig.update_layout(title="Trade-off of <script>")
+    page = figures_report(tiny_lm, "a sweep of <set>", [("Trade-off", fig), ("The sweep", pd.DataFrame({"λ": [0.1]})),
+                                                       ("Note", "<b>plain</b>")], settings=[("teacher", "MiniLM")])
+    assert page.count(PLOTLY_MARKER) == 1 and 'id="figure-1"' in page and "<td>0.1</td>" in page
+    assert "sweep of &lt;set&gt;" in page and "&lt;b&gt;plain&lt;/b&gt;" in page and "<td>MiniLM</td>" in page
+    assert "<script>" not in page.split("</script>")[-1]  # after the inlined library, no raw user markup

@@ -265,3 +265,23 @@ def named_set(lm: LoadedModel, name: str, cache: ProtoCache) -> tuple[pd.DataFra
     by_text = dict(zip(record.texts, record.keys))
     found = cache.get_many([by_text[t] for t in frame["text"] if t in by_text], lm.hidden_size)
     return frame, [found.get(by_text.get(t, "")) for t in frame["text"]]
+
+
+def figures_report(lm: LoadedModel, title: str, sections: Sequence[tuple[str, go.Figure | pd.DataFrame | str]], *,
+                   settings: Sequence[tuple[object, object]] = (), publication: bool = False) -> str:
+    """A report of what a page drew, as it drew it: (heading, figure, table or plain text) sections, the settings
+    the page ran with, the model's identity and the papers' reference numbers (the Regularisers page's sweep)."""
+    figures = _Figures(publication)
+    body = []
+    for heading, content in sections:
+        if isinstance(content, go.Figure):
+            shown = figures.html(content)
+        elif isinstance(content, pd.DataFrame):
+            shown = _table(content)
+        else:
+            shown = f"<p>{_esc(content)}</p>"
+        body.append(f"<h2>{_esc(heading)}</h2>{shown}")
+    body.append("<h2>Settings and model</h2>" + _table([("model", lm.name), ("model identity", lm.identity),
+                                                         *settings]))
+    body.append(_references())
+    return _page(REPORT_TITLE, f"{lm.name} · {title}", body)
