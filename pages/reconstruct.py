@@ -19,6 +19,7 @@ from core.figures.reconstruct import curves_figure
 from core.report import entry_report
 from core.texts.textsets import load_examples
 from ui import jobs
+from ui.sidebar import presenting
 from ui.state import (current_entry, current_entry_key, entry_label, fit_config, forget_entry, get_cache,
                       get_model, is_default_entry, keep_unsaved, require_app_shell, set_current_entry,
                       unsaved_reason)
@@ -136,8 +137,9 @@ with tab_one:
     entry_for_text = None
     try:
         n_tokens = len(lm.validate_text(text, config.layout))
-        st.caption(f"{n_tokens} tokens of at most {lm.max_text_tokens(config.layout):,} for this model "
-                   f"(preset {config.preset}, up to {config.max_steps} steps)")
+        if not presenting():  # about the controls, which presentation mode hides
+            st.caption(f"{n_tokens} tokens of at most {lm.max_text_tokens(config.layout):,} for this model "
+                       f"(preset {config.preset}, up to {config.max_steps} steps)")
         entry_for_text = lookup(lm, [text], config, cache)[0]
         text_ok = True
     except TextError as exc:
@@ -153,7 +155,7 @@ with tab_one:
     if (fit_clicked or refit_clicked) and text_ok:
         # An unwritable cache stops it here, with one line saying why.
         running = jobs.start_job(SINGLE, lm, [text], config, cache, refit=refit_clicked) is not None
-    if is_default_entry() and not running and entry_for_text is None:
+    if is_default_entry() and not running and entry_for_text is None and not presenting():
         st.caption("Below: a pre-fitted example shipped with the lab. **Fit** fits this text with your settings in "
                    "the sidebar; or type your own text, or pick an example.")
     jobs.poll(SINGLE, render_live, finish_single)

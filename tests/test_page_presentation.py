@@ -88,6 +88,7 @@ def test_presentation_mode_hides_the_controls_and_a_button_ends_it(app_cache):
     at.sidebar.toggle(key="present").set_value(True).run()
     styles = [str(el.proto) for el in at.get("html") if "stSidebar" in str(el.proto)]
     assert styles and "display: none" in styles[0] and "font-size: 20px" in styles[0]
+    assert not any("tokens of at most" in c.value for c in at.caption)  # the controls' own notes go too
     exit_button = at.button(key="present_exit_button")
     exit_button.click().run()
     assert not at.exception

@@ -118,16 +118,16 @@ def show_cache_warnings(box) -> None:
 
 PRESENT_KEY = "present"
 # What presentation mode hides: the sidebar and every control (their values hold: the page shows what they chose),
-# the toolbar; the type grows for a projector. The exit button lives in a keyed container, which stays.
+# Streamlit's menu and deploy button (the pages stay listed at the top); the type grows for a projector. The exit button lives in a keyed container, which stays.
 _HIDDEN_IN_PRESENTATION = ", ".join(f'[data-testid="{name}"]' for name in (
-    "stSidebar", "stSidebarCollapsedControl", "stToolbar", "stTextArea", "stSelectbox", "stNumberInput", "stRadio",
+    "stSidebar", "stSidebarCollapsedControl", "stMainMenu", "stAppDeployButton", "stTextArea", "stSelectbox", "stNumberInput", "stRadio",
     "stSlider", "stMultiSelect", "stTextInput", "stCheckbox", "stButton", "stDownloadButton", "stPopover",
     "stFileUploader", "stExpander"))
 PRESENTATION_CSS = f"""<style>
 {_HIDDEN_IN_PRESENTATION} {{ display: none !important; }}
 .st-key-present_exit [data-testid="stButton"] {{ display: block !important; }}
 html {{ font-size: 20px; }}
-.stMainBlockContainer {{ padding-top: 2rem; max-width: 100%; }}
+.stMainBlockContainer {{ padding-top: 4.5rem; max-width: 100%; }}
 </style>"""
 
 
