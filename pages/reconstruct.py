@@ -48,6 +48,8 @@ examples = load_examples()
 if "text" not in st.session_state:
     entry = current_entry(cache, lm)  # on a fresh install, the shipped demo entry (ui.state.default_entry)
     st.session_state["text"] = entry.text if entry is not None else examples[0].text
+    if entry is not None and (title := next((ex.title for ex in examples if ex.text == entry.text), None)):
+        st.session_state["example"] = title  # the demo is an example: the list shows it picked
     # Without a current entry, a cached fit of the prefilled text is shown at once.
     st.session_state["text_changed"] = entry is None
 

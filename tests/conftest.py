@@ -79,13 +79,15 @@ def tiny_entry(tiny_lm, app_cache):
     return outcome.entry
 
 
-def open_page(page: str, entry_key: str | None = None, session_state: dict | None = None):
-    """An AppTest of app.py switched to ``page`` (e.g. "pages/noise.py"), run once."""
+def open_page(page: str, entry_key: str | None = None, session_state: dict | None = None, query: dict | None = None):
+    """An AppTest of app.py switched to ``page`` (e.g. "pages/noise.py"), run once; ``query``: the link's other
+    query parameters (a page's controls, presentation mode)."""
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=APP_TIMEOUT)
     if entry_key:
         at.query_params["entry"] = entry_key
+    at.query_params.update(query or {})
     for name, value in (session_state or {}).items():
         at.session_state[name] = value
     at.run()

@@ -45,16 +45,8 @@ def test_an_example_cached_with_the_sidebar_s_settings_is_marked_and_opens_at_on
 
 
 def test_a_link_with_controls_reopens_them_and_a_bad_value_falls_back(tiny_entry):
-    from streamlit.testing.v1 import AppTest
-
-    from tests.conftest import APP_TIMEOUT, REPO
-
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=APP_TIMEOUT)
-    at.query_params.update({"entry": tiny_entry.key, "noise_draws": "3", "noise_target": "m",
-                            "noise_alphas": "0, 0.3", "noise_seed": "not a number"})
-    at.run()
-    at.switch_page("pages/noise.py")
-    at.run()
+    at = open_page("pages/noise.py", tiny_entry.key, query={"noise_draws": "3", "noise_target": "m",
+                                                            "noise_alphas": "0, 0.3", "noise_seed": "not a number"})
     assert not at.exception
     assert at.number_input(key="noise_draws").value == 3
     assert at.radio(key="noise_target").value == "m"
@@ -64,18 +56,11 @@ def test_a_link_with_controls_reopens_them_and_a_bad_value_falls_back(tiny_entry
 
 
 def test_a_link_with_attention_controls_reopens_the_layer(tiny_entry):
-    from streamlit.testing.v1 import AppTest
-
-    from tests.conftest import APP_TIMEOUT, REPO
-
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=APP_TIMEOUT)
     from core.figures.attention import VIEW_LABELS
 
     # A choice travels as the label the page shows for it (Streamlit's binding).
-    at.query_params.update({"entry": tiny_entry.key, "attention_layer": "1", "attention_view": VIEW_LABELS["baseline"]})
-    at.run()
-    at.switch_page("pages/attention.py")
-    at.run()
+    at = open_page("pages/attention.py", tiny_entry.key,
+                   query={"attention_layer": "1", "attention_view": VIEW_LABELS["baseline"]})
     assert not at.exception
     assert at.slider(key="attention_layer").value == 1
     assert at.radio(key="attention_view").value == "baseline"
@@ -97,13 +82,7 @@ def test_presentation_mode_hides_the_controls_and_a_button_ends_it(app_cache):
 
 
 def test_a_link_opens_in_presentation_mode(app_cache):
-    from streamlit.testing.v1 import AppTest
-
-    from tests.conftest import APP_TIMEOUT, REPO
-
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=APP_TIMEOUT)
-    at.query_params["present"] = "true"
-    at.run()
+    at = open_page("pages/reconstruct.py", query={"present": "true"})
     assert not at.exception
     assert any("stSidebar" in str(el.proto) for el in at.get("html"))
     assert at.sidebar.toggle(key="present").value is True

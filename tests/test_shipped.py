@@ -166,3 +166,21 @@ def test_the_learned_starts_of_the_shipped_entries_ship_with_them(shipped, monke
     assert candidate_embeddings(shipped, model, rows).shape == (len(rows), 384)
     start = mean_start(shipped, model, 576)
     assert start is not None and start.text == f"the mean of {len(rows)} cached solutions"
+
+
+@pytest.mark.embedded
+def test_the_examples_ship_fitted_with_the_sidebar_s_default_settings_and_their_replay(embedded_lm, tmp_path):
+    """The Reconstruct page's examples resolve with the settings the sidebar opens on, replay included, so picking
+    one on a fresh install shows its fit at once (and the list marks it)."""
+    from core.engine.fit import UI_PRESETS, lookup, preset
+    from core.shipped.prefit import EXAMPLES_SET, examples_config
+    from core.texts.textsets import load_examples
+
+    record = load_manifest()[EXAMPLES_SET]
+    assert record.config == examples_config().as_dict() == preset(UI_PRESETS[0]).as_dict()
+    user = ProtoCache(tmp_path / "fresh", shipped=SHIPPED_ROOT)
+    found = lookup(embedded_lm, [ex.text for ex in load_examples()], preset(UI_PRESETS[0]), user)
+    assert [e.key if e else None for e in found] == record.keys
+    converged = [e for e in found if e is not None and e.metrics.get("converged")]
+    assert len(converged) >= len(found) - 1, [e.metrics.get("accuracy") for e in found if e]
+    assert all(len(e.snapshots) > 1 and len(e.history["step"]) == e.metrics["steps"] + 1 for e in converged)
