@@ -97,7 +97,7 @@ def test_with_today_s_code_every_shipped_view_resolves_without_fitting(embedded_
     from core.analyses import embeddings as emb
     from core.engine.fit import config_from_dict, entry_keys
     from core.shipped.default_sweep import load_default_sweep
-    from core.texts.textsets import builtin_set
+    from core.shipped.prefit import prefit_frame
 
     user = ProtoCache(tmp_path / "fresh", shipped=SHIPPED_ROOT)
     for name, record in load_manifest().items():
@@ -108,7 +108,7 @@ def test_with_today_s_code_every_shipped_view_resolves_without_fitting(embedded_
         assert record.teacher_key == emb.teacher_key(record.texts)
         stored = user.get_analysis(emb.TEACHER_ANALYSIS, record.teacher_key, with_tensors=True)
         assert stored is not None and stored[1]["embeddings"].shape[0] == len(record.texts), name
-        frame = builtin_set(name)
+        frame = prefit_frame(name)
         entries = [user.get(k, embedded_lm.hidden_size) for k in keys]
         teacher = stored[1]["embeddings"].double().numpy()
         kept = emb.assemble_set(frame, entries, min_accuracy=emb.DEFAULT_MIN_ACCURACY, teacher=teacher)
