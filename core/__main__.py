@@ -172,10 +172,13 @@ def cmd_fit(args) -> int:
         raise UsageError("--shared-m fits every text in one coupled batch, which cannot be split across workers: "
                          "run it as one process")
     backend = corpus.start_group(worker)
+    finished = False
     try:
-        return _fit_as_worker(args, worker, texts, where, config, backend)
+        code = _fit_as_worker(args, worker, texts, where, config, backend)
+        finished = True
+        return code
     finally:
-        corpus.end_group()
+        corpus.end_group(finished)
 
 
 def _say(worker, message: str, quiet: bool = False) -> None:

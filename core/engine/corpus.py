@@ -103,10 +103,15 @@ def start_group(worker: Worker) -> str | None:
     return dist.get_backend()
 
 
-def end_group() -> None:
+def end_group(finished: bool = False) -> None:
+    """Leave the workers' group. finished: every worker got here normally, so they first wait for each other: a
+    worker that tore its gloo connections down while rank 0 (which hosts the rendezvous store) was still writing
+    the manifest was seen to abort (SIGABRT) now and then, failing a run whose work was all done."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
