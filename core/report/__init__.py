@@ -147,8 +147,13 @@ def entry_report(lm: LoadedModel, entry: CacheEntry, cache: ProtoCache | None = 
     if history.get("step"):
         threshold = float(entry.config.get("threshold", 0.99))
         start = entry.metrics.get("start") or {}
-        began = (f"The fit began from {start.get('kind')}" + (f" ({_esc(start.get('text', ''))})"
-                 if start.get("text") else "") + "." if start.get("kind") else "The fit began from a random draw.")
+        if start.get("kind") == "nearest":
+            began = (f"The fit began from the vectors of the nearest cached text (cosine "
+                     f"{float(start.get('similarity', float('nan'))):.2f}): {_esc(start.get('text', ''))}.")
+        elif start.get("kind"):
+            began = f"The fit began from {_esc(start.get('text') or start.get('kind'))}."
+        else:
+            began = "The fit began from a random draw."
         sections.append(f"<h2>Fit</h2><p>{entry.metrics.get('steps', '?')} steps, status "
                         f"{_esc(entry.metrics.get('status', '?'))}, {float(entry.metrics.get('wall_time', 0)):.1f} s. "
                         f"{began}</p>" + figures.html(curves_figure(history["step"], history["loss"],
