@@ -189,6 +189,10 @@ def main() -> None:
     parser.add_argument("--rerun", nargs="*", default=[], choices=METHODS,
                         help="with --runs-from: run these methods again (e.g. c_core_fast after the preset changed)")
     parser.add_argument("--out", default="fit_speed.json", help="file name under bench/results")
+    parser.add_argument("--first-text", type=int, default=0,
+                        help="start at this text (with --merge: add a stopped run's remaining texts to its file)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the runs already in the --out file and add these (same machine and settings)")
     args = parser.parse_args()
     lm = load_model()
     # (d) finds its start in the shipped pre-fit, under an empty root (no user entry changes the mean)
@@ -201,13 +205,18 @@ def main() -> None:
         out["summary"] = summarize(out["runs"])
         path.write_text(json.dumps(out, indent=1))
 
+    if args.merge and path.exists():
+        earlier = json.loads(path.read_text())
+        assert earlier.get("cpu") == out["cpu"] and earlier.get("cap") == args.cap, "another machine or cap"
+        out["runs"] = earlier["runs"]
+        out["notes"] = earlier.get("notes", "")
     rerun = set(args.rerun) if args.runs_from else set(METHODS)
     if args.runs_from:
         out["runs"] = [row for line in Path(args.runs_from).read_text().splitlines() if line.strip()
                        if (row := json.loads(line))["method"] not in rerun]
         out["reused_runs_from"] = args.runs_from
     if rerun:
-        for text in TEXTS[: args.texts]:
+        for text in TEXTS[args.first_text: args.texts]:
             n_tokens = len(lm.encode(text))
             for seed in range(args.seeds):
                 for method, run in (
