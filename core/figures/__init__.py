@@ -23,7 +23,6 @@ SLIDE_WIDTH, SLIDE_HEIGHT, PNG_SCALE = 1280, 720, 2
 # Okabe & Ito's colour-blind-safe palette (Color Universal Design), black last.
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#F0E442", "#000000")
 PUBLICATION_FONT = 18
-EXPORT_TIMEOUT_S = 60
 
 
 def plotly_text(text: object) -> str:
