@@ -10,10 +10,14 @@ Methods (every one the fast preset otherwise):
   nearest    the vectors of the nearest cached text by teacher embedding (the fast preset now); a text with no cached
              text near enough (core.engine.start.MIN_SIMILARITY) starts from a draw, so for it this method is `draw`
              plus the lookup (timed apart, and not refitted);
-  mean       the mean of the cached solutions, one shared start.
+  mean       the mean of the cached solutions, one shared start;
+  nearest bf16, mean bf16
+             the same starts with the steps in bf16 (FitConfig.compute; checked and polished in float32), for CPUs
+             with fast bf16 products (AMX): the cheaper step and the fewer steps together.
 Every fit goes through core.engine.fit.fit_and_cache on an empty cache root over the shipped pre-fit (so the wall
 time includes finding the start), its result checked again with core.engine.reconstruct. Writes
-bench/results/start.json. Usage: python bench/start.py [--max-steps 800] [--methods draw,nearest,mean] [--groups ...]
+bench/results/start.json (or --out). Usage: python bench/start.py [--max-steps 800] [--methods draw,nearest,mean]
+[--groups ...] [--out FILE]
 """
 
 from __future__ import annotations
@@ -53,7 +57,11 @@ PARAPHRASES = [
     "around noon.",
 ]
 TYPO_SOURCES = ("music", "travel")  # shipped sources whose new typo variants the bench fits
-METHODS = {"draw": "", "nearest": "nearest", "mean": "mean"}
+# method -> the fast preset's overrides (start, compute)
+METHODS = {"draw": {"start": ""}, "nearest": {"start": "nearest"}, "mean": {"start": "mean"},
+           "nearest bf16": {"start": "nearest", "compute": "bfloat16"},
+           "mean bf16": {"start": "mean", "compute": "bfloat16"}}
+DEFAULT_METHODS = ("draw", "nearest", "mean")
 SHIPPED = os.environ.get("PROTOTOKENS_SHIPPED") or str(SHIPPED_ROOT)
 
 
@@ -70,7 +78,8 @@ def typo_variants(shipped: set[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-steps", type=int, default=800)
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"of {', '.join(METHODS)}")
+    parser.add_argument("--out", type=Path, default=OUT, help="the results file (another machine: another file)")
     parser.add_argument("--new-texts", type=int, default=3, help="how many of bench/fit_cost.py's texts")
     parser.add_argument("--new-from", type=int, default=0, help="the first of bench/fit_cost.py's texts to take")
     parser.add_argument("--groups", default="variants,new")
@@ -80,10 +89,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="only summarise the runs already in bench/results/start.json (a stopped run)")
     args = parser.parse_args(argv)
     methods = args.methods.split(",")
+    if unknown := set(methods) - set(METHODS):
+        parser.error(f"unknown methods {sorted(unknown)}; use {', '.join(METHODS)}")
+    out = args.out
     if args.summarize:
-        report = json.loads(OUT.read_text())
+        report = json.loads(out.read_text())
         report["stopped_after_runs"] = len(report["runs"])
-        summarize(report, methods)
+        summarize(report, methods, out)
         return 0
     torch.set_num_threads(os.cpu_count() or 1)
     lm = load_model()
@@ -99,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
               "max_steps": args.max_steps, "min_similarity": MIN_SIMILARITY, "teacher_load_seconds": round(teacher_load, 2),
               "cpu": cpu_name(), "texts": [], "runs": []}
     if args.append:
-        earlier = json.loads(OUT.read_text())
+        earlier = json.loads(out.read_text())
         assert earlier["max_steps"] == args.max_steps and earlier["cpu"] == report["cpu"], "other settings or machine"
         report = {**earlier, "appended": earlier.get("appended", 0) + 1}
         methods = list(dict.fromkeys([r["method"] for r in report["runs"]] + methods))
@@ -120,12 +132,12 @@ def main(argv: list[str] | None = None) -> int:
             index = len(report["texts"]) - 1
         print(f"[{group}] {info['n_tokens']} tokens, neighbour {info['neighbour']}", file=sys.stderr, flush=True)
         for method in args.methods.split(","):
-            if method == "nearest" and not near:
+            if METHODS[method]["start"] == "nearest" and not near:
                 continue  # a draw, the same fit as method "draw" (plus the lookup above)
             root = tempfile.mkdtemp(prefix="start-bench-")
             try:
                 cache = ProtoCache(root, shipped=SHIPPED)
-                config = preset("fast", max_steps=args.max_steps, start=METHODS[method])
+                config = preset("fast", max_steps=args.max_steps, **METHODS[method])
                 started = time.perf_counter()
                 [outcome] = fit_and_cache(lm, [text], config, cache, refit=True)
                 seconds = time.perf_counter() - started
@@ -141,12 +153,12 @@ def main(argv: list[str] | None = None) -> int:
             report["runs"].append(run)
             print(f"  {method:8s} {seconds:6.1f} s, {run['steps']} steps, {run['redraws']} redraws, start accuracy "
                   f"{run['start_accuracy']}, converged {run['converged']}", file=sys.stderr, flush=True)
-            OUT.write_text(json.dumps(report, indent=1))
-    summarize(report, methods)
+            out.write_text(json.dumps(report, indent=1))
+    summarize(report, methods, out)
     return 0
 
 
-def summarize(report: dict, methods: list[str]) -> None:
+def summarize(report: dict, methods: list[str], out: Path = OUT) -> None:
     """Medians and spreads per group and method, and per-text speedups over a draw; written into the report."""
     summary = {}
     for group in ("variants", "new"):
@@ -158,13 +170,13 @@ def summarize(report: dict, methods: list[str]) -> None:
                     "converged": f"{sum(r['converged'] for r in runs)}/{len(runs)}",
                     "float32_accuracy_min": min(r["float32_accuracy"] for r in runs)}
         draw = {r["text_index"]: r["seconds"] for r in report["runs"] if r["group"] == group and r["method"] == "draw"}
-        for method in ("nearest", "mean"):
+        for method in (m for m in METHODS if m != "draw"):
             ratios = [draw[r["text_index"]] / r["seconds"] for r in report["runs"]
                       if r["group"] == group and r["method"] == method and r["text_index"] in draw]
             if ratios:
                 summary[f"{group} {method} speedup per text"] = spread(ratios)
     report["summary"] = summary
-    OUT.write_text(json.dumps(report, indent=1))
+    out.write_text(json.dumps(report, indent=1))
     print(json.dumps(summary, indent=1))
 
 
