@@ -131,3 +131,61 @@ def test_txt_files_keep_their_lines_as_they_are(tmp_path):
     args = build_parser().parse_args(["fit", "--file", str(path)])
     assert _read_texts(args) == (["  indented", "same", "same"],
                                  ["texts.txt line 1", "texts.txt line 3", "texts.txt line 4"])
+
+
+def test_list_shows_what_fit_stored(tmp_path):
+    """`core list` lists an entry `core fit` just stored: its key, text, accuracy and steps, as JSON and as a line."""
+    import json
+
+    fitted = _run("fit", "--text", "Hello world", "--model", TINY_MODEL, "--max-steps", "600", "--json", "--quiet",
+                  "--cache", str(tmp_path))
+    assert fitted.returncode == 0, fitted.stderr
+    row = json.loads(fitted.stdout.decode().splitlines()[0])
+    listed = _run("list", "--cache", str(tmp_path), "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.decode().splitlines()]
+    [mine] = [r for r in rows if r["key"] == row["key"]]
+    assert mine["text"] == "Hello world" and mine["steps"] == row["steps"]
+    assert mine["accuracy"] == pytest.approx(row["accuracy"])
+    plain = _run("list", "--cache", str(tmp_path)).stdout.decode().splitlines()
+    [line] = [line for line in plain if line.startswith(row["key"][:12])]
+    assert f"{row['accuracy']:.3f}" in line and "'Hello world'" in line
+
+
+def test_ctrl_c_in_fit_exits_130_and_keeps_the_best_vectors(tmp_path):
+    """SIGINT during `core fit`: the fit stops, its best vectors so far are stored (status cancelled) and
+    printed, and the exit code is 130, as a shell reports an interrupted command."""
+    import json
+    import signal
+    import time
+
+    from core.engine.cache import ProtoCache
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "core", "fit", "--text", "Hello world, a text that keeps the fit busy", "--model",
+         TINY_MODEL, "--threshold", "1", "--max-steps", "100000", "--json", "--cache", str(tmp_path)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        # the progress bar on stderr counts steps; wait until a few have run
+        import re
+
+        seen = b""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            chunk = process.stderr.read1(4096)
+            if not chunk:
+                break
+            seen += chunk
+            steps = [int(n) for n in re.findall(rb"(\d+)/100000", seen)]
+            if steps and max(steps) >= 5:
+                break
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, (process.returncode, (seen + err).decode()[-2000:])
+    assert b"Traceback" not in err
+    row = json.loads(out.decode().splitlines()[0])
+    entry = ProtoCache(tmp_path).get(row["key"])
+    assert entry is not None and entry.metrics["status"] == "cancelled" and entry.metrics["steps"] >= 5
+    assert row["steps"] == entry.metrics["steps"]

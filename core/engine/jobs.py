@@ -73,6 +73,10 @@ class BackgroundJob(ABC):
         self._t0 = time.perf_counter()
         self._t_end: float | None = None
         self._traceback: str | None = None
+        # Set when the work has ended. wait() waits on it rather than on Thread.join: a Ctrl-C that interrupts a
+        # join leaves the thread marked stopped on Python < 3.13, so the next join returned at once while the
+        # fit still ran, and `core fit` exited mid-write (an entry's files half written, at times a SIGABRT).
+        self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
 
     def start(self):
@@ -84,7 +88,8 @@ class BackgroundJob(ABC):
         self.cancel_event.set()
 
     def wait(self, timeout: float | None = None):
-        self._thread.join(timeout)
+        """The snapshot once the work has ended, or after ``timeout`` seconds (still running then)."""
+        self._done.wait(timeout)
         return self.snapshot()
 
     def _run(self) -> None:
@@ -99,6 +104,7 @@ class BackgroundJob(ABC):
         finally:
             with self._lock:
                 self._t_end = time.perf_counter()
+            self._done.set()
 
     def _elapsed(self) -> float:
         """Seconds since the start, frozen at the end (call under ``_lock``)."""
