@@ -113,6 +113,33 @@ def test_delete_clear_and_analyses(tmp_cache):
     assert tmp_cache.get_analysis("noise", "k1") is None
 
 
+def test_delete_removes_one_entry_and_clearing_one_model_spares_another():
+    """delete() removes that entry's files only; clear(model) removes that model's entries and spares the other
+    model's; a malformed key deletes nothing."""
+    import dataclasses
+    import tempfile
+
+    import numpy as np
+
+    from tests.conftest import fake_entry
+
+    cache = ProtoCache(tempfile.mkdtemp(prefix="cache-delete-"))
+    mine = [dataclasses.replace(fake_entry(c * 64, f"text {c}", np.zeros(8), np.ones(8)), model="model-a")
+            for c in "ab"]
+    other = dataclasses.replace(fake_entry("c" * 64, "text c", np.zeros(8), np.ones(8)), model="model-b")
+    for entry in [*mine, other]:
+        cache.put(entry)
+    assert cache.count("model-a")[0] == 2 and cache.count("model-b")[0] == 1
+    assert cache.delete("a" * 64) is True
+    assert cache.get("a" * 64) is None and cache.get("b" * 64) is not None
+    assert not list(cache.entries_dir.glob("a" * 64 + "*"))  # no file of it left behind
+    assert cache.delete("a" * 64) is False and cache.delete("../" + "b" * 61) is False
+    cache.put(mine[0])
+    assert cache.clear("model-a") == 2
+    assert cache.get("a" * 64) is None and cache.get("b" * 64) is None
+    assert cache.get("c" * 64) is not None and cache.count("model-b")[0] == 1
+
+
 def test_env_var_sets_root(monkeypatch, tmp_path):
     monkeypatch.setenv("PROTOTOKENS_CACHE", str(tmp_path / "x"))
     assert ProtoCache().root == tmp_path / "x"

@@ -86,6 +86,13 @@ def test_a_shipped_set_shows_at_once_with_maps_scores_and_neighbours(shipped_syn
     at.run()
     assert len(at.dataframe[1].value) == 3
 
+    # Another projection: other coordinates; the perplexity (t-SNE's only) is off.
+    assert not at.number_input(key="emb_perplexity").disabled
+    at.radio(key="emb_method").set_value("PCA").run()
+    assert not at.exception, at.exception
+    pca = [t for t in _charts(at)[0]["data"] if t.get("customdata")]
+    assert len(pca) == len(points) and pca != points
+    assert at.number_input(key="emb_perplexity").disabled
 
 def test_a_bad_upload_names_the_row_and_column(app_cache):
     at = open_page()

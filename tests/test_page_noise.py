@@ -59,7 +59,11 @@ def test_run_draws_the_charts_and_the_table_then_revisits_from_the_cache(tiny_en
     heatmap = _figure(charts[2])["data"][0]
     assert heatmap["type"] == "heatmap" and len(heatmap["x"]) == tiny_entry.n_tokens
     assert heatmap["y"] == ["0", "0.2", "1"] and heatmap["x"][0].startswith("0:")
-    assert len(at.dataframe) >= 1
+    summary = at.dataframe[0].value  # one row per (type, alpha), over the 2 draws
+    assert sorted(set(summary["alpha"])) == [0.0, 0.2, 1.0] and (summary["rows"] == 2).all()
+    assert len(summary) == 3 * summary["type"].nunique() and "gaussian" in set(summary["type"])
+    clean = summary[summary["alpha"] == 0.0]
+    assert (clean["accuracy_mean"] == tiny_entry.metrics["accuracy"]).all()  # no noise: the entry's own accuracy
     assert at.get("download_button")
 
     # A fresh session with the same settings reads the table from the cache without pressing Run.
@@ -91,3 +95,34 @@ def test_no_noise_type_is_a_warning_not_a_crash(tiny_entry):
     at.multiselect(key="noise_kinds").set_value([]).run()
     assert not at.exception
     assert any("noise type" in text for text in _texts(at.warning))
+
+
+def test_several_entries_sweep_together_and_noise_on_m_or_both(tiny_lm, tiny_entry, app_cache):
+    """Several entries: one sweep over both (twice the rows per group, a detail chooser with both); noise on m
+    or on both vectors: another table than on e, and the page says the paper's numbers are for e."""
+    [other] = fit_and_cache(tiny_lm, ["Hi there cat"], preset("fast", max_steps=300), app_cache)
+    at = open_page(PAGE, tiny_entry.key)
+    at.radio(key="noise_scope").set_value("Several entries").run()
+    at.multiselect(key="noise_entries").set_value([tiny_entry.key, other.entry.key]).run()
+    at.number_input(key="noise_draws").set_value(2)
+    at.text_input(key="noise_alphas").set_value("0, 1").run()
+    at.button(key="noise_run").click().run()
+    assert not at.exception, at.exception
+    summary = at.dataframe[0].value
+    assert (summary["rows"] == 2 * 2).all()  # 2 draws x 2 entries in every (type, alpha)
+    assert any("draws and 2 entries" in c for c in _texts(at.caption))
+    detail = at.selectbox(key="noise_detail_entry")
+    assert len(detail.options) == 2
+    on_e = summary.set_index(["type", "alpha"])["accuracy_mean"]
+    assert not any("for noise on e only" in c for c in _texts(at.caption))
+
+    for target in ("m", "both"):
+        at.radio(key="noise_target").set_value(target).run()
+        at.button(key="noise_run").click().run()
+        assert not at.exception, at.exception
+        assert any("The paper's numbers are for noise on e only." in c for c in _texts(at.caption)), target
+        table = at.dataframe[0].value.set_index(["type", "alpha"])["accuracy_mean"]
+        clean = [k for k in table.index if k[1] == 0.0]
+        assert (table[clean] == on_e[clean]).all()  # alpha 0 is the entries' own reconstruction either way
+        noisy = [k for k in table.index if k[1] == 1.0]
+        assert not table[noisy].equals(on_e[noisy]), target  # other vectors perturbed: other results

@@ -13,7 +13,10 @@ def test_page_renders_with_example(app_cache):
     at = open_page("pages/reconstruct.py")
     assert not at.exception
     assert at.title[0].value == "Reconstruct"
-    assert at.text_area(key="text").value
+    from core.texts.textsets import load_examples
+
+    # nothing cached for this model: the first example is in the box, and it fits the model's context
+    assert at.text_area(key="text").value == load_examples()[0].text
     assert any("tokens of at most" in c.value for c in at.caption)
 
 
@@ -30,7 +33,7 @@ def test_fit_short_text_shows_reconstruction(app_cache):
     assert not at.exception
     assert at.subheader[0].value == "Current entry"
     assert any(m.label == "Token accuracy" and m.value == "1.000" for m in at.metric)
-    assert "Hello" in _markdown_text(at)
+    assert [c.value for c in at.code] == ["Hello world"]  # the decoded line is the text, rebuilt
 
 
 def test_cached_entry_renders_without_fitting(tiny_entry, monkeypatch):
@@ -175,3 +178,126 @@ def test_bf16_steps_on_a_cpu_without_a_bf16_unit_fail_in_one_line(app_cache, mon
     assert not at.exception
     assert any("0.3 GFLOP/s against 83" in e.value.replace("\\", "") for e in at.error), [e.value for e in at.error]
     assert app_cache.count()[0] == 0
+
+
+def test_typing_a_cached_text_opens_its_fit_without_fitting(app_cache, monkeypatch):
+    """A text cached with the sidebar's settings opens as soon as it is typed (no Fit click, no fitting); an
+    uncached one does not show it."""
+    import core.engine.fit
+
+    at = open_page("pages/reconstruct.py")
+    at.text_area(key="text").set_value("Hello world").run()
+    at.button[0].click().run()  # Fit, with the sidebar's settings
+    snap = at.session_state["job::" + "reconstruct-single"].wait(120)
+    assert snap.state == "done", snap.error
+    [outcome] = snap.outcomes
+    key = outcome.entry.key
+
+    def no_fit(*a, **k):
+        raise AssertionError("a cached text must open without fitting")
+
+    monkeypatch.setattr(core.engine.fit, "fit_texts", no_fit)
+    fresh = open_page("pages/reconstruct.py")  # another visitor: nothing current, an example in the box
+    assert not any("from the cache" in c.value for c in fresh.caption)
+    fresh.text_area(key="text").set_value("Hello world").run()
+    assert not fresh.exception, fresh.exception
+    assert fresh.subheader[0].value == "Current entry"
+    assert any("from the cache" in c.value for c in fresh.caption)
+    assert any(m.label == "Token accuracy" for m in fresh.metric)
+    assert fresh.session_state["current_entry"] == key and fresh.query_params["entry"] == key
+    fresh.text_area(key="text").set_value("Hello there world").run()  # not cached: the entry shown stays
+    assert fresh.session_state["current_entry"] == key
+    assert next(b for b in fresh.button if b.label == "Refit").disabled
+
+
+def _fit_on_page(at, text: str, button: str = "Fit"):
+    """Type ``text`` and press Fit (or Refit); the finished job's snapshot, after the page's next run."""
+    at.text_area(key="text").set_value(text).run()
+    next(b for b in at.button if b.label == button).click().run()
+    snap = at.session_state["job::reconstruct-single"].wait(120)
+    assert snap.state == "done", snap.error
+    at.run()
+    assert not at.exception, at.exception
+    return snap
+
+
+def test_a_fit_writes_its_entry_into_the_url_and_refit_fits_again(app_cache):
+    """After a fit the link names its entry (?entry=); Refit is off for an uncached text, and on a cached one
+    fits it again (a new entry under the same key, with a later creation time)."""
+    at = open_page("pages/reconstruct.py")
+    at.text_area(key="text").set_value("Hello world").run()
+    assert next(b for b in at.button if b.label == "Refit").disabled  # nothing cached to fit again
+    [outcome] = _fit_on_page(at, "Hello world").outcomes
+    key = outcome.entry.key
+    assert at.query_params["entry"] == key and at.session_state["current_entry"] == key
+    assert any("fitted in this session" in c.value for c in at.caption)
+    created = app_cache.get(key).created
+    refit = next(b for b in at.button if b.label == "Refit")
+    assert not refit.disabled
+    [again] = _fit_on_page(at, "Hello world", "Refit").outcomes
+    assert again.entry.key == key and not again.cached and app_cache.get(key).created > created
+
+
+def test_stop_keeps_the_best_vectors_so_far(app_cache):
+    """Stop during a fit: the job ends cancelled and the page shows the entry with the best vectors so far."""
+    import time
+
+    at = open_page("pages/reconstruct.py", session_state={"thr_fast": 1.0, "steps_fast": 20000})
+    at.text_area(key="text").set_value("Hello world, this text takes a while").run()
+    next(b for b in at.button if b.label == "Fit").click().run()
+    job = at.session_state["job::reconstruct-single"]
+    deadline = time.monotonic() + 60
+    while job.snapshot().step < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    at.run()
+    next(b for b in at.button if b.label == "Stop").click().run()
+    snap = job.wait(60)
+    at.run()
+    assert not at.exception, at.exception
+    [outcome] = snap.outcomes
+    assert outcome.entry.metrics["status"] == "cancelled" and outcome.entry.metrics["steps"] >= 3
+    assert at.session_state["current_entry"] == outcome.entry.key
+    assert any("Stopped by the user" in w.value for w in at.warning)
+    assert not [b for b in at.button if b.label == "Stop"]
+
+
+def test_the_batch_tab_fits_every_line_and_opens_a_picked_row(app_cache):
+    at = open_page("pages/reconstruct.py")
+    at.text_area(key="batch_text").set_value("Hello world\n\nHi there cat").run()
+    at.button(key="fit_batch").click().run()
+    snap = at.session_state["job::reconstruct-batch"].wait(180)
+    assert snap.state == "done", snap.error
+    at.run()
+    table = at.dataframe[0].value
+    assert table["text"].tolist() == ["Hello world", "Hi there cat"]  # the empty line is no text
+    keys = [o.entry.key for o in snap.outcomes]
+    assert all(app_cache.get(k) is not None for k in keys)
+    at.session_state["batch_table"] = {"selection": {"rows": [1], "columns": []}}
+    at.run()
+    assert at.session_state["current_entry"] == keys[1]
+    assert any(c.value.startswith("Hi there cat") for c in at.caption)
+
+
+def test_a_bad_batch_line_says_which_line(app_cache):
+    at = open_page("pages/reconstruct.py")
+    at.text_area(key="batch_text").set_value("Hello world\n" + "word " * 200).run()
+    at.button(key="fit_batch").click().run()
+    assert any(e.value.startswith("Line 2") and "at most" in e.value for e in at.error), [e.value for e in at.error]
+    assert "job::reconstruct-batch" not in at.session_state or at.session_state["job::reconstruct-batch"] is None
+
+
+def test_the_replay_slider_shows_the_reconstruction_at_the_step_chosen(tiny_entry):
+    """The replay slider's first snapshot is the start (mostly wrong), its last the fitted text."""
+    at = open_page("pages/reconstruct.py", entry_key=tiny_entry.key)
+    slider = at.select_slider(key=f"replay_{tiny_entry.key}")
+    steps = [s["step"] for s in tiny_entry.snapshots]
+    assert slider.value == steps[-1]
+
+    slider.set_value(steps[0]).run()
+    assert not at.exception
+    from core.engine.reconstruct import token_metrics
+
+    first = token_metrics(tiny_entry.snapshots[0]["tokens"], tiny_entry.token_ids).accuracy
+    assert f"step {steps[0]}: accuracy {first:.3f}" in _markdown_text(at)
+    at.select_slider(key=f"replay_{tiny_entry.key}").set_value(steps[-1]).run()
+    assert f"step {steps[-1]}: accuracy 1.000" in _markdown_text(at)

@@ -120,13 +120,33 @@ def test_sweep_of_two_settings_then_cache_hit(tiny_lm, tmp_cache, monkeypatch):
     assert len(loaded.results) == 2 and np.array_equal(loaded.results[1].e, result.results[1].e)
 
 
-def test_regulariser_changes_e(tiny_lm, tmp_cache):
+def test_regulariser_changes_e(tiny_lm, tmp_cache, monkeypatch):
+    import core.engine.fit
+
+    draws = []  # every initial vector drawn, in order: (seed, vector)
+    original = core.engine.fit._init_vector
+
+    def recording(hidden, distribution, seed):
+        vector = original(hidden, distribution, seed)
+        draws.append((seed, vector.clone()))
+        return vector
+
+    monkeypatch.setattr(core.engine.fit, "_init_vector", recording)
     settings = [RegulariserSetting(), RegulariserSetting("anchor", 1.0), RegulariserSetting("relational", 1.0)]
-    result = run_regularisers(tiny_lm, TEXTS, GROUPS, settings, _config(), tmp_cache, teacher_emb=_teacher())
-    none, anchor, relational = result.results
+    results, first_draws = [], []
+    for setting in settings:  # one at a time, to tell whose draws are whose
+        draws.clear()
+        [one] = run_regularisers(tiny_lm, TEXTS, GROUPS, [setting], _config(), tmp_cache, teacher_emb=_teacher()).results
+        results.append(one)
+        first_draws.append(draws[: 2 * len(TEXTS)])  # e and m of every text (a redraw may follow)
+    none, anchor, relational = results
     assert not np.allclose(none.e, anchor.e) and not np.allclose(none.e, relational.e)
+    assert len({tuple(r.keys) for r in results}) == 3
     # Same init, so the difference is the regulariser's doing, not the seed's.
-    assert len({tuple(r.keys) for r in result.results}) == 3
+    for other in first_draws[1:]:
+        assert len(other) == 2 * len(TEXTS)
+        assert [seed for seed, _ in other] == [seed for seed, _ in first_draws[0]]
+        assert all(torch.equal(x, y) for (_, x), (_, y) in zip(other, first_draws[0]))
 
 
 def test_stop_keeps_finished_settings(tiny_lm, tmp_cache):
