@@ -164,7 +164,10 @@ def test_ctrl_c_in_fit_exits_130_and_keeps_the_best_vectors(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-m", "core", "fit", "--text", "Hello world, a text that keeps the fit busy", "--model",
          TINY_MODEL, "--threshold", "1", "--max-steps", "100000", "--json", "--cache", str(tmp_path)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        # Ctrl-C's default action, as a shell gives a command it runs: a child inherits an ignored SIGINT, and
+        # something earlier in a full test run leaves the test process ignoring it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # the progress bar on stderr counts steps; wait until a few have run
         import re
@@ -184,8 +187,9 @@ def test_ctrl_c_in_fit_exits_130_and_keeps_the_best_vectors(tmp_path):
     finally:
         process.kill()
     assert process.returncode == 130, (process.returncode, (seen + err).decode()[-2000:])
-    assert b"Traceback" not in err
+    said = (out + err).decode()[-2000:]
+    assert b"Traceback" not in err, said
     row = json.loads(out.decode().splitlines()[0])
     entry = ProtoCache(tmp_path).get(row["key"])
-    assert entry is not None and entry.metrics["status"] == "cancelled" and entry.metrics["steps"] >= 5
-    assert row["steps"] == entry.metrics["steps"]
+    assert entry is not None and entry.metrics["status"] == "cancelled" and entry.metrics["steps"] >= 5, said
+    assert row["steps"] == entry.metrics["steps"], said
