@@ -76,7 +76,7 @@ class BackgroundJob(ABC):
         # Set when the work has ended. wait() waits on it rather than on Thread.join: a Ctrl-C that interrupts a
         # join leaves the thread marked stopped on Python < 3.13, so the next join returned at once while the
         # fit still ran, and `core fit` exited mid-write (an entry's files half written, at times a SIGABRT).
-        self._done = threading.Event()
+        self._work_ended = threading.Event()
         self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
 
     def start(self):
@@ -89,7 +89,7 @@ class BackgroundJob(ABC):
 
     def wait(self, timeout: float | None = None):
         """The snapshot once the work has ended, or after ``timeout`` seconds (still running then)."""
-        self._done.wait(timeout)
+        self._work_ended.wait(timeout)
         return self.snapshot()
 
     def _run(self) -> None:
@@ -104,7 +104,7 @@ class BackgroundJob(ABC):
         finally:
             with self._lock:
                 self._t_end = time.perf_counter()
-            self._done.set()
+            self._work_ended.set()
 
     def _elapsed(self) -> float:
         """Seconds since the start, frozen at the end (call under ``_lock``)."""
