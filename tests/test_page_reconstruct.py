@@ -185,12 +185,7 @@ def test_typing_a_cached_text_opens_its_fit_without_fitting(app_cache, monkeypat
     uncached one does not show it."""
     import core.engine.fit
 
-    at = open_page("pages/reconstruct.py")
-    at.text_area(key="text").set_value("Hello world").run()
-    at.button[0].click().run()  # Fit, with the sidebar's settings
-    snap = at.session_state["job::" + "reconstruct-single"].wait(120)
-    assert snap.state == "done", snap.error
-    [outcome] = snap.outcomes
+    [outcome] = _fit_on_page(open_page("pages/reconstruct.py"), "Hello world").outcomes  # the sidebar's settings
     key = outcome.entry.key
 
     def no_fit(*a, **k):
