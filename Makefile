@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8501
 
-.PHONY: app test bench prefit clean-venv
+.PHONY: app test bench prefit mutate clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ test: $(VENV)/.dev-installed
 
 prefit: $(VENV)/.app-installed
 	$(BIN)/python -m core prefit
+
+# Mutation testing, by hand (not in CI): report in bench/results/mutmut.md.
+$(VENV)/.mutate-installed: requirements-mutate.txt $(VENV)/.dev-installed
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-mutate.txt
+	touch $@
+
+mutate: $(VENV)/.mutate-installed
+	$(BIN)/python bench/mutate.py
 
 clean-venv:
 	rm -rf $(VENV)

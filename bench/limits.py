@@ -5,7 +5,7 @@
     copies, as the issue's "copies memory at about 9 GB/s" counts it).
 (b) A fitting step of the embedded model as core.engine.fit runs it (core.engine.reconstruct.scored_logits, each
     row's cross-entropy, their sum, backward to e and m), at batch 1 and 8 and texts of 16, 32 and 64 tokens:
-    its FLOPs counted from the architecture (core.engine.cost), its time (median of --reps after a warm-up),
+    its FLOPs counted from the architecture (core.engine.cost), its time (the fastest of --reps after a warm-up),
     the share of the matching peak it reaches, and at batch 1 the time its weight reads take at the measured
     read bandwidth (twice the weights: forward and backward). For each way of computing the step:
       float32         today's path: float32 weights, sdpa attention;

@@ -117,3 +117,41 @@ def test_a_report_opens_offline_draws_its_figures_and_requests_nothing(browser, 
     assert drawn == 2, drawn  # the fit curves and the attention heatmap (no noise sweep was run)
     assert requested == [], requested
     assert heading == "Rain <i>fell</i> softly"  # the user's text as text, not markup
+
+
+def test_clicking_a_point_on_the_embeddings_map_selects_its_text(server, browser):
+    """On the shipped pre-fitted set, a click on a point of another group than the selected text's makes that
+    point's text the selected one: the Text box below the maps shows it (the neighbour tables follow it)."""
+    import html
+    import re
+
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server + "/embeddings")
+    find_map = """
+        const gd = [...document.querySelectorAll('.js-plotly-plot')].find(
+            g => g.data && g.data.length && g.data[0].customdata && g.layout.clickmode === 'event+select');
+        return gd ? gd.data.filter(t => t.showlegend !== false && t.customdata).length : 0;"""
+    groups = WebDriverWait(browser, 300).until(lambda d: d.execute_script(find_map))
+    assert groups >= 2, "the map shows one group only"
+
+    def selected() -> str:
+        return browser.find_element(By.CSS_SELECTOR, "input[role='combobox'][aria-label='Text']").get_attribute("value")
+
+    before = selected()
+    # The last group's first point in the first subplot: its hover text (escaped, wrapped), its group, and its SVG
+    # marker (the subplot's trace elements are in the order of its traces in the figure's data).
+    hover, group, point = browser.execute_script("""
+        const gd = [...document.querySelectorAll('.js-plotly-plot')].find(g => g.layout.clickmode === 'event+select');
+        const traces = gd.data.filter(t => (t.xaxis || 'x') === 'x');
+        const t = traces.map(t => Boolean(t.customdata && t.customdata.length)).lastIndexOf(true);
+        const layer = gd.querySelector('.cartesianlayer .subplot.xy .scatterlayer');
+        return [traces[t].customdata[0][1], traces[t].customdata[0][4],
+                layer.querySelectorAll('.trace')[t].querySelector('path.point')];""")
+    expected = " ".join(html.unescape(re.sub(r"<br>", " ", hover)).split())
+    assert not before.endswith(expected), "the point to click is already the selected text"
+    ActionChains(browser).move_to_element(point).click().perform()
+    WebDriverWait(browser, 60).until(lambda d: " ".join(selected().split()).endswith(expected))
+    assert " ".join(selected().split()) == f"[{html.unescape(group)}] {expected}"

@@ -133,6 +133,32 @@ def test_txt_files_keep_their_lines_as_they_are(tmp_path):
                                  ["texts.txt line 1", "texts.txt line 3", "texts.txt line 4"])
 
 
+@pytest.mark.parametrize(("filename", "content"), [
+    ("texts.jsonl", '{"text": "Rain at dawn.", "group": "a"}\n{"text": "Snow, then sun.", "note": 1}\n'),
+    ("texts.json", '[{"text": "Rain at dawn."}, {"text": "Snow, then sun."}]'),
+    ("texts.csv", 'group,text\na,Rain at dawn.\nb,"Snow, then sun."\n'),
+    ("texts.txt", "Rain at dawn.\nSnow, then sun.\n"),
+])
+def test_a_valid_file_fits_each_of_its_texts_into_the_cache(tmp_path, capsys, filename, content):
+    """`core fit --file` on each format it reads: one fit per text (a CSV's quoted comma kept), stored in the
+    cache under the key printed for it, and exit code 0."""
+    import json
+
+    from core.__main__ import main
+    from core.engine.cache import ProtoCache
+
+    path = tmp_path / filename
+    path.write_text(content, encoding="utf-8")
+    cache = tmp_path / "cache"
+    assert main(["fit", "--file", str(path), "--model", TINY_MODEL, "--max-steps", "2", "--quiet", "--json",
+                 "--cache", str(cache)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"key"')]
+    stored = ProtoCache(cache)
+    entries = [stored.get(row["key"]) for row in rows]
+    assert sorted(entry.text for entry in entries) == ["Rain at dawn.", "Snow, then sun."]
+    assert [entry.metrics["steps"] for entry in entries] == [row["steps"] for row in rows]
+
+
 def test_list_shows_what_fit_stored(tmp_path):
     """`core list` lists an entry `core fit` just stored: its key, text, accuracy and steps, as JSON and as a line."""
     import json

@@ -1,5 +1,7 @@
 """AppTest of the Reconstruct page with the tiny random model."""
 
+import pytest
+
 from tests.conftest import open_page
 
 
@@ -296,3 +298,50 @@ def test_the_replay_slider_shows_the_reconstruction_at_the_step_chosen(tiny_entr
     assert f"step {steps[0]}: accuracy {first:.3f}" in _markdown_text(at)
     at.select_slider(key=f"replay_{tiny_entry.key}").set_value(steps[-1]).run()
     assert f"step {steps[-1]}: accuracy 1.000" in _markdown_text(at)
+
+
+def test_the_downloads_hold_the_entry_s_vectors_metrics_and_history(tiny_entry, monkeypatch):
+    """What a person gets from the three downloads of the current entry: its e and m (safetensors), its metadata
+    (JSON: key, text, tokens, metrics, history; no snapshots), its history (CSV, one row a step)."""
+    import io
+    import json
+    from pathlib import PurePosixPath
+
+    import pandas as pd
+    import streamlit.testing.v1.app_test as app_test
+    import torch
+    from safetensors.torch import load as load_safetensors
+
+    managers = []
+
+    class Recording(app_test.MediaFileManager):  # AppTest makes one per run; keep them to read the files back
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            managers.append(self)
+
+    monkeypatch.setattr(app_test, "MediaFileManager", Recording)
+    at = open_page("pages/reconstruct.py", entry_key=tiny_entry.key)
+    assert not at.exception
+    buttons = {b.proto.label: b.proto for b in at.get("download_button")}
+    manager = managers[-1]
+
+    def content(label: str) -> bytes:
+        proto = buttons[label]
+        url = proto.url or manager.execute_deferred(proto.deferred_file_id)  # a callable's data: made on click
+        return manager.read_file(PurePosixPath(url).name).content
+
+    key = tiny_entry.key
+    vectors = load_safetensors(content("e and m (safetensors)"))
+    assert set(vectors) == {"e", "m"}
+    assert torch.equal(vectors["e"], tiny_entry.e) and torch.equal(vectors["m"], tiny_entry.m)
+
+    meta = json.loads(content("Metrics and history (JSON)"))
+    assert meta["key"] == key and meta["text"] == tiny_entry.text and meta["token_ids"] == tiny_entry.token_ids
+    assert meta["metrics"]["accuracy"] == tiny_entry.metrics["accuracy"]
+    assert meta["history"] == tiny_entry.history and "snapshots" not in meta
+
+    history = pd.read_csv(io.BytesIO(content("History (CSV)")))
+    assert list(history.columns) == list(tiny_entry.history)
+    assert history["step"].tolist() == tiny_entry.history["step"]
+    assert history["accuracy"].tolist() == pytest.approx(tiny_entry.history["accuracy"])
+    assert history["loss"].tolist() == pytest.approx(tiny_entry.history["loss"])

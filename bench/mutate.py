@@ -1,0 +1,228 @@
+"""Mutation testing (mutmut) of the modules whose numbers people read; by hand, not in CI.
+
+    make mutate                      # installs requirements-mutate.txt, then runs this script
+    .venv/bin/python bench/mutate.py [--children 2] [--work /tmp/protolab-mutate] [--report-only]
+
+The modules and functions: the metrics (core/engine/reconstruct.py), the noise (core/analyses/noise.py), the
+cache's keys and the reading and checking of its files (core/engine/cache.py), the text-set parsers
+(core/texts/textsets.py). The cache's write plumbing (atomic writes, umask, stale-file sweeps, the SQLite
+listing) is left out: it makes no number and the trust tests cover it.
+
+mutmut 3 does not mutate decorated functions, and the shape-checked ones carry `@checked`
+(core/engine/shapes.py), which does nothing unless PROTOTOKENS_CHECK_SHAPES=1. So the script copies the tree
+(the files git tracks, plus untracked ones it does not ignore) to --work, deletes the `@checked` lines of the
+mutated modules in that copy only, and runs `mutmut run` there, one torch thread per worker. The configuration
+(which modules, which tests) is [tool.mutmut] in pyproject.toml.
+
+Writes bench/results/mutmut.json and bench/results/mutmut.md: per module, mutants killed, survived, timed out,
+without a test; the kill rate; every survivor with its diff, and, where bench/mutmut_harmless.json holds a
+reviewed reason for that mutant (matched on the diff itself, so a stale review is flagged), the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+HARMLESS = ROOT / "bench" / "mutmut_harmless.json"
+
+# mutmut's mangled names: module.x_function or module.xǁClassǁmethod, then __mutmut_N.
+SCOPE = [
+    "core.engine.reconstruct.*",
+    "core.analyses.noise.*",
+    "core.texts.textsets.*",
+    "core.engine.cache.x_cache_key__mutmut_*",
+    "core.engine.cache.x_entry_key__mutmut_*",
+    "core.engine.cache.x_check_key__mutmut_*",
+    "core.engine.cache.x_is_valid_key__mutmut_*",
+    "core.engine.cache.x_check_meta__mutmut_*",
+    "core.engine.cache.x_check_vectors__mutmut_*",
+    "core.engine.cache.x__number__mutmut_*",
+    "core.engine.cache.xǁEntryListingǁfrom_meta__mutmut_*",
+    "core.engine.cache.xǁProtoCacheǁ_parse_meta__mutmut_*",
+    "core.engine.cache.xǁProtoCacheǁget__mutmut_*",
+]
+CHECKED_LINE = re.compile(r"^\s*@checked\s*$")
+# mutmut.stats.status_by_exit_code, without importing mutmut into this process.
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped",
+          36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 37: "killed",
+          None: "not checked", -11: "segfault", -9: "segfault", 2: "interrupted"}
+
+
+def mutated_modules() -> list[str]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
+    return list(config["only_mutate"])
+
+
+def copy_tree(work: Path) -> None:
+    """The files git knows of (tracked, or untracked and not ignored) into a fresh `work`; cache/ and data/
+    are copied as git lists them, so nothing a user fitted is read."""
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    listed = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=ROOT, check=True,
+                            capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            target = work / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
+def strip_checked(work: Path, modules: list[str]) -> int:
+    removed = 0
+    for module in modules:
+        path = work / module
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if not CHECKED_LINE.match(line)]
+        removed += len(lines) - len(kept)
+        path.write_text("".join(kept))
+    return removed
+
+
+def run_mutmut(work: Path, children: int, scope: list[str]) -> float:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               TRANSFORMERS_VERBOSITY="error")
+    env.pop("PROTOTOKENS_CHECK_SHAPES", None)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *scope], cwd=work,
+                   env=env, check=False)
+    return time.perf_counter() - start
+
+
+def exit_codes(work: Path, scope: list[str]) -> dict[str, int | None]:
+    codes: dict[str, int | None] = {}
+    for meta in sorted((work / "mutants").rglob("*.py.meta")):
+        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            if any(fnmatch.fnmatch(name, pattern) for pattern in scope):
+                codes[name] = code
+    return codes
+
+
+def diff_of(work: Path, name: str) -> str:
+    shown = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=work, capture_output=True,
+                           text=True, check=False).stdout
+    lines = shown.splitlines()
+    return "\n".join(lines[1:] if lines and lines[0].startswith("# ") else lines).strip()
+
+
+def fingerprint(diff: str) -> str:
+    """The changed lines only, so a review survives line numbers moving but not the mutation changing."""
+    changed = [line for line in diff.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    return hashlib.sha256("\n".join(changed).encode()).hexdigest()[:16]
+
+
+def module_of(name: str) -> str:
+    return name.split(".x", 1)[0] if ".x" in name else name.rsplit(".", 1)[0]
+
+
+def report(codes: dict[str, int | None], diffs: dict[str, str], harmless: dict[str, dict]) -> dict:
+    modules: dict[str, Counter] = {}
+    survivors = []
+    for name, code in codes.items():
+        status = STATUS.get(code, "suspicious")
+        counts = modules.setdefault(module_of(name), Counter())
+        counts[status] += 1
+        counts["total"] += 1
+        if status in ("survived", "no tests", "timeout", "suspicious"):
+            diff = diffs.get(name, "")
+            review = harmless.get(name)
+            matched = bool(review) and review.get("fingerprint") == fingerprint(diff)
+            if status == "survived" and matched:
+                counts["harmless"] += 1
+            survivors.append({"mutant": name, "status": status, "diff": diff, "fingerprint": fingerprint(diff),
+                              "harmless": review["reason"] if matched else None,
+                              "review_stale": bool(review) and not matched})
+    table = {}
+    for module, counts in sorted(modules.items()):
+        checked = counts["total"] - counts["not checked"] - counts["skipped"]
+        table[module] = {**{k: counts[k] for k in ("total", "killed", "survived", "harmless", "timeout",
+                                                    "no tests", "suspicious", "not checked")},
+                         "kill_rate": round(counts["killed"] / checked, 4) if checked else None,
+                         "kill_rate_with_harmless": (round((counts["killed"] + counts["harmless"]) / checked, 4)
+                                                     if checked else None)}
+    total = Counter()
+    for row in table.values():
+        total.update({k: v for k, v in row.items() if isinstance(v, int)})
+    checked = total["total"] - total["not checked"]
+    table["all"] = {**dict(total), "kill_rate": round(total["killed"] / checked, 4) if checked else None,
+                    "kill_rate_with_harmless": (round((total["killed"] + total["harmless"]) / checked, 4)
+                                                if checked else None)}
+    return {"modules": table, "survivors": survivors}
+
+
+def write_markdown(result: dict, path: Path) -> None:
+    lines = ["# Mutation testing (mutmut)", "",
+             f"{result['when']}, mutmut {result['mutmut']}, {result['children']} workers, "
+             f"{result['seconds'] / 60:.0f} min. Generated by bench/mutate.py; do not edit.", "",
+             "| module | mutants | killed | survived | of which reviewed harmless | timeout | no tests | kill rate |"
+             " with harmless |", "|---|---|---|---|---|---|---|---|---|"]
+    for module, row in result["modules"].items():
+        rate = "-" if row["kill_rate"] is None else f"{row['kill_rate']:.1%}"
+        rate_h = "-" if row["kill_rate_with_harmless"] is None else f"{row['kill_rate_with_harmless']:.1%}"
+        lines.append(f"| {module} | {row['total']} | {row['killed']} | {row['survived']} | {row['harmless']} | "
+                     f"{row['timeout']} | {row['no tests']} | {rate} | {rate_h} |")
+    lines += ["", "## Survivors", ""]
+    for survivor in result["survivors"]:
+        note = (f"harmless: {survivor['harmless']}" if survivor["harmless"]
+                else "review stale: the mutation changed since it was judged" if survivor["review_stale"]
+                else "not reviewed")
+        lines += [f"### {survivor['mutant']} ({survivor['status']}; {note})", "", "```diff", survivor["diff"],
+                  "```", ""]
+    path.write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--children", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/protolab-mutate"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "mutmut.json")
+    parser.add_argument("--report-only", action="store_true",
+                        help="re-read the results of the last run in --work (after editing the harmless list)")
+    parser.add_argument("--only", nargs="*", help="mutant name patterns instead of the whole scope")
+    args = parser.parse_args()
+    scope = args.only or SCOPE
+    seconds = 0.0
+    if not args.report_only:
+        copy_tree(args.work)
+        removed = strip_checked(args.work, mutated_modules())
+        print(f"copied the tree to {args.work}; removed {removed} @checked lines there", flush=True)
+        seconds = run_mutmut(args.work, args.children, scope)
+    elif args.out.exists():
+        seconds = json.loads(args.out.read_text()).get("seconds", 0.0)
+    codes = exit_codes(args.work, SCOPE)
+    if not codes:
+        sys.exit(f"no mutmut results in {args.work}/mutants")
+    diffs = {name: diff_of(args.work, name) for name, code in codes.items()
+             if STATUS.get(code, "suspicious") in ("survived", "no tests", "timeout", "suspicious")}
+    harmless = json.loads(HARMLESS.read_text()) if HARMLESS.exists() else {}
+    from importlib.metadata import version
+    result = {"when": time.strftime("%Y-%m-%d %H:%M"), "mutmut": version("mutmut"), "children": args.children,
+              "seconds": round(seconds, 1), "machine": platform.processor() or platform.machine(),
+              "threads_per_worker": 1, "scope": SCOPE, **report(codes, diffs, harmless)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    write_markdown(result, args.out.with_suffix(".md"))
+    for module, row in result["modules"].items():
+        print(f"{module:28s} {row['killed']:4d}/{row['total']:4d} killed  {row['survived']:3d} survived "
+              f"({row['harmless']} harmless)  kill rate {row['kill_rate']}")
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
