@@ -227,3 +227,68 @@ def test_noise_key_names_every_setting_the_entry_and_the_device(tiny_lm, fitted,
     sweep(tiny_lm, [entry], base.kinds, base.alphas, base.draws, cache=tmp_cache)
     assert load_noise(tiny_lm, [entry], base, tmp_cache) is not None
     assert load_noise(tiny_lm, [entry], dataclasses.replace(base, seed=1), tmp_cache) is None
+
+
+def test_the_summary_and_the_flip_rates_of_rows_in_any_order():
+    """Hand-made rows, shuffled: the summary comes out sorted by type and alpha, with its named columns and exact
+    values; the flip rates are a float [position x alpha] table with named axes, alphas ascending, and `kinds`
+    keeps only those types' rows."""
+    from tests.conftest import fake_entry
+
+    entry = fake_entry("k" * 64, "abc", [0.0], [0.0])  # target tokens [1, 2, 3]
+    rows = pd.DataFrame([
+        # type, alpha, accuracy, correct_prefix_rel, tokens
+        ("uniform", 0.5, 1 / 3, 0.0, [9, 2, 9]),
+        ("gaussian", 0.5, 0.0, 0.0, [9, 9, 9]),
+        ("uniform", 0.0, 1.0, 1.0, [1, 2, 3]),
+        ("gaussian", 0.1, 2 / 3, 2 / 3, [1, 2, 9]),
+        ("gaussian", 0.5, 2 / 3, 1 / 3, [1, 9, 3]),
+        ("gaussian", 0.0, 1.0, 1.0, [1, 2, 3]),
+    ], columns=["type", "alpha", "accuracy", "correct_prefix_rel", "tokens"]).assign(entry=entry.key)
+
+    summary = summarize_noise(rows)
+    assert list(summary.columns) == ["type", "alpha", "accuracy_mean", "accuracy_std", "accuracy_min", "accuracy_max",
+                                     "correct_prefix_rel_mean", "correct_prefix_rel_std", "correct_prefix_rel_min",
+                                     "correct_prefix_rel_max", "rows"]
+    assert list(zip(summary["type"], summary["alpha"])) == [("gaussian", 0.0), ("gaussian", 0.1), ("gaussian", 0.5),
+                                                            ("uniform", 0.0), ("uniform", 0.5)]
+    two = summary.iloc[2]  # gaussian at 0.5: accuracies 0 and 2/3, prefixes 0 and 1/3
+    assert (two["rows"], two["accuracy_mean"], two["accuracy_std"]) == (2, pytest.approx(1 / 3), pytest.approx(1 / 3))
+    assert (two["correct_prefix_rel_min"], two["correct_prefix_rel_max"]) == (0.0, pytest.approx(1 / 3))
+    assert summarize_noise(rows, by=["alpha"])["alpha"].tolist() == [0.0, 0.1, 0.5]
+
+    rates = flip_rates(rows, entry)
+    assert rates.index.equals(pd.RangeIndex(3, name="position")) and rates.columns.name == "alpha"
+    assert list(rates.columns) == [0.0, 0.1, 0.5] and (rates.dtypes == "float64").all()
+    assert rates[0.5].tolist() == [pytest.approx(2 / 3), pytest.approx(2 / 3), pytest.approx(2 / 3)]
+    assert rates[0.1].tolist() == [0.0, 0.0, 1.0] and rates[0.0].tolist() == [0.0, 0.0, 0.0]
+    only_uniform = flip_rates(rows, entry, kinds=["uniform"])
+    assert list(only_uniform.columns) == [0.0, 0.5] and only_uniform[0.5].tolist() == [1.0, 0.0, 1.0]
+
+
+def test_a_stored_sweep_names_its_entry_and_settings_and_a_malformed_one_is_a_miss(tiny_lm, fitted, tmp_cache, caplog):
+    """The file a sweep leaves in the cache says what it is (version, entry, settings: JSON a person and a
+    migration can read); two entries load as one table indexed 0..n-1; a file whose columns are not a table is a
+    miss with a warning naming the sweep, never a crash."""
+    import json
+    import logging
+
+    from core.analyses.noise import NOISE_VERSION, noise_key
+
+    entry, _ = fitted
+    settings = NoiseSettings(kinds=("uniform",), alphas=(0.0, 0.5), draws=2)
+    run_noise(tiny_lm, [entry], settings, cache=tmp_cache)
+    key = noise_key(tiny_lm, entry, settings)
+    meta = json.loads((tmp_cache.root / "analyses" / ANALYSIS_KIND / f"{key}.json").read_text())
+    assert (meta["version"], meta["entry"]) == (NOISE_VERSION, entry.key)
+    assert meta["settings"] == {"kinds": ["uniform"], "alphas": [0.0, 0.5], "draws": 2, "target": "e", "seed": 0}
+
+    both = load_noise(tiny_lm, [entry, entry], settings, tmp_cache)
+    assert both.index.equals(pd.RangeIndex(8)) and len(both) == 2 * 2 * 2
+
+    for columns in (None, 7, ["entry", "type"]):
+        tmp_cache.put_analysis(ANALYSIS_KIND, key, {**meta, "columns": columns})
+        with caplog.at_level(logging.WARNING, logger="core.analyses.noise"):
+            caplog.clear()
+            assert load_noise(tiny_lm, [entry], settings, tmp_cache) is None
+        assert f"Ignoring malformed noise sweep {key[:8]} in the cache" in caplog.text

@@ -184,10 +184,12 @@ def test_builtin_set_round_trips_through_csv():
         (b'{"text": "a"}\n\n{"text": \n', "set.jsonl", "invalid JSON on line 3"),
         (b'{"text": "a"}\n{"group": "g"}\n', "set.jsonl", 'missing column "text" in row 2'),
         (b'{"text": 5}\n', "set.jsonl", 'row 1, column "text" must be a string, got a number'),
-        (b'{"text": "a", "group": ["g"]}\n', "set.jsonl", 'row 1, column "group" must be a string'),
+        (b'{"text": "a", "group": ["g"]}\n', "set.jsonl", 'row 1, column "group" must be a string, got a list'),
+        (b'{"text": true}\n', "set.jsonl", 'row 1, column "text" must be a string, got true/false'),
+        (b'{"text": {"a": 1}}\n', "set.jsonl", 'row 1, column "text" must be a string, got an object'),
         (b'{"text": "a"}\n{"text": ""}\n', "set.jsonl", "empty text in row 2"),
         (b'{"text": "a", "kind": "poem"}\n', "set.json", 'unknown kind "poem" in row 1'),
-        (b"[1, 2]", "set.json", "row 1 must be an object"),
+        (b"[1, 2]", "set.json", 'row 1 must be an object with a "text" key, got a number'),
         (b"text\n\xff\xfehello\n", "set.csv", "cannot decode byte 0xff at position 5"),
         (b"text\nhello\n", "set.xlsx", 'unsupported file type ".xlsx"'),
     ],
@@ -296,3 +298,22 @@ def test_prefitted_builtin_sets_have_the_promised_sizes():
 def test_bad_uploads_name_row_and_column(data, name, expected):
     with pytest.raises(TextSetError, match=expected.replace("(", r"\(").replace(")", r"\)")):
         parse_text_set(data, name)
+
+
+def test_built_in_sets_are_the_same_in_every_process_and_follow_their_seed():
+    """A built-in set, hence its cache keys, depends on its seed only: the group seeds are CRC-32s (not hash(),
+    which changes per process), every default seed is 0, and builtin_set passes its seed on."""
+    import zlib
+
+    from core.texts.textsets import group_seed, syntax_set, variants_set
+
+    assert group_seed("science") == zlib.crc32(b"science") and group_seed("science", 3) == zlib.crc32(b"science") + 3
+    assert variants_set(n_sources=2).equals(variants_set(n_sources=2, seed=0))
+    assert syntax_set().equals(syntax_set(seed=0))
+    small = dict(n_sources=4, n_paraphrases=2, n_lexical=2)
+    assert builtin_set("variants-small", seed=1).equals(variants_set(**small, seed=1))
+    assert not builtin_set("variants-small", seed=1).equals(builtin_set("variants-small"))
+    assert builtin_set("syntax", seed=1).equals(syntax_set(seed=1))
+    assert not syntax_set(seed=1).equals(syntax_set())
+    with pytest.raises(ValueError, match=r"^unknown built-in text set 'poems'; available: " + ", ".join(BUILTIN_SETS) + "$"):
+        builtin_set("poems")
