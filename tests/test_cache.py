@@ -372,3 +372,62 @@ def test_a_listing_is_typed_and_marks_shipped_entries(tiny_lm, tmp_path):
                                                                   mine.entry.n_tokens, tiny_lm.identity)
     assert row.accuracy == mine.entry.metrics["accuracy"] and row.meta["key"] == row.key
     assert [row.key for row in user.list(include_shipped=False)] == [mine.entry.key]
+
+
+# ---- what a bad entry file is told (the warning in the sidebar and in `core list` names the reason) ----------
+
+_GOOD_META = {"key": "a" * 64, "text": "t", "token_ids": [0, 5], "config": {}, "metrics": {"accuracy": 1}}
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    (None, "not a JSON object"),
+    ({"text": 3}, "field 'text' is missing or not a str"),
+    ({"key": "b" * 64}, "its key field names another entry"),
+    ({"token_ids": []}, "token_ids is not a list of token ids"),
+    ({"token_ids": [0, -1]}, "token_ids is not a list of token ids"),
+    ({"token_ids": [0, True]}, "token_ids is not a list of token ids"),
+    ({"token_ids": [0, 1.0]}, "token_ids is not a list of token ids"),
+    ({"metrics": {"accuracy": 1.5}}, "metrics.accuracy is missing or not a number in [0, 1]"),
+    ({"metrics": {"accuracy": -0.1}}, "metrics.accuracy is missing or not a number in [0, 1]"),
+    ({"metrics": {"accuracy": True}}, "metrics.accuracy is missing or not a number in [0, 1]"),
+    ({"metrics": {"accuracy": "1"}}, "metrics.accuracy is missing or not a number in [0, 1]"),
+    ({"history": []}, "field 'history' has the wrong type"),
+    ({"snapshots": {}}, "field 'snapshots' has the wrong type"),
+])
+def test_a_bad_entry_file_is_told_exactly_what_is_wrong(change, reason):
+    from core.engine.cache import check_meta
+
+    meta = None if change is None else {**_GOOD_META, **change}
+    with pytest.raises(ValueError) as raised:
+        check_meta(meta, "a" * 64)
+    assert str(raised.value) == reason
+
+
+def test_the_edges_of_a_good_entry_file_pass():
+    from core.engine.cache import check_meta
+
+    for change in ({"token_ids": [0]}, {"metrics": {"accuracy": 0}}, {"metrics": {"accuracy": 1.0}},
+                   {"history": {}, "snapshots": []}):
+        assert check_meta({**_GOOD_META, **change}, "a" * 64)["key"] == "a" * 64
+
+
+def test_a_bad_key_is_shown_shortened_in_its_message():
+    from core.engine.cache import CacheKeyError, check_key
+
+    for key, shown in (("x" * 38, repr("x" * 38)), ("x" * 39, repr("x" * 39)[:37] + "..."), (None, "None")):
+        with pytest.raises(CacheKeyError) as raised:
+            check_key(key)
+        assert str(raised.value) == f"{shown} is not a cache key (64 hexadecimal characters)."
+    assert check_key("0" * 64) == "0" * 64
+
+
+def test_a_listing_row_reads_what_the_file_says_and_nothing_else():
+    from core.engine.cache import EntryListing
+
+    row = EntryListing.from_meta({**_GOOD_META, "model": "m", "model_name": "M", "created": 12.5, "group": "g"})
+    assert (row.model, row.model_name, row.created, row.group, row.shipped) == ("m", "M", 12.5, "g", False)
+    bare = EntryListing.from_meta({**_GOOD_META, "created": float("nan")}, shipped=True)
+    assert (bare.model, bare.model_name, bare.created, bare.group, bare.shipped) == ("", "", 0.0, None, True)
+    assert EntryListing.from_meta({**_GOOD_META, "created": "yesterday"}).created == 0.0
+    assert bare.meta == {k: v for k, v in {**_GOOD_META, "model": "", "model_name": "", "created": 0.0,
+                                          "group": None}.items()}

@@ -170,3 +170,21 @@ def test_a_spec_takes_one_draw_and_names_what_is_wrong() -> None:
         NoiseSpec(draws=0)
     with pytest.raises(ValueError, match=r"^unknown noise target 'x'; valid targets: e, m, both$"):
         NoiseSpec(target="x")
+
+
+def test_add_noise_adds_the_scaled_unit_direction_and_names_a_shapeless_target(target: torch.Tensor) -> None:
+    direction = sample_noise_direction("uniform", (2, HIDDEN), make_generator(3))
+    rows = target.expand(2, -1)
+    expected = rows + 0.4 * rows.norm(dim=-1, keepdim=True) * direction / direction.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(add_noise(rows, "uniform", 0.4, make_generator(3)), expected, rtol=0, atol=1e-5)
+    unchecked_add, unchecked_direction, unchecked_copies = (inspect.unwrap(f) for f in
+                                                             (add_noise, sample_noise_direction, noisy_copies))
+    with pytest.raises(ValueError, match=r"^target needs at least one dimension \[\.\.\., hidden\]$"):
+        unchecked_add(torch.tensor(1.0), "uniform", 0.1, make_generator(0))
+    with pytest.raises(ValueError, match=r"^shape needs at least one dimension \(the width\)$"):
+        unchecked_direction("uniform", (), make_generator(0))
+    with pytest.raises(ValueError, match=r"^target must be one vector \[hidden\], got shape \(2, 3\)$"):
+        unchecked_copies(torch.zeros(2, 3), "uniform", 0.1, draws=1, seed=0)
+    with pytest.raises(ValueError, match=r"^draws must be >= 1, got 0$"):
+        unchecked_copies(target, "uniform", 0.1, draws=0, seed=0)
+    assert noisy_copies(target.double(), "uniform", 0.1, draws=2, seed=0).dtype == torch.float32

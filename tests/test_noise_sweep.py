@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import pytest
 import torch
@@ -292,3 +294,81 @@ def test_a_stored_sweep_names_its_entry_and_settings_and_a_malformed_one_is_a_mi
             caplog.clear()
             assert load_noise(tiny_lm, [entry], settings, tmp_cache) is None
         assert f"Ignoring malformed noise sweep {key[:8]} in the cache" in caplog.text
+
+
+def test_the_sweep_decodes_each_type_alpha_and_target_s_own_noise(tiny_lm, fitted, monkeypatch):
+    """Every (type, alpha) of a sweep decodes exactly noisy_pair's vectors for that spec, with the entry's own
+    seed: a sweep that used one type, one alpha or another target for all would show wrong curves."""
+    from core.analyses.noise import NoiseSpec, entry_seed, noisy_pair
+
+    entry, _ = fitted
+    seen = []
+    real = core.analyses.noise._decode_draws
+
+    def recording(lm, entry_, noisy_e, noisy_m, batched):
+        seen.append((noisy_e.clone(), noisy_m.clone()))
+        return real(lm, entry_, noisy_e, noisy_m, batched)
+
+    monkeypatch.setattr(core.analyses.noise, "_decode_draws", recording)
+    kinds, alphas = ("uniform", "sinusoidal"), (0.2, 0.7)
+    sweep(tiny_lm, [entry], kinds, alphas, draws=2, target="m", seed=5)
+    expected = [noisy_pair(entry.e, entry.m, NoiseSpec(kind=k, alpha=a, draws=2, seed=entry_seed(5, entry.key),
+                                                       target="m")) for k in kinds for a in alphas]
+    assert len(seen) == len(expected) == 4
+    for (e, m), (want_e, want_m) in zip(seen, expected):
+        assert torch.equal(e, want_e) and torch.equal(m, want_m)
+
+
+def test_an_entry_s_noise_seed_and_a_sweep_s_key_are_pinned():
+    """The seed derivation decides every stored sweep's numbers while its key stays: changing it must bump
+    NOISE_VERSION. The key moves with the version, the model's identity, the device and the settings."""
+    from types import SimpleNamespace
+
+    from core.analyses.noise import entry_seed, noise_key
+    from tests.conftest import fake_entry
+
+    assert (entry_seed(0, "a" * 64), entry_seed(5, "b" * 64)) == (3563297203, 689059282)
+    entry = fake_entry("c" * 64, "abc", [0.0], [0.0])
+    lm = SimpleNamespace(identity="model-a", device=torch.device("cpu"))
+    key = noise_key(lm, entry, NoiseSettings())
+    assert noise_key(SimpleNamespace(identity="model-b", device=lm.device), entry, NoiseSettings()) != key
+    assert noise_key(lm, entry, NoiseSettings(draws=2)) != key
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(core.analyses.noise, "NOISE_VERSION", f"{core.analyses.noise.NOISE_VERSION}-next")
+        assert noise_key(lm, entry, NoiseSettings()) != key
+
+
+def test_sweep_settings_take_their_bounds_and_name_what_is_wrong(tiny_lm, fitted):
+    from core.analyses.noise import MAX_ALPHAS, MAX_DRAWS
+
+    assert NoiseSettings(draws=1).draws == 1 and NoiseSettings(draws=MAX_DRAWS).draws == MAX_DRAWS
+    loose = NoiseSettings(draws=3.0, seed=2.0)
+    assert (type(loose.draws), type(loose.seed)) == (int, int)
+    assert len(NoiseSettings(alphas=tuple(i / 100 for i in range(MAX_ALPHAS))).alphas) == MAX_ALPHAS
+    for bad, message in ((dict(draws=0), f"draws must be between 1 and {MAX_DRAWS}, got 0"),
+                         (dict(draws=MAX_DRAWS + 1), f"draws must be between 1 and {MAX_DRAWS}, got {MAX_DRAWS + 1}"),
+                         (dict(alphas=tuple(i / 100 for i in range(MAX_ALPHAS + 1))),
+                          f"{MAX_ALPHAS + 1} alphas given; at most {MAX_ALPHAS}"),
+                         (dict(alphas=()), "give at least one alpha"), (dict(kinds=()), "choose at least one noise type"),
+                         (dict(target="x"), "unknown noise target 'x'; valid targets: e, m, both")):
+        with pytest.raises(ValueError) as raised:
+            NoiseSettings(**bad)
+        assert str(raised.value) == message
+    entry, _ = fitted
+    with pytest.raises(ValueError, match="^no entries to sweep: choose at least one fitted entry$"):
+        run_noise(tiny_lm, [], NoiseSettings())
+    other = dataclasses.replace(entry, model="another", model_name="")
+    with pytest.raises(ValueError, match=rf"^entry {entry.key[:8]} was fitted on 'another', not on .*; proto-tokens only "
+                                         "mean something to the model they were fitted for$"):
+        run_noise(tiny_lm, [other], NoiseSettings())
+    narrow = dataclasses.replace(entry)
+    object.__setattr__(narrow, "m", entry.m[:-1])  # only m of another width (a CacheEntry's own check refuses it)
+    with pytest.raises(ValueError, match=rf"^entry {entry.key[:8]} has width \({tiny_lm.hidden_size},\), the model "):
+        run_noise(tiny_lm, [narrow], NoiseSettings())
+
+
+def test_progress_counts_each_type_and_alpha_once(tiny_lm, fitted):
+    entry, _ = fitted
+    fractions = []
+    sweep(tiny_lm, [entry, entry], ("uniform",), (0.0, 0.1, 0.5), draws=1, progress=fractions.append)
+    assert fractions == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0])
