@@ -15,15 +15,15 @@ mutated modules in that copy only, and runs `mutmut run` there, one torch thread
 (which modules, which tests) is [tool.mutmut] in pyproject.toml.
 
 Writes bench/results/mutmut.json and bench/results/mutmut.md: per module, mutants killed, survived, timed out,
-without a test; the kill rate; every survivor with its diff, and, where bench/mutmut_harmless.json holds a
-reviewed reason for that mutant (matched on the diff itself, so a stale review is flagged), the reason.
+without a test; the kill rate; every survivor with its diff, and, where a rule of bench/mutmut_harmless.json
+(a kind of change judged by hand not to alter a result here, matched on the diff's lines) covers it, the rule.
+--rerun-survivors, after adding tests: copies tests/ into --work again and reruns the last run's survivors only.
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
-import hashlib
 import json
 import os
 import platform
@@ -121,17 +121,25 @@ def diff_of(work: Path, name: str) -> str:
     return "\n".join(lines[1:] if lines and lines[0].startswith("# ") else lines).strip()
 
 
-def fingerprint(diff: str) -> str:
-    """The changed lines only, so a review survives line numbers moving but not the mutation changing."""
-    changed = [line for line in diff.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))]
-    return hashlib.sha256("\n".join(changed).encode()).hexdigest()[:16]
-
-
 def module_of(name: str) -> str:
     return name.split(".x", 1)[0] if ".x" in name else name.rsplit(".", 1)[0]
 
 
-def report(codes: dict[str, int | None], diffs: dict[str, str], harmless: dict[str, dict]) -> dict:
+def harmless_rule(diff: str, rules: list[dict]) -> dict | None:
+    """The first rule of bench/mutmut_harmless.json that covers this diff, if any."""
+    removed = [line[1:] for line in diff.splitlines() if line.startswith("-") and not line.startswith("---")]
+    added = [line[1:] for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    for rule in rules:
+        if not any(re.search(rule["removed"], line) for line in removed):
+            continue
+        if "added" in rule and any(re.search(rule["added"], line) for line in added):
+            return rule
+        if "added_lacks" in rule and not any(re.search(rule["added_lacks"], line) for line in added):
+            return rule
+    return None
+
+
+def report(codes: dict[str, int | None], diffs: dict[str, str], rules: list[dict]) -> dict:
     modules: dict[str, Counter] = {}
     survivors = []
     for name, code in codes.items():
@@ -141,13 +149,11 @@ def report(codes: dict[str, int | None], diffs: dict[str, str], harmless: dict[s
         counts["total"] += 1
         if status in ("survived", "no tests", "timeout", "suspicious"):
             diff = diffs.get(name, "")
-            review = harmless.get(name)
-            matched = bool(review) and review.get("fingerprint") == fingerprint(diff)
-            if status == "survived" and matched:
+            rule = harmless_rule(diff, rules) if status == "survived" else None
+            if rule:
                 counts["harmless"] += 1
-            survivors.append({"mutant": name, "status": status, "diff": diff, "fingerprint": fingerprint(diff),
-                              "harmless": review["reason"] if matched else None,
-                              "review_stale": bool(review) and not matched})
+            survivors.append({"mutant": name, "status": status, "diff": diff,
+                              "harmless": f"{rule['rule']}: {rule['reason']}" if rule else None})
     table = {}
     for module, counts in sorted(modules.items()):
         checked = counts["total"] - counts["not checked"] - counts["skipped"]
@@ -179,9 +185,7 @@ def write_markdown(result: dict, path: Path) -> None:
                      f"{row['timeout']} | {row['no tests']} | {rate} | {rate_h} |")
     lines += ["", "## Survivors", ""]
     for survivor in result["survivors"]:
-        note = (f"harmless: {survivor['harmless']}" if survivor["harmless"]
-                else "review stale: the mutation changed since it was judged" if survivor["review_stale"]
-                else "not reviewed")
+        note = f"harmless, {survivor['harmless']}" if survivor["harmless"] else "not judged harmless"
         lines += [f"### {survivor['mutant']} ({survivor['status']}; {note})", "", "```diff", survivor["diff"],
                   "```", ""]
     path.write_text("\n".join(lines))
@@ -195,10 +199,20 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true",
                         help="re-read the results of the last run in --work (after editing the harmless list)")
     parser.add_argument("--only", nargs="*", help="mutant name patterns instead of the whole scope")
+    parser.add_argument("--rerun-survivors", action="store_true",
+                        help="copy tests/ into --work again and run only the last run's survivors (after adding tests)")
     args = parser.parse_args()
     scope = args.only or SCOPE
     seconds = 0.0
-    if not args.report_only:
+    if args.rerun_survivors:
+        previous = json.loads(args.out.read_text()).get("seconds", 0.0) if args.out.exists() else 0.0
+        names = [name for name, code in exit_codes(args.work, SCOPE).items()
+                 if STATUS.get(code, "suspicious") in ("survived", "timeout", "suspicious")]
+        shutil.rmtree(args.work / "tests")
+        shutil.copytree(ROOT / "tests", args.work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+        print(f"rerunning {len(names)} survivors with the tests of {ROOT}", flush=True)
+        seconds = previous + run_mutmut(args.work, args.children, names)
+    elif not args.report_only:
         copy_tree(args.work)
         removed = strip_checked(args.work, mutated_modules())
         print(f"copied the tree to {args.work}; removed {removed} @checked lines there", flush=True)
@@ -210,11 +224,11 @@ def main() -> None:
         sys.exit(f"no mutmut results in {args.work}/mutants")
     diffs = {name: diff_of(args.work, name) for name, code in codes.items()
              if STATUS.get(code, "suspicious") in ("survived", "no tests", "timeout", "suspicious")}
-    harmless = json.loads(HARMLESS.read_text()) if HARMLESS.exists() else {}
+    rules = json.loads(HARMLESS.read_text())["rules"] if HARMLESS.exists() else []
     from importlib.metadata import version
     result = {"when": time.strftime("%Y-%m-%d %H:%M"), "mutmut": version("mutmut"), "children": args.children,
               "seconds": round(seconds, 1), "machine": platform.processor() or platform.machine(),
-              "threads_per_worker": 1, "scope": SCOPE, **report(codes, diffs, harmless)}
+              "threads_per_worker": 1, "scope": SCOPE, **report(codes, diffs, rules)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False))
     write_markdown(result, args.out.with_suffix(".md"))
