@@ -431,3 +431,43 @@ def test_a_listing_row_reads_what_the_file_says_and_nothing_else():
     assert EntryListing.from_meta({**_GOOD_META, "created": "yesterday"}).created == 0.0
     assert bare.meta == {k: v for k, v in {**_GOOD_META, "model": "", "model_name": "", "created": 0.0,
                                           "group": None}.items()}
+
+
+def test_an_entry_reads_back_every_field_and_the_shipped_cache_gets_the_width_check(tmp_path):
+    """get() returns what the files say, with the defaults of an older file (no history, snapshots, model name,
+    group or time); a key missing from the cache is looked up in the shipped one, which refuses another width."""
+    from safetensors.torch import save_file
+
+    from core.engine.cache import CacheEntry
+
+    e, m = torch.ones(4), torch.full((4,), 2.0)
+    shipped = ProtoCache(tmp_path / "shipped")
+    full = CacheEntry(key="d" * 64, model="mod", model_name="Mod", text="t", token_ids=[3], config={"a": 1},
+                      metrics={"accuracy": 0.5}, history={"step": [0]}, e=e, m=m, snapshots=[{"step": 0}],
+                      group="g", created=7.0)
+    shipped.put(full)
+    cache = ProtoCache(tmp_path / "own", shipped=tmp_path / "shipped")
+    got = cache.get("d" * 64, hidden=4)
+    assert (got.model, got.model_name, got.group, got.created, got.history, got.snapshots) == \
+        ("mod", "Mod", "g", 7.0, {"step": [0]}, [{"step": 0}])
+    assert cache.get("d" * 64, hidden=5) is None  # the shipped entry is checked against the width too
+    assert cache.get("d" * 64) is not None
+
+    old = tmp_path / "own" / "prototokens"
+    old.mkdir(parents=True)
+    (old / f"{'e' * 64}.json").write_text(json.dumps({"key": "e" * 64, "text": "t", "token_ids": [1], "config": {},
+                                                        "metrics": {"accuracy": 1.0}}))
+    save_file({"e": e, "m": m}, str(old / f"{'e' * 64}.safetensors"))
+    bare = cache.get("e" * 64)
+    assert (bare.model, bare.model_name, bare.group, bare.created, bare.history, bare.snapshots) == \
+        ("", "", None, 0.0, {}, [])
+
+
+def test_vectors_that_cannot_be_proto_tokens_are_named():
+    from core.engine.cache import check_vectors
+
+    for e, m, message in ((torch.zeros(4), torch.zeros(2, 2), r"^e and m must be 1-D vectors of one width \(got \(4,\) and \(2, 2\)\)$"),
+                          (torch.zeros(2, 2), torch.zeros(4), r"^e and m must be 1-D vectors of one width \(got \(2, 2\) and \(4,\)\)$"),
+                          (torch.zeros(4), torch.tensor([0, 0, 0, float("nan")]), r"^e or m holds NaN or infinite values$")):
+        with pytest.raises(ValueError, match=message):
+            check_vectors(e, m)

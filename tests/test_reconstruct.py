@@ -164,3 +164,18 @@ def test_reconstruct_reads_the_vectors_in_the_layout_it_is_given(tiny_lm):
     assert by_layout["e+m*N"] == predict_tokens(tiny_lm, e, m, 6, "e+m*N")[0].tolist()
     assert by_layout["e+m*(N-1)"] == predict_tokens(tiny_lm, e, m, 6, "e+m*(N-1)")[0].tolist()
     assert by_layout["e+m*N"] != by_layout["e+m*(N-1)"]
+
+
+def test_float32_proto_tokens_reconstruct_on_a_bfloat16_model():
+    """e and m are float32 (fitted, cached); a model loaded in bf16 (a GPU's default) takes them cast to its
+    dtype, and gives the same tokens for the same vectors as long as bf16 keeps the argmax."""
+    import torch
+
+    from core.engine.models import TINY_MODEL, load_model
+    from core.engine.reconstruct import reconstruct
+
+    lm = load_model(TINY_MODEL, device="cpu", dtype="bfloat16")
+    assert lm.dtype == torch.bfloat16
+    e = torch.randn(lm.hidden_size, generator=torch.Generator().manual_seed(0))
+    result = reconstruct(lm, e, e.clone(), [1, 2, 3], "e+m*N")
+    assert len(result.token_ids) == 3
