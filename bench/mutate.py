@@ -202,12 +202,14 @@ def main() -> None:
     parser.add_argument("--rerun-survivors", action="store_true",
                         help="copy tests/ into --work again and run only the last run's survivors (after adding tests)")
     args = parser.parse_args()
-    scope = args.only or SCOPE
+    scope = (None if args.rerun_survivors else args.only) or SCOPE
     seconds = 0.0
     if args.rerun_survivors:
         previous = json.loads(args.out.read_text()).get("seconds", 0.0) if args.out.exists() else 0.0
         names = [name for name, code in exit_codes(args.work, SCOPE).items()
                  if STATUS.get(code, "suspicious") in ("survived", "timeout", "suspicious")]
+        if args.only:
+            names = [name for name in names if any(fnmatch.fnmatch(name, pattern) for pattern in args.only)]
         shutil.rmtree(args.work / "tests")
         shutil.copytree(ROOT / "tests", args.work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
         print(f"rerunning {len(names)} survivors with the tests of {ROOT}", flush=True)
