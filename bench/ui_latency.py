@@ -84,7 +84,8 @@ def type_text(driver, text: str) -> None:
 def click_label(driver, label: str) -> None:
     from selenium.webdriver.common.by import By
 
-    driver.find_element(By.XPATH, f"//label[.//p[text()='{label}']]").click()
+    # By the start of the label: the presets read "fast (this lab's)" and "paper (Mezentsev & Oseledets 2025)".
+    driver.find_element(By.XPATH, f"//label[.//p[starts-with(text(), '{label}')]]").click()
 
 
 def click_button(driver, label: str) -> None:
