@@ -36,6 +36,8 @@ import tomllib
 from collections import Counter
 from pathlib import Path
 
+from mutmut.stats import status_by_exit_code  # mutmut's own reading of a mutant's exit code
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 HARMLESS = ROOT / "bench" / "mutmut_harmless.json"
@@ -57,10 +59,9 @@ SCOPE = [
     "core.engine.cache.xǁProtoCacheǁget__mutmut_*",
 ]
 CHECKED_LINE = re.compile(r"^\s*@checked\s*$")
-# mutmut.stats.status_by_exit_code, without importing mutmut into this process.
-STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped",
-          36: "timeout", 24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", 37: "killed",
-          None: "not checked", -11: "segfault", -9: "segfault", 2: "interrupted"}
+# The statuses a rerun after new tests can still change (what the report lists with diffs, "no tests" too).
+RERUN = ("survived", "timeout", "suspicious")
+LISTED = (*RERUN, "no tests")
 
 
 def mutated_modules() -> list[str]:
@@ -143,33 +144,32 @@ def report(codes: dict[str, int | None], diffs: dict[str, str], rules: list[dict
     modules: dict[str, Counter] = {}
     survivors = []
     for name, code in codes.items():
-        status = STATUS.get(code, "suspicious")
+        status = status_by_exit_code[code]
         counts = modules.setdefault(module_of(name), Counter())
         counts[status] += 1
         counts["total"] += 1
-        if status in ("survived", "no tests", "timeout", "suspicious"):
+        if status in LISTED:
             diff = diffs.get(name, "")
             rule = harmless_rule(diff, rules) if status == "survived" else None
             if rule:
                 counts["harmless"] += 1
             survivors.append({"mutant": name, "status": status, "diff": diff,
                               "harmless": f"{rule['rule']}: {rule['reason']}" if rule else None})
-    table = {}
-    for module, counts in sorted(modules.items()):
-        checked = counts["total"] - counts["not checked"] - counts["skipped"]
-        table[module] = {**{k: counts[k] for k in ("total", "killed", "survived", "harmless", "timeout",
-                                                    "no tests", "suspicious", "not checked")},
-                         "kill_rate": round(counts["killed"] / checked, 4) if checked else None,
-                         "kill_rate_with_harmless": (round((counts["killed"] + counts["harmless"]) / checked, 4)
-                                                     if checked else None)}
-    total = Counter()
-    for row in table.values():
-        total.update({k: v for k, v in row.items() if isinstance(v, int)})
-    checked = total["total"] - total["not checked"]
-    table["all"] = {**dict(total), "kill_rate": round(total["killed"] / checked, 4) if checked else None,
-                    "kill_rate_with_harmless": (round((total["killed"] + total["harmless"]) / checked, 4)
-                                                if checked else None)}
+    table = {module: _row(counts) for module, counts in sorted(modules.items())}
+    table["all"] = _row(sum(modules.values(), Counter()))
     return {"modules": table, "survivors": survivors}
+
+
+def _row(counts: Counter) -> dict:
+    """One line of the table: the counts, and the kill rates over the mutants that were checked."""
+    checked = counts["total"] - counts["not checked"] - counts["skipped"]
+
+    def rate(found: int) -> float | None:
+        return round(found / checked, 4) if checked else None
+
+    return {**{k: counts[k] for k in ("total", "killed", "survived", "harmless", "timeout", "no tests", "suspicious",
+                                      "not checked")},
+            "kill_rate": rate(counts["killed"]), "kill_rate_with_harmless": rate(counts["killed"] + counts["harmless"])}
 
 
 def write_markdown(result: dict, path: Path) -> None:
@@ -206,8 +206,7 @@ def main() -> None:
     seconds = 0.0
     if args.rerun_survivors:
         previous = json.loads(args.out.read_text()).get("seconds", 0.0) if args.out.exists() else 0.0
-        names = [name for name, code in exit_codes(args.work, SCOPE).items()
-                 if STATUS.get(code, "suspicious") in ("survived", "timeout", "suspicious")]
+        names = [name for name, code in exit_codes(args.work, SCOPE).items() if status_by_exit_code[code] in RERUN]
         if args.only:
             names = [name for name in names if any(fnmatch.fnmatch(name, pattern) for pattern in args.only)]
         shutil.rmtree(args.work / "tests")
@@ -224,8 +223,7 @@ def main() -> None:
     codes = exit_codes(args.work, SCOPE)
     if not codes:
         sys.exit(f"no mutmut results in {args.work}/mutants")
-    diffs = {name: diff_of(args.work, name) for name, code in codes.items()
-             if STATUS.get(code, "suspicious") in ("survived", "no tests", "timeout", "suspicious")}
+    diffs = {name: diff_of(args.work, name) for name, code in codes.items() if status_by_exit_code[code] in LISTED}
     rules = json.loads(HARMLESS.read_text())["rules"] if HARMLESS.exists() else []
     from importlib.metadata import version
     result = {"when": time.strftime("%Y-%m-%d %H:%M"), "mutmut": version("mutmut"), "children": args.children,

@@ -130,11 +130,10 @@ def test_clicking_a_point_on_the_embeddings_map_selects_its_text(server, browser
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(server + "/embeddings")
-    find_map = """
-        const gd = [...document.querySelectorAll('.js-plotly-plot')].find(
-            g => g.data && g.data.length && g.data[0].customdata && g.layout.clickmode === 'event+select');
-        return gd ? gd.data.filter(t => t.showlegend !== false && t.customdata).length : 0;"""
-    groups = WebDriverWait(browser, 300).until(lambda d: d.execute_script(find_map))
+    # The maps are the one plotly chart that selects points on a click.
+    the_map = "const gd = [...document.querySelectorAll('.js-plotly-plot')].find(g => g.layout.clickmode === 'event+select');"
+    groups = WebDriverWait(browser, 300).until(lambda d: d.execute_script(the_map + """
+        return gd && gd.data[0].customdata ? gd.data.filter(t => t.showlegend !== false && t.customdata).length : 0;"""))
     assert groups >= 2, "the map shows one group only"
 
     def selected() -> str:
@@ -143,8 +142,7 @@ def test_clicking_a_point_on_the_embeddings_map_selects_its_text(server, browser
     before = selected()
     # The last group's first point in the first subplot: its hover text (escaped, wrapped), its group, and its SVG
     # marker (the subplot's trace elements are in the order of its traces in the figure's data).
-    hover, group, point = browser.execute_script("""
-        const gd = [...document.querySelectorAll('.js-plotly-plot')].find(g => g.layout.clickmode === 'event+select');
+    hover, group, point = browser.execute_script(the_map + """
         const traces = gd.data.filter(t => (t.xaxis || 'x') === 'x');
         const t = traces.map(t => Boolean(t.customdata && t.customdata.length)).lastIndexOf(true);
         const layer = gd.querySelector('.cartesianlayer .subplot.xy .scatterlayer');
