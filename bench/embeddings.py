@@ -62,7 +62,7 @@ def core_timings(set_name: str, repeats: int) -> tuple[dict, dict]:
     cache = ProtoCache(Path(os.environ["PROTOTOKENS_CACHE"]), shipped=SHIPPED_ROOT)
     frame = builtin_set(set_name)
     texts = frame["text"].tolist()
-    choice = emb.config_choices(lm, set_name, preset("paper"), False)[0]
+    choice = emb.config_choices(lm, set_name, preset("first-paper"), False)[0]
     steps: dict[str, list[float]] = {}
 
     def timed(label, fn):

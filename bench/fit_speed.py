@@ -221,7 +221,7 @@ def main() -> None:
             for seed in range(args.seeds):
                 for method, run in (
                     ("a_paper_loop", lambda: paper_loop(lm, text, seed, args.cap)),
-                    ("b_core_paper", lambda: library_fit(lm, text, preset("paper", seed=seed, max_steps=args.cap))),
+                    ("b_core_paper", lambda: library_fit(lm, text, preset("first-paper", seed=seed, max_steps=args.cap))),
                     ("c_core_fast", lambda: library_fit(lm, text, preset("fast", seed=seed, start=""))),
                     ("d_fast_start", lambda: library_fit(lm, text, preset("fast", seed=seed), cache)),
                 ):

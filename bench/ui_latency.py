@@ -84,7 +84,7 @@ def type_text(driver, text: str) -> None:
 def click_label(driver, label: str) -> None:
     from selenium.webdriver.common.by import By
 
-    # By the start of the label: the presets read "fast (this lab's)" and "paper (Mezentsev & Oseledets 2025)".
+    # By the start of the label: the presets read "fast (this lab's)", "first paper (Mezentsev & Oseledets 2025)" and "seed paper's code (...)".
     driver.find_element(By.XPATH, f"//label[.//p[starts-with(text(), '{label}')]]").click()
 
 
@@ -137,20 +137,20 @@ def main(argv: list[str] | None = None) -> int:
             key = re.search(r"[?&]entry=([0-9a-f]+)", driver.current_url).group(1)
 
             # 2. Widgets during a long fit.
-            click_label(driver, "paper")
-            wait_for(lambda: lr_value(driver) == "0.0100", 30, "the paper preset")
+            click_label(driver, "first paper")
+            wait_for(lambda: lr_value(driver) == "0.0100", 30, "the first paper preset")
             type_text(driver, LONG)
             click_button(driver, "Fit")
             wait_for(lambda: (step_shown(driver) or 0) >= 1, 120, "the long fit to start")
             first_step = step_shown(driver)
             switches = []
             for i in range(2 * args.repeats):
-                name, lr = ("fast", "0.0500") if i % 2 == 0 else ("paper", "0.0100")
+                name, lr = ("fast", "0.0500") if i % 2 == 0 else ("first paper", "0.0100")
                 start = time.perf_counter()
                 click_label(driver, name)
                 switches.append(wait_for(lambda lr=lr: lr_value(driver) == lr, 60, f"the {name} preset"))
                 time.sleep(1.0)
-            click_label(driver, "paper")  # the running fit's own preset, so its live view stays
+            click_label(driver, "first paper")  # the running fit's own preset, so its live view stays
             wait_for(lambda: (step_shown(driver) or 0) > first_step, 120, "the fit to keep stepping")
             last_step = step_shown(driver)
             result["during_fit"] = {
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             in_session = []
             for i in range(2 * args.repeats):
                 # Alternate: the stopped long fit (paper preset), then the short one (fast preset), timed.
-                text, name, lr = (LONG, "paper", "0.0100") if i % 2 == 0 else (SHORT, "fast", "0.0500")
+                text, name, lr = (LONG, "first paper", "0.0100") if i % 2 == 0 else (SHORT, "fast", "0.0500")
                 click_label(driver, name)
                 wait_for(lambda lr=lr: lr_value(driver) == lr, 30, f"the {name} preset")
                 area = driver.find_element(By.CSS_SELECTOR, "textarea[aria-label='Text']")

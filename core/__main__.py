@@ -1,4 +1,4 @@
-"""Command line: ``python -m core fit --text "..." [--model ID] [--preset paper|fast] [--json]``.
+"""Command line: ``python -m core fit --text "..." [--model ID] [--preset first-paper|seed-paper|fast] [--json]``.
 
 Also ``python -m core list`` (cached entries), ``python -m core report`` (a self-contained HTML report of an entry
 or a set) and ``python -m core prefit`` (regenerate the pre-fitted cache of the built-in text sets). Bad input exits non-zero with a one-line message on stderr.
@@ -152,7 +152,7 @@ def _config(args):
         "max_steps": args.max_steps, "lr": args.lr, "threshold": args.threshold, "seed": args.seed,
         "init": args.init, "layout": args.layout, "redraw_after": args.redraw_after,
         "redraw_plateau": args.redraw_plateau, "compute": args.compute,
-        "start": {"draw": ""}.get(args.start, args.start),
+        "start": {"draw": ""}.get(args.start, args.start), "extra_steps": args.extra_steps,
     }.items() if v is not None}
     if args.shared_m:
         overrides["shared_m"] = True
@@ -359,6 +359,14 @@ def cmd_prefit(args) -> int:
     return 0
 
 
+# core.engine.fit.PRESETS and PRESET_ALIASES, written out: the parser does not import torch.
+PRESET_CHOICES = ("first-paper", "seed-paper", "fast")
+
+
+def _preset_name(value: str) -> str:
+    return {"paper": "first-paper"}.get(value, value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m core", description="Fit and inspect proto-tokens.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -368,7 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "cache's manifest afterwards")
     fit.add_argument("--name", help="the set's name in the manifest (default: the file's name without extension)")
     fit.add_argument("--model", help="Hugging Face id or local folder (default: the embedded SmolLM2-135M)")
-    fit.add_argument("--preset", default="paper", choices=["paper", "fast"])
+    fit.add_argument("--preset", default="first-paper", choices=PRESET_CHOICES, type=_preset_name,
+                     help="first-paper: Mezentsev & Oseledets 2025 (formerly 'paper'); seed-paper: the seed paper's own "
+                     "loop (batches of 8 stop together at 0.9, e scored against BOS); fast: this lab's")
     fit.add_argument("--max-steps", type=positive_count)
     fit.add_argument("--lr", type=positive_float)
     fit.add_argument("--threshold", type=fraction, help="stop at this token accuracy, in (0, 1]")
@@ -385,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--start", choices=["draw", "nearest", "mean"], help="where each text's fit begins: a random "
                      "draw (paper preset), the vectors of the nearest cached text by teacher embedding (else a draw), "
                      "or the mean of the cached solutions (fast preset; core.engine.start)")
+    fit.add_argument("--extra-steps", type=count, help="after a text reaches the threshold, keep optimising it for "
+                     "this many more steps (the fit's margin; the Noise page shows its effect)")
     fit.add_argument("--shared-m", action="store_true", help="one m shared by all texts")
     fit.add_argument("--batch-size", type=positive_count, default=8)
     fit.add_argument("--device", default="auto")
@@ -402,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--entry", help="the entry's key, or its first 8 or more characters (python -m core list)")
     rep.add_argument("--text", help="the entry of this text fitted with --preset")
     rep.add_argument("--set", help="a set the manifest lists: a built-in set, examples, or a corpus (core fit --file)")
-    rep.add_argument("--preset", default="fast", choices=["paper", "fast"], help="with --text (default: fast)")
+    rep.add_argument("--preset", default="fast", choices=PRESET_CHOICES, type=_preset_name,
+                     help="with --text (default: fast)")
     rep.add_argument("--model", help="Hugging Face id or local folder (default: the embedded SmolLM2-135M)")
     rep.add_argument("--cache")
     rep.add_argument("--output", "-o", default="report.html", help="the HTML file to write (default: report.html)")

@@ -75,7 +75,7 @@ def tiny_entry(tiny_lm, app_cache):
     """A converged entry of the tiny model in the app's cache."""
     from core.engine.fit import fit_and_cache, preset
 
-    [outcome] = fit_and_cache(tiny_lm, ["Hello world"], preset("paper", max_steps=600), app_cache)
+    [outcome] = fit_and_cache(tiny_lm, ["Hello world"], preset("first-paper", max_steps=600), app_cache)
     return outcome.entry
 
 

@@ -32,7 +32,7 @@ from core.engine.reconstruct import first_scored_position, sequence_length
 def fitted(tiny_lm, tmp_path_factory):
     """A short text fitted on the tiny model (convergence does not matter for attention)."""
     cache = ProtoCache(tmp_path_factory.mktemp("attention-fit"))
-    [outcome] = fit_and_cache(tiny_lm, ["Hello world"], preset("paper", max_steps=100), cache)
+    [outcome] = fit_and_cache(tiny_lm, ["Hello world"], preset("first-paper", max_steps=100), cache)
     return outcome.entry
 
 

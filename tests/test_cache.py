@@ -12,7 +12,7 @@ TEXT = "Hello world"
 
 
 def test_round_trip_and_hit(tiny_lm, tmp_cache):
-    cfg = preset("paper", max_steps=600)
+    cfg = preset("first-paper", max_steps=600)
     [first] = fit_and_cache(tiny_lm, [TEXT], cfg, tmp_cache)
     assert not first.cached and first.entry.metrics["converged"]
     [second] = fit_and_cache(tiny_lm, [TEXT], cfg, tmp_cache)
@@ -36,14 +36,14 @@ def test_round_trip_and_hit(tiny_lm, tmp_cache):
     dict(redraw_plateau=100), dict(compute="bfloat16"), dict(start="mean"), dict(start="nearest"),
 ])
 def test_key_changes_with_every_setting(change):
-    base = preset("paper")
-    assert entry_key("model", [1, 2], base.key_dict()) != entry_key("model", [1, 2], preset("paper", **change).key_dict())
+    base = preset("first-paper")
+    assert entry_key("model", [1, 2], base.key_dict()) != entry_key("model", [1, 2], preset("first-paper", **change).key_dict())
 
 
 def test_key_depends_on_model_tokens_and_group_but_not_display():
-    cfg = preset("paper").key_dict()
+    cfg = preset("first-paper").key_dict()
     k = entry_key("model", [1, 2], cfg)
-    assert k == entry_key("model", [1, 2], preset("paper", snapshot_every=3).key_dict())
+    assert k == entry_key("model", [1, 2], preset("first-paper", snapshot_every=3).key_dict())
     assert k != entry_key("other", [1, 2], cfg)
     assert k != entry_key("model", [1, 3], cfg)
     assert k != entry_key("model", [1, 2], cfg, group="g")
@@ -52,16 +52,16 @@ def test_key_depends_on_model_tokens_and_group_but_not_display():
 def test_key_changes_with_regularizer():
     from core.engine.teacher import RegularizerConfig
 
-    a = preset("paper", regularizer=RegularizerConfig(kind="anchor", weight=0.1))
-    b = preset("paper", regularizer=RegularizerConfig(kind="anchor", weight=0.2))
-    c = preset("paper", regularizer=RegularizerConfig(kind="relational", weight=0.1))
-    keys = {entry_key("m", [1], x.key_dict()) for x in (a, b, c, preset("paper"))}
+    a = preset("first-paper", regularizer=RegularizerConfig(kind="anchor", weight=0.1))
+    b = preset("first-paper", regularizer=RegularizerConfig(kind="anchor", weight=0.2))
+    c = preset("first-paper", regularizer=RegularizerConfig(kind="relational", weight=0.1))
+    keys = {entry_key("m", [1], x.key_dict()) for x in (a, b, c, preset("first-paper"))}
     assert len(keys) == 4
 
 
 @pytest.mark.parametrize("which", ["json", "safetensors"])
 def test_corrupt_file_is_a_miss_with_warning(tiny_lm, tmp_cache, which):
-    cfg = preset("paper", max_steps=20)
+    cfg = preset("first-paper", max_steps=20)
     [out] = fit_and_cache(tiny_lm, [TEXT], cfg, tmp_cache)
     path = tmp_cache.entries_dir / f"{out.entry.key}.{which}"
     path.write_bytes(b"\x00garbage{")
@@ -74,7 +74,7 @@ def test_corrupt_file_is_a_miss_with_warning(tiny_lm, tmp_cache, which):
 def test_failed_write_leaves_nothing(tiny_lm, tmp_cache, monkeypatch):
     import core.engine.cache as cache_mod
 
-    [out] = fit_and_cache(tiny_lm, [TEXT], preset("paper", max_steps=5), tmp_cache)
+    [out] = fit_and_cache(tiny_lm, [TEXT], preset("first-paper", max_steps=5), tmp_cache)
     tmp_cache.delete(out.entry.key)
 
     def boom(*a, **k):
@@ -95,11 +95,11 @@ def test_cancelled_entry_is_stored_but_refitted(tiny_lm, tmp_cache):
         if progress.step >= 3:
             cancel.set()
 
-    [out] = fit_and_cache(tiny_lm, [TEXT], preset("paper", max_steps=50), tmp_cache, cancel=cancel,
+    [out] = fit_and_cache(tiny_lm, [TEXT], preset("first-paper", max_steps=50), tmp_cache, cancel=cancel,
                           callback=stop_soon, callback_every=1)
     assert out.entry.metrics["status"] == "cancelled"
     assert tmp_cache.get(out.entry.key) is not None
-    [again] = fit_and_cache(tiny_lm, [TEXT], preset("paper", max_steps=50), tmp_cache)
+    [again] = fit_and_cache(tiny_lm, [TEXT], preset("first-paper", max_steps=50), tmp_cache)
     assert not again.cached and again.entry.metrics["status"] != "cancelled"
 
 
@@ -151,7 +151,7 @@ def test_finished_texts_are_stored_before_the_fit_ends(tiny_lm, tmp_cache):
     def watch(progress, indices):
         stored_during_fit.append(len(list(tmp_cache.entries_dir.glob("*.safetensors"))) if tmp_cache.entries_dir.exists() else 0)
 
-    fit_and_cache(tiny_lm, ["Hello world", "Hi there, cat."], preset("paper", max_steps=600), tmp_cache,
+    fit_and_cache(tiny_lm, ["Hello world", "Hi there, cat."], preset("first-paper", max_steps=600), tmp_cache,
                   batch_size=1, callback=watch, callback_every=1)
     assert 1 in stored_during_fit  # the first text was on disk while the second was still fitting
 
@@ -174,7 +174,7 @@ GOOD_KEY = "a" * 64
 
 def test_the_default_keys_have_not_moved():
     # The shipped pre-fit and every user's cache hold entries under these keys: a change here orphans them.
-    assert entry_key("model", [1, 2], preset("paper").key_dict()) == (
+    assert entry_key("model", [1, 2], preset("first-paper").key_dict()) == (
         "021540c85ff1ac19e3605c7ddcc46be1b3d3351155583ffb36ced62e800362e0")
 
 
@@ -195,7 +195,7 @@ def test_a_new_config_field_must_say_whether_it_enters_the_key():
 ])
 def test_non_finite_settings_are_refused(bad):
     with pytest.raises(FitError):
-        preset("paper", **bad)
+        preset("first-paper", **bad)
 
 
 @pytest.mark.parametrize("key", ["../../somewhere/x", "x" * 5000, "A" * 64, "a" * 63, "", "a" * 64 + "/", None, 5])
@@ -213,7 +213,7 @@ def test_a_key_field_inside_a_file_never_picks_what_is_deleted(tiny_lm, tmp_path
     victim.mkdir()
     for name in ("data.json", "data.safetensors"):
         (victim / name).write_text("precious")
-    [out] = fit_and_cache(tiny_lm, [TEXT], preset("paper", max_steps=5), cache)
+    [out] = fit_and_cache(tiny_lm, [TEXT], preset("first-paper", max_steps=5), cache)
     crafted = json.loads((cache.entries_dir / f"{out.entry.key}.json").read_text())
     crafted["key"] = "../../victim/data"
     (cache.entries_dir / f"{'b' * 64}.json").write_text(json.dumps(crafted))
@@ -227,7 +227,7 @@ def test_a_key_field_inside_a_file_never_picks_what_is_deleted(tiny_lm, tmp_path
 
 
 def _entry_files(tiny_lm, cache):
-    [out] = fit_and_cache(tiny_lm, [TEXT], preset("paper", max_steps=5), cache)
+    [out] = fit_and_cache(tiny_lm, [TEXT], preset("first-paper", max_steps=5), cache)
     return out.entry, cache.entries_dir / f"{out.entry.key}.json", cache.entries_dir / f"{out.entry.key}.safetensors"
 
 
@@ -243,7 +243,7 @@ def test_vectors_that_are_not_proto_tokens_are_a_miss(tiny_lm, tmp_cache, vector
     save_file(vectors, str(tensor_path))
     assert tmp_cache.get(entry.key) is None
     assert any(tensor_path.name in w for w in tmp_cache.warnings)
-    [again] = fit_and_cache(tiny_lm, [TEXT], preset("paper", max_steps=5), tmp_cache)
+    [again] = fit_and_cache(tiny_lm, [TEXT], preset("first-paper", max_steps=5), tmp_cache)
     assert not again.cached  # a miss, refitted
 
 
@@ -271,7 +271,7 @@ def test_an_unwritable_cache_is_refused_before_the_first_step(tiny_lm, tmp_path)
     cache = ProtoCache(blocker)
     steps = []
     with pytest.raises(CacheWriteError, match="cannot be written"):
-        fit_and_cache(tiny_lm, [TEXT], preset("paper", max_steps=50), cache,
+        fit_and_cache(tiny_lm, [TEXT], preset("first-paper", max_steps=50), cache,
                       callback=lambda p, i: steps.append(p.step), callback_every=1)
     assert steps == []
 
@@ -281,7 +281,7 @@ def test_a_write_that_fails_mid_fit_keeps_the_result(tiny_lm, tmp_cache, monkeyp
         raise CacheWriteError("Could not write to the cache: No space left on device.")
 
     monkeypatch.setattr(tmp_cache, "put", full)
-    [out] = fit_and_cache(tiny_lm, [TEXT, "Hi there, cat."], preset("paper", max_steps=5), tmp_cache)[:1]
+    [out] = fit_and_cache(tiny_lm, [TEXT, "Hi there, cat."], preset("first-paper", max_steps=5), tmp_cache)[:1]
     assert out.unsaved and "No space left" in out.unsaved
     assert out.entry.e.shape == (tiny_lm.hidden_size,) and out.entry.history["step"]
 

@@ -43,7 +43,7 @@ FIT_TIMEOUT = 240
 def cache_root(tmp_path_factory, tiny_lm):
     """The server's cache, holding one tiny-model entry so the Noise page has something to sweep."""
     root = tmp_path_factory.mktemp("concurrency-cache")
-    fit_and_cache(tiny_lm, [NOISE_TEXT], preset("paper", max_steps=20), ProtoCache(root))
+    fit_and_cache(tiny_lm, [NOISE_TEXT], preset("first-paper", max_steps=20), ProtoCache(root))
     return root
 
 

@@ -26,7 +26,7 @@ def fitted(tiny_lm, tmp_path_factory):
     One step each, then marked: which entry is the default depends on its metrics, not on how good its vectors
     are, and a real fit to convergence costs minutes on a loaded 2-core machine."""
     cache = ProtoCache(tmp_path_factory.mktemp("default-entry-fit"), shipped="")
-    done = fit_and_cache(tiny_lm, [DEMO, OTHER, MINE, UNCONVERGED], preset("paper", max_steps=1), cache)
+    done = fit_and_cache(tiny_lm, [DEMO, OTHER, MINE, UNCONVERGED], preset("first-paper", max_steps=1), cache)
     entries = {o.entry.text: o.entry for o in done}
     for text in (DEMO, OTHER, MINE):
         entries[text] = replace(entries[text], metrics={**entries[text].metrics, "converged": True})

@@ -157,7 +157,7 @@ def test_config_choices_offer_the_shipped_config_first(tiny_lm):
     shipped = preset("fast", max_steps=600)
     manifest = {"variants": PrefitSet(name="variants", model=tiny_lm.identity, model_name="t",
                                       config=shipped.as_dict(), texts=[], keys=[])}
-    choices = emb.config_choices(tiny_lm, "variants", preset("paper"), False, manifest)
+    choices = emb.config_choices(tiny_lm, "variants", preset("first-paper"), False, manifest)
     assert [c.shipped for c in choices] == [True, False]
     assert choices[0].config == shipped
     assert len(emb.config_choices(tiny_lm, "variants", shipped, False, manifest)) == 1
@@ -166,4 +166,4 @@ def test_config_choices_offer_the_shipped_config_first(tiny_lm):
     assert shared[1].config.shared_m and shared[1].config.restarts == 1
     other_model = {"variants": PrefitSet(name="variants", model="other", model_name="o", config=shipped.as_dict(),
                                          texts=[], keys=[])}
-    assert [c.shipped for c in emb.config_choices(tiny_lm, "variants", preset("paper"), False, other_model)] == [False]
+    assert [c.shipped for c in emb.config_choices(tiny_lm, "variants", preset("first-paper"), False, other_model)] == [False]

@@ -255,7 +255,7 @@ def test_a_second_job_is_served_by_the_cache_and_refit_fits_again(finished_job, 
 
 
 def test_cancelling_a_fit_job_keeps_the_best_vectors_so_far(tiny_lm, tmp_cache):
-    config = preset("paper", max_steps=5000)
+    config = preset("first-paper", max_steps=5000)
     job = FitJob(tiny_lm, ["Hello world, a longer text"], config, tmp_cache, callback_every=1).start()
     try:
         deadline = time.monotonic() + WAIT

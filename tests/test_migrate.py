@@ -18,7 +18,7 @@ def _key_without(meta: dict, field: str) -> str:
 
 def test_entries_keyed_before_a_field_existed_move_with_their_sweep_records(tiny_lm, tmp_path):
     cache = ProtoCache(tmp_path / "c", shipped="")
-    [out] = fit_and_cache(tiny_lm, ["Hello world"], preset("paper", max_steps=5), cache)
+    [out] = fit_and_cache(tiny_lm, ["Hello world"], preset("first-paper", max_steps=5), cache)
     new_key = out.entry.key
     meta = json.loads((cache.entries_dir / f"{new_key}.json").read_text())
     old_key = _key_without(meta, "redraw_after")

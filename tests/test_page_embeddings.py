@@ -111,7 +111,7 @@ def _quick_sidebar(monkeypatch, max_steps: int) -> None:
     """The sidebar's fit settings with few steps (AppTest does not reach the sidebar's widgets)."""
     import ui.state
 
-    monkeypatch.setattr(ui.state, "fit_config", lambda: preset("paper", max_steps=max_steps))
+    monkeypatch.setattr(ui.state, "fit_config", lambda: preset("first-paper", max_steps=max_steps))
 
 
 def test_an_unfitted_set_offers_fit_and_the_fit_fills_the_page(app_cache, monkeypatch):
@@ -145,7 +145,7 @@ def test_shared_m_draws_only_e_and_the_teacher(app_cache, tiny_lm, monkeypatch):
     from core.texts.textsets import parse_text_set
 
     texts = parse_text_set(UPLOAD, "mine.csv")["text"].tolist()
-    fit_and_cache(tiny_lm, texts, preset("paper", max_steps=5, shared_m=True), app_cache)
+    fit_and_cache(tiny_lm, texts, preset("first-paper", max_steps=5, shared_m=True), app_cache)
     _quick_sidebar(monkeypatch, 5)
     at = open_page()
     at.radio(key="emb_source").set_value("Upload")

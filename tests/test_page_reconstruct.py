@@ -69,8 +69,8 @@ def test_clearing_the_cache_keeps_the_shipped_entries(tiny_lm, app_cache, tmp_pa
     from core.engine.fit import fit_and_cache, preset
 
     shipped = ProtoCache(tmp_path / "shipped")
-    [kept] = fit_and_cache(tiny_lm, ["Shipped text"], preset("paper", max_steps=3), shipped)
-    [own] = fit_and_cache(tiny_lm, ["Own text"], preset("paper", max_steps=3), app_cache)
+    [kept] = fit_and_cache(tiny_lm, ["Shipped text"], preset("first-paper", max_steps=3), shipped)
+    [own] = fit_and_cache(tiny_lm, ["Own text"], preset("first-paper", max_steps=3), app_cache)
     monkeypatch.setattr(ui.state, "SHIPPED_ROOT", tmp_path / "shipped")
 
     def cache_caption(at) -> str:

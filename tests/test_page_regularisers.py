@@ -40,7 +40,7 @@ def test_small_sweep_ends_with_the_tradeoff_chart(app_cache, monkeypatch):
     from core.engine.fit import preset
 
     # A few steps are enough to check the page; AppTest does not reach the sidebar's widgets.
-    monkeypatch.setattr(ui.state, "fit_config", lambda: preset("paper", max_steps=8))
+    monkeypatch.setattr(ui.state, "fit_config", lambda: preset("first-paper", max_steps=8))
     at = open_page(PAGE)
     at.multiselect(key="reg_kinds").set_value(["relational"])
     at.text_input(key="reg_lambdas").set_value("1").run()

@@ -41,7 +41,7 @@ def _teacher(n: int = len(TEXTS), width: int = 16, seed: int = 0) -> torch.Tenso
 
 
 def _config(**overrides):
-    return preset("paper", **{"max_steps": STEPS, **overrides})
+    return preset("first-paper", **{"max_steps": STEPS, **overrides})
 
 
 def _no_fit(*args, **kwargs):

@@ -58,7 +58,7 @@ def test_a_page_opens_on_the_set_the_pre_fit_covers_best(tiny_lm):
 
 
 def test_fit_choices_put_the_shipped_config_first_and_the_sidebar_only_when_it_differs():
-    shipped, sidebar = preset("fast", max_steps=600), preset("paper")
+    shipped, sidebar = preset("fast", max_steps=600), preset("first-paper")
     choices = fit_choices(shipped, sidebar, {"a text": "k" * 64})
     assert [(c.config, c.shipped) for c in choices] == [(shipped, True), (sidebar, False)]
     assert choices[0].keys == {"a text": "k" * 64} and not choices[1].keys

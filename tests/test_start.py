@@ -125,17 +125,17 @@ def test_a_teacher_that_cannot_load_leaves_random_draws_with_a_warning(tiny_lm, 
 def test_start_enters_the_key_only_when_set_and_the_fast_preset_starts_from_the_mean():
     assert START_KINDS == ("", "nearest", "mean")
     assert preset("fast").start == "mean" and preset("fast").key_dict()["start"] == "mean"
-    assert "start" not in preset("paper").key_dict() and "start" not in preset("fast", start="").key_dict()
+    assert "start" not in preset("first-paper").key_dict() and "start" not in preset("fast", start="").key_dict()
     assert "start" not in prefit_config().key_dict()  # the shipped pre-fit's keys hold
     with pytest.raises(Exception, match="start"):
-        preset("paper", start="furthest")
+        preset("first-paper", start="furthest")
     with pytest.raises(Exception, match="alone"):
         preset("fast", start="nearest", shared_m=True)
 
 
 def test_a_fit_from_the_nearest_start_begins_at_the_neighbours_vectors(tiny_lm, tmp_path):
     cache = ProtoCache(tmp_path / "cache")
-    config = preset("paper", max_steps=600)
+    config = preset("first-paper", max_steps=600)
     [first] = fit_and_cache(tiny_lm, ["Hello world"], config, cache)
     assert first.entry.metrics["converged"]
     variant = "Hello world!"

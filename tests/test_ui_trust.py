@@ -22,7 +22,7 @@ from ui.widgets import plain
 NASTY = "$5 or $6 [link](http://x) ![img](http://x/a.png) <b>bold</b> **star**"
 RECONSTRUCT, NOISE, ATTENTION = "pages/reconstruct.py", "pages/noise.py", "pages/attention.py"
 EMBEDDINGS, REGULARISERS = "pages/embeddings.py", "pages/regularisers.py"
-QUICK = preset("paper", max_steps=3)  # accuracy does not matter here
+QUICK = preset("first-paper", max_steps=3)  # accuracy does not matter here
 
 
 def _key(name: str) -> str:
@@ -216,8 +216,8 @@ def test_uploaded_texts_and_groups_show_as_typed_on_the_embeddings_maps(app_cach
     texts = [NASTY, "Hi <b>cat</b>", "Go home", "Run now"]
     rows = [f'"{t}",{g},original' for t, g in zip(texts, [group, group, "home", "home"])]
     upload = ("text,group,kind\n" + "\n".join(rows) + "\n").encode()
-    fit_and_cache(tiny_lm, texts, preset("paper", max_steps=5), app_cache)
-    monkeypatch.setattr(ui.state, "fit_config", lambda: preset("paper", max_steps=5))
+    fit_and_cache(tiny_lm, texts, preset("first-paper", max_steps=5), app_cache)
+    monkeypatch.setattr(ui.state, "fit_config", lambda: preset("first-paper", max_steps=5))
     at = open_page(RECONSTRUCT)
     at.switch_page(EMBEDDINGS).run()
     at.radio(key="emb_source").set_value("Upload").run()
@@ -277,7 +277,7 @@ def test_a_write_that_fails_mid_fit_keeps_the_result_for_download(app_cache, mon
         raise CacheWriteError(f"Could not write {entry.key[:12]}... to the cache at {self.root}: No space left.")
 
     monkeypatch.setattr(ProtoCache, "put", full_disk)
-    monkeypatch.setattr(ui.state, "fit_config", lambda: preset("paper", max_steps=5))
+    monkeypatch.setattr(ui.state, "fit_config", lambda: preset("first-paper", max_steps=5))
     at = open_page(RECONSTRUCT)
     at.text_area(key="text").set_value("Hi there").run()
     at.button[0].click().run()  # Fit

@@ -34,8 +34,11 @@ def _fit_section() -> None:
     name = st.radio("Fit preset", UI_PRESETS, key="preset", format_func=PRESET_LABELS.get,
                     help="fast: token-like init, lr 0.05 with a cosine decay, the first draw at the mean of the cached "
                          "solutions, stuck draws start over: measured to converge several times sooner "
-                         "(bench/fit_speed.py). paper: the published recipe of Mezentsev & Oseledets (arXiv "
-                         "2505.21189): AdamW 0.01, N(0,1) init.")
+                         "(bench/fit_speed.py). first paper: the published recipe of Mezentsev & Oseledets (arXiv "
+                         "2505.21189): AdamW 0.01, N(0,1) init, each text to 0.99. seed paper's code: the loop of "
+                         "Bondarenko et al. (arXiv 2602.18301) as their code runs it: batches of 8 texts stepped "
+                         "together until every text's best accuracy reaches 0.9, e's own output scored against BOS, "
+                         "the vectors in the model's dtype.")
     base = preset(name)
     with st.expander("Fit settings"):
         # Keys carry the preset name so switching presets shows that preset's own values.
@@ -70,7 +73,17 @@ def _fit_section() -> None:
                 help="nearest: the fitted vectors of the cached text nearest by the teacher's sentence embedding "
                      f"(cosine {MIN_SIMILARITY} or more; a paraphrase or a typo variant of a fitted text), else a "
                      "random draw. mean: the mean of the cached solutions. Texts fitted alone only."),
+            "extra_steps": int(st.number_input(
+                "Keep optimising after the threshold (steps)", 0, 5000, base.extra_steps, step=50,
+                key=f"extra_{name}", disabled=bool(base.stop),
+                help="The fit's margin: a text that reached the threshold keeps its best vectors by accuracy, then "
+                     "loss, over this many more steps (0: it stops at once). A lower final loss can make e more "
+                     "tolerant of noise (Noise page). Not with the seed paper's batch rule.")),
         }
+        if base.stop:
+            st.caption("This preset's batch rule: the texts of a fit (8 at a time) step together until every one's "
+                       "best accuracy reaches the threshold; e's output is scored against the tokenizer's BOS "
+                       "token where it has one, and the vectors are held in the model's dtype.")
     st.session_state["fit_overrides"] = {k: v for k, v in values.items() if getattr(base, k) != v}
 
 

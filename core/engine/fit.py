@@ -23,15 +23,20 @@ import torch.nn.functional as F
 from core.engine import cost
 from core.engine.cache import CacheEntry, CacheWriteError, ProtoCache, entry_key
 from core.engine.models import LoadedModel
-from core.engine.reconstruct import check_layout, scored_logits
+from core.engine.reconstruct import bos_target, check_layout, reconstruct, scored_logits
 from core.engine.start import START_KINDS, Start, learned_starts
 from core.engine.teacher import RegularizerConfig, regularizer_loss
 
-PRESETS = ("paper", "fast")
+# "first-paper": the recipe of Mezentsev & Oseledets 2025 (docs/science.md, A.recipe); "seed-paper": the loop of the
+# seed paper's own code (Bondarenko et al. 2026; ../shared/PAPERS.md, B, the authors' code); "fast": this lab's.
+PRESETS = ("first-paper", "seed-paper", "fast")
+# Names a preset had before: entries, links and scripts that say "paper" mean the first paper's recipe.
+PRESET_ALIASES = {"paper": "first-paper"}
 # What the dashboard offers, first the default: the fast preset (bench/fit_speed.py, bench/start.py), then the
 # papers' recipes, named for their papers.
-UI_PRESETS = ("fast", "paper")
-PRESET_LABELS = {"fast": "fast (this lab's)", "paper": "paper (Mezentsev & Oseledets 2025)"}
+UI_PRESETS = ("fast", "first-paper", "seed-paper")
+PRESET_LABELS = {"fast": "fast (this lab's)", "first-paper": "first paper (Mezentsev & Oseledets 2025)",
+                 "seed-paper": "seed paper's code (Bondarenko et al. 2026)"}
 INITS = ("normal", "embedding", "token")
 # A draw whose loss is still this share of log(vocab) (the loss of a uniform guess) after
 # FitConfig.redraw_after steps is stuck: see preset().
@@ -41,7 +46,14 @@ REDRAW_LOSS_SHARE = 0.9
 REDRAW_PLATEAU_SHARE = 0.7
 # Fields added after entries were shipped enter the cache key only when set, so the keys of those entries hold.
 # (redraw_after entered every key when it was added; the entries made before it were re-keyed: core.shipped.migrate.)
-KEY_IF_SET = ("redraw_plateau", "compute", "start")
+KEY_IF_SET = ("redraw_plateau", "compute", "start", "stop", "score_bos", "vectors", "extra_steps")
+# FitConfig.stop: "" each text stops when it reaches the threshold; "batch": the seed paper's code, a batch of texts
+# is stepped together until the best-so-far accuracy of every text in it reaches the threshold (a text that got
+# there keeps being optimised; its best vectors by accuracy, ties by correct prefix, are kept).
+STOPS = ("", "batch")
+# FitConfig.vectors: "" the vectors are float32; "model": held in the model's dtype (bf16 on a GPU), as the seed
+# paper's code holds them.
+VECTORS = ("", "model")
 # compute="bfloat16": the steps run with the weights in bf16 (vectors, loss and optimiser in float32); a text counts
 # as converged only when its vectors also reach the threshold in the model's own forward pass (the one its cache
 # identity names). Vectors that fall short there are polished in that pass, for up to POLISH_STEPS more steps.
@@ -68,7 +80,7 @@ class FitError(RuntimeError):
 class FitConfig:
     """Every setting of a fit. Fields that change the result enter the cache key (:meth:`key_dict`)."""
 
-    preset: str = "paper"
+    preset: str = "first-paper"
     layout: str = "e+m*N"
     lr: float = 0.01
     betas: tuple[float, float] = (0.9, 0.9)
@@ -96,6 +108,14 @@ class FitConfig:
     # "": a random draw; "nearest": the vectors of the nearest cached text by teacher embedding, where one is near
     # enough; "mean": the mean of the cached solutions (core.engine.start, which fit_and_cache asks)
     start: str = ""
+    stop: str = ""  # STOPS
+    # e's own output scored against the tokenizer's BOS token (layout e+m*N; where the tokenizer has one): the loss and
+    # the accuracy the fit stops on run over N + 1 positions, as in the seed paper's code
+    score_bos: bool = False
+    vectors: str = ""  # VECTORS
+    # > 0: a text that reached the threshold keeps optimising for this many more steps (the fit's margin; texts fitted
+    # alone, stop ""): its best vectors by accuracy, then loss, are kept
+    extra_steps: int = 0
     snapshot_every: int = 10  # how often reconstructions are recorded for replay; does not change the result
 
     def __post_init__(self):
@@ -123,6 +143,19 @@ class FitConfig:
             raise FitError(f"Unknown start {self.start!r}; use nearest or mean, or leave it empty for a random draw.")
         if self.start and (self.shared_m or self.has_regularizer):
             raise FitError(f"start={self.start} fits texts alone: not with a shared m or a regulariser.")
+        if self.preset in PRESET_ALIASES:
+            object.__setattr__(self, "preset", PRESET_ALIASES[self.preset])
+        if self.stop not in STOPS:
+            raise FitError(f"Unknown stop {self.stop!r}; use batch, or leave it empty (each text at its threshold).")
+        if self.vectors not in VECTORS:
+            raise FitError(f"Unknown vectors {self.vectors!r}; use model, or leave it empty (float32).")
+        if self.score_bos and self.layout != "e+m*N":
+            raise FitError(f"score_bos scores e's own output, which layout {self.layout} already scores: use e+m*N.")
+        if self.extra_steps < 0 or (self.extra_steps and (self.stop or self.shared_m or self.has_regularizer)):
+            raise FitError("extra_steps must be >= 0, and is for texts fitted alone that stop at their own threshold.")
+        if self.stop and (self.shared_m or self.has_regularizer or self.restarts > 1 or self.compute or self.start):
+            raise FitError("stop=batch is the seed paper's plain loop: no shared m, regulariser, restarts, bf16 "
+                           "compute or learned start.")
 
     @property
     def has_regularizer(self) -> bool:
@@ -168,10 +201,13 @@ def config_from_dict(d: Mapping) -> FitConfig:
     return FitConfig(**values)
 
 
-def preset(name: str = "paper", **overrides) -> FitConfig:
+def preset(name: str = "first-paper", **overrides) -> FitConfig:
     """The named preset with any field overridden.
 
-    ``paper``: docs/science.md, A.recipe, verbatim. ``fast``: each vector starts like a random token embedding (per
+    ``first-paper`` (formerly ``paper``): docs/science.md, A.recipe, verbatim. ``seed-paper``: the loop of the seed
+    paper's own code (../shared/PAPERS.md, B): N(0, 1) init, AdamW 0.01 / (0.9, 0.9) / 0.01, up to 2000 steps, a
+    batch stopping when the best-so-far accuracy of every text in it reaches 0.9 (FitConfig.stop), e's own output
+    scored against BOS where the tokenizer has one (score_bos), the vectors in the model's dtype. ``fast``: each vector starts like a random token embedding (per
     dimension, the mean and std of the model's embedding matrix) instead of N(0, 1); a 5x larger learning
     rate decayed by a cosine schedule, faster-adapting second moments, no weight decay; and a draw whose
     loss is still near a uniform guess's after 20 steps starts over from a new init. About a third of all
@@ -187,8 +223,12 @@ def preset(name: str = "paper", **overrides) -> FitConfig:
     reached 0.99 in less than half the median wall time of a random draw (2.2x, bench/start.py), where the
     nearest cached text's vectors were no better on paraphrases and typo variants (1.7x per text, one 0.6x).
     """
-    if name == "paper":
+    name = PRESET_ALIASES.get(name, name)
+    if name == "first-paper":
         base = FitConfig()
+    elif name == "seed-paper":
+        base = FitConfig(preset="seed-paper", max_steps=2000, threshold=0.9, stop="batch", score_bos=True,
+                         vectors="model")
     elif name == "fast":
         base = FitConfig(preset="fast", init="token", lr=0.05, betas=(0.9, 0.95), weight_decay=0.0,
                          schedule="cosine", max_steps=2000, redraw_after=20, redraw_plateau=100, start="mean")
@@ -301,6 +341,8 @@ class _Row:
     announced: bool = False  # handed to on_done
     polishing: bool = False  # steps in the model's own dtype after its bf16 fit fell short there (FitConfig.compute)
     step_cap: int = 0  # max_steps, or more while polishing
+    best_prefix: int = -1  # correct prefix of the best vectors (FitConfig.stop "batch": ties by it)
+    margin_until: int = 0  # FitConfig.extra_steps: the step at which a text that reached the threshold stops
     started: float = 0.0  # perf_counter when the row took a slot (0: never did)
     wall: float = 0.0
     history: dict = field(default_factory=lambda: {"step": [], "loss": [], "accuracy": []})
@@ -325,17 +367,20 @@ class _Row:
 
 def _init_row(lm: LoadedModel, index: int, text: str, target: list[int], seed: int, owner: int | None,
               distribution: tuple, shared_m: torch.nn.Parameter | None = None,
-              start: tuple[torch.Tensor, torch.Tensor] | None = None) -> _Row:
+              start: tuple[torch.Tensor, torch.Tensor] | None = None, *, bos: int | None = None,
+              dtype: torch.dtype = torch.float32) -> _Row:
     """A row's initial state: e (and m, unless it is shared) drawn from the init distribution with its seed, or the
-    given start (e, m) (a learned start: core.engine.start). A redraw draws from the distribution either way."""
+    given start (e, m) (a learned start: core.engine.start). A redraw draws from the distribution either way.
+    bos: scored first, against e's own output (FitConfig.score_bos). dtype: the vectors' (FitConfig.vectors)."""
     if start is not None:
-        e = torch.nn.Parameter(start[0].detach().float().cpu().clone())
-        m = torch.nn.Parameter(start[1].detach().float().cpu().clone())
+        e = torch.nn.Parameter(start[0].detach().to("cpu", dtype).clone())
+        m = torch.nn.Parameter(start[1].detach().to("cpu", dtype).clone())
     else:
-        e = torch.nn.Parameter(_init_vector(lm.hidden_size, distribution, seed))
+        e = torch.nn.Parameter(_init_vector(lm.hidden_size, distribution, seed).to(dtype))
         m = (shared_m if shared_m is not None
-             else torch.nn.Parameter(_init_vector(lm.hidden_size, distribution, seed + 1)))
-    return _Row(index=index, text=text, target=target, device_target=torch.tensor(target, device=lm.device),
+             else torch.nn.Parameter(_init_vector(lm.hidden_size, distribution, seed + 1).to(dtype)))
+    scored = ([bos] if bos is not None else []) + list(target)
+    return _Row(index=index, text=text, target=target, device_target=torch.tensor(scored, device=lm.device),
                 seed=seed, owner=owner, e=e, m=m, best_e=e.detach().clone(), best_m=m.detach().clone())
 
 
@@ -380,6 +425,12 @@ def _accuracy(pred: torch.Tensor, target: torch.Tensor) -> float:
     return float((pred == target).float().mean())
 
 
+def _prefix(pred: torch.Tensor, target: torch.Tensor) -> int:
+    """The length of the leading run of correct predictions."""
+    wrong = (pred != target).nonzero()
+    return int(wrong[0, 0]) if wrong.numel() else int(target.numel())
+
+
 class _FitRun:
     """The rows of one _fit_items call, what they share, and the steps of its loop (see the comment above _Row)."""
 
@@ -394,6 +445,7 @@ class _FitRun:
         self.teacher_embeddings, self.on_done = teacher_embeddings, on_done
         self.callback, self.callback_every = callback, callback_every
         self.group_mode = config.shared_m or config.has_regularizer
+        self.with_e = config.score_bos and bos_target(lm, config.layout) is not None  # rows score e's output first
         self.stuck_loss = REDRAW_LOSS_SHARE * math.log(lm.model.config.vocab_size)
         self.plateau_loss = REDRAW_PLATEAU_SHARE * math.log(lm.model.config.vocab_size)
         self.group_best = (-1.0, math.inf)  # coupled texts: best mean accuracy, and the total loss there
@@ -465,9 +517,10 @@ class _FitRun:
             rows = [active[k] for k in members]
             e_batch = torch.stack([row.e for row in rows]).to(lm.device)
             m_batch = torch.stack([row.m for row in rows]).to(lm.device)
-            logits = scored_logits(step_lm, e_batch, m_batch, [len(row.target) for row in rows], config.layout)
+            logits = scored_logits(step_lm, e_batch, m_batch, [len(row.target) for row in rows], config.layout,
+                                   self.with_e)
             for j, k in enumerate(members):
-                row_logits[k] = logits[j, : len(active[k].target)]
+                row_logits[k] = logits[j, : len(active[k].device_target)]
         row_losses = [F.cross_entropy(row_logits[k], row.device_target) for k, row in enumerate(active)]
         # Sum, not mean: each text's gradient is what it would be if fitted alone.
         loss = torch.stack(row_losses).sum()
@@ -494,11 +547,29 @@ class _FitRun:
                 self.finish(row, "diverged",
                             f"The loss became {loss} at step {row.steps}; kept the best vectors before it.")
                 diverged = True
+            elif self.config.stop == "batch":
+                self.decide_batch_row(row, acc, loss, pred)
             elif not self.group_mode and self.decide_row(row, acc, loss):
                 redrawn.append(row)
         if self.group_mode and not diverged:
             self.decide_group(active)
+        if self.config.stop == "batch":
+            fitting = [row for row in active if not row.done]
+            if fitting and all(row.best_acc >= self.config.threshold for row in fitting):
+                for row in fitting:
+                    self.finish(row, "converged")
         return redrawn
+
+    def decide_batch_row(self, row: _Row, acc: float, loss: float, pred: torch.Tensor) -> None:
+        """The seed paper's loop (FitConfig.stop "batch"): keep the best vectors by accuracy, ties by correct prefix;
+        a row only finishes alone at the step cap (decide() stops the batch when every row's best reached the
+        threshold)."""
+        prefix = _prefix(pred, row.device_target)
+        if acc > row.best_acc or (acc == row.best_acc and prefix > row.best_prefix):
+            row.keep(acc, loss)
+            row.best_prefix = prefix
+        if row.steps >= self.config.max_steps:
+            self.finish(row, "max_steps", f"Reached max steps ({self.config.max_steps}) at accuracy {row.best_acc:.3f}.")
 
     def decide_row(self, row: _Row, acc: float, loss: float) -> bool:
         """A text fitted alone: keep its best vectors, finish it (converged, step cap); True when its draw is stuck."""
@@ -506,7 +577,15 @@ class _FitRun:
         if acc > row.best_acc or (acc == row.best_acc and loss < row.best_loss):
             row.keep(acc, loss)
         cap = row.step_cap or config.max_steps
-        if acc >= config.threshold and self.holds(row):
+        if acc >= config.threshold and config.extra_steps and not row.margin_until and self.holds(row):
+            row.margin_until = row.steps + config.extra_steps  # reached: keep optimising for the margin
+            row.step_cap = max(cap, row.margin_until)
+        if row.margin_until:
+            if row.steps >= row.margin_until:
+                self.finish(row, "converged", f"Reached the threshold at step {row.margin_until - config.extra_steps}, "
+                                              f"then {config.extra_steps} more steps.")
+                return False
+        elif acc >= config.threshold and self.holds(row):
             self.finish(row, "converged")
         elif row.steps >= cap:
             self.finish(row, "max_steps", f"Reached max steps ({cap}) at accuracy {row.best_acc:.3f}.")
@@ -518,7 +597,7 @@ class _FitRun:
         """Accuracy and loss of (e, m) for the row's text in the model's own forward pass."""
         with torch.no_grad():
             logits = scored_logits(self.lm, e[None].to(self.lm.device), m[None].to(self.lm.device),
-                                   [len(row.target)], self.config.layout)[0]
+                                   [len(row.target)], self.config.layout, self.with_e)[0]
             return _accuracy(logits.argmax(-1), row.device_target), float(F.cross_entropy(logits, row.device_target))
 
     def holds(self, row: _Row) -> bool:
@@ -680,15 +759,20 @@ def _fit_items(
     seeds = list(init_seeds) if init_seeds is not None else [text_seed(config.seed, t) for t in targets]
     group_mode = config.shared_m or config.has_regularizer
     slots = len(texts) if (group_mode or not batch_size) else max(1, batch_size)
+    if config.stop == "batch":
+        batching = "fixed"  # the seed paper's plain loop: a batch steps together until all of it is done
 
+    dtype = lm.dtype if config.vectors == "model" else torch.float32
     shared_m = None
     if config.shared_m:
         shared_m = torch.nn.Parameter(_init_vector(lm.hidden_size, distribution,
-                                                   text_seed(config.seed + 1, sum(targets, []))))
+                                                   text_seed(config.seed + 1, sum(targets, []))).to(dtype))
     if starts is not None and (len(starts) != len(texts) or (shared_m is not None and any(starts))):
         raise FitError("starts: one (e, m) or None per text, and none with a shared m.")
+    bos = bos_target(lm, config.layout) if config.score_bos else None
     rows = [_init_row(lm, i, texts[i], targets[i], seeds[i], owners[i] if owners is not None else None, distribution,
-                      shared_m, starts[i] if starts is not None else None) for i in range(len(texts))]
+                      shared_m, starts[i] if starts is not None else None, bos=bos, dtype=dtype)
+            for i in range(len(texts))]
     optimizer = _new_optimizer(config, rows, shared_m)
     if config.has_regularizer:
         from core.engine import teacher as teacher_mod
@@ -801,17 +885,34 @@ class CachedFit:
     unsaved: str | None = None
 
 
+# The seed paper's code fits its texts in batches of 8 (FitConfig.stop "batch").
+SEED_BATCH = 8
+
+
 def coupling_group(config: FitConfig, targets: Sequence[Sequence[int]]) -> str | None:
-    """Texts fitted with shared m or a batch regulariser depend on each other: name their batch."""
-    if not (config.shared_m or config.has_regularizer):
+    """Texts fitted with shared m or a batch regulariser, or stopped as a batch (FitConfig.stop), depend on each other:
+    name their batch."""
+    if not (config.shared_m or config.has_regularizer or config.stop == "batch"):
         return None
     return hashlib.sha256(repr([list(t) for t in targets]).encode()).hexdigest()[:16]
 
 
+def batches(config: FitConfig, n: int) -> list[range]:
+    """The batches n texts fitted together with ``config`` form: one, or with FitConfig.stop "batch" consecutive runs
+    of SEED_BATCH (each its own coupling group: a text's vectors depend on the batch it waited for)."""
+    size = SEED_BATCH if config.stop == "batch" else max(n, 1)
+    return [range(i, min(i + size, n)) for i in range(0, n, size)] or [range(0)]
+
+
 def entry_keys(lm: LoadedModel, targets: Sequence[Sequence[int]], config: FitConfig) -> tuple[list[str], str | None]:
-    """Cache keys of texts (as token ids) fitted together with ``config``, and their coupling group."""
-    group = coupling_group(config, targets)
-    return [entry_key(lm.identity, t, config.key_dict(), group) for t in targets], group
+    """Cache keys of texts (as token ids) fitted together with ``config``, and their coupling group (of the first
+    batch, with FitConfig.stop "batch": batches())."""
+    keys, groups = [], []
+    for batch in batches(config, len(targets)):
+        group = coupling_group(config, [targets[i] for i in batch])
+        keys += [entry_key(lm.identity, targets[i], config.key_dict(), group) for i in batch]
+        groups.append(group)
+    return keys, groups[0]
 
 
 def _cached(lm: LoadedModel, targets: Sequence[Sequence[int]], config: FitConfig, cache: ProtoCache
@@ -834,9 +935,19 @@ def lookup(lm: LoadedModel, texts: Sequence[str], config: FitConfig, cache: Prot
 
 def entry_from_result(lm: LoadedModel, result: FitResult, config: FitConfig, key: str, group: str | None,
                       start: Start | None = None) -> CacheEntry:
-    """The cache entry of a fit's result; start: where its vectors started, when not from a draw (metrics["start"])."""
+    """The cache entry of a fit's result; start: where its vectors started, when not from a draw (metrics["start"]).
+
+    metrics["accuracy"] counts the N text positions whatever the fit stopped on (with FitConfig.score_bos the fit's
+    own count, N + 1, is metrics["fit_accuracy"]); metrics["bos_correct"] says whether e's own output is the BOS token,
+    for the seed paper's count (core.engine.reconstruct.counted; absent where there is no BOS position)."""
+    accuracy, extra = result.accuracy, {}
+    if bos_target(lm, config.layout) is not None:
+        rebuilt = reconstruct(lm, result.e, result.m, list(result.token_ids), config.layout)
+        extra["bos_correct"] = bool(rebuilt.bos_correct)
+        if config.score_bos:
+            accuracy, extra["fit_accuracy"] = rebuilt.metrics.accuracy, result.accuracy
     metrics = {
-        "accuracy": result.accuracy, "loss": result.loss if math.isfinite(result.loss) else None,
+        "accuracy": accuracy, **extra, "loss": result.loss if math.isfinite(result.loss) else None,
         "steps": result.steps, "converged": result.converged, "status": result.status, "redraws": result.redraws,
         "message": result.message, "wall_time": result.wall_time, "n_tokens": len(result.token_ids),
         "norm_e": float(result.e.norm()), "norm_m": float(result.m.norm()),
@@ -873,6 +984,15 @@ def fit_and_cache(
     Raises CacheWriteError before the first step when the cache cannot be written. When a write fails later
     all the same, the fit goes on and the text's outcome carries the entry with ``unsaved`` saying why.
     """
+    if config.stop == "batch" and len(texts) > SEED_BATCH:  # each batch of the seed paper's loop on its own
+        outcomes: list[CachedFit | None] = []
+        for batch in batches(config, len(texts)):
+            offset = batch.start
+            outcomes += fit_and_cache(
+                lm, list(texts[batch.start:batch.stop]), config, cache, refit=refit, batch_size=batch_size,
+                callback=(lambda p, rows, o=offset: callback(p, [o + r for r in rows])) if callback else None,
+                callback_every=callback_every, cancel=cancel)
+        return outcomes
     targets = [lm.validate_text(t, config.layout) for t in texts]
     if refit:
         keys, group = entry_keys(lm, targets, config)

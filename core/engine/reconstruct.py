@@ -6,6 +6,10 @@ Layouts (docs/science.md, A.layouts):
   k-th copy of m (position k, 1-based) predicts token k-1 (0-based). Scored positions: ``1 .. N``.
 * ``"e+m*(N-1)"``: inputs ``[e, m, ..., m]`` of length N; e's output predicts the first token.
   Scored positions: ``0 .. N-1``.
+
+Two counts of accuracy and correct prefix (``COUNTS``): over the N text positions (this lab's, the default), or, as
+the seed paper's code counts them, over N + 1 positions with e's own output scored against the tokenizer's BOS
+token (layout ``"e+m*N"`` only, where e's output is otherwise unscored; ``counted``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ from core.engine.models import LoadedModel
 from core.engine.shapes import checked
 
 LAYOUTS = ("e+m*N", "e+m*(N-1)")
+# How accuracy and the correct prefix are counted (see the module's docstring and counted()).
+COUNTS = ("text", "bos")
+COUNT_LABELS = {"text": "N text positions (this lab)",
+                "bos": "N + 1, e's BOS prediction included (the seed paper's code)"}
 
 
 def check_layout(layout: str) -> str:
@@ -31,6 +39,13 @@ def check_layout(layout: str) -> str:
 def first_scored_position(layout: str) -> int:
     """Index of the input position whose output predicts the first token."""
     return 1 if check_layout(layout) == "e+m*N" else 0
+
+
+def bos_target(lm: LoadedModel, layout: str) -> int | None:
+    """The token e's own output is scored against in the seed paper's count: the tokenizer's BOS id, or None where
+    there is no such position (layout e+m*(N-1): e's output predicts the first token) or no BOS token."""
+    bos = getattr(lm.tokenizer, "bos_token_id", None)
+    return int(bos) if bos is not None and check_layout(layout) == "e+m*N" else None
 
 
 def sequence_length(n_tokens: int, layout: str) -> int:
@@ -60,17 +75,21 @@ def build_inputs(
 @checked
 def scored_logits(
     lm: LoadedModel, e: Float[Tensor, "batch hidden"], m: Float[Tensor, "batch hidden"], lengths: list[int],
-    layout: str,
-) -> Float[Tensor, "batch n_tokens vocab"]:
+    layout: str, with_e: bool = False,
+) -> Float[Tensor, "batch positions vocab"]:
     """Logits at the scored positions: [batch, max(lengths), vocab], float32.
 
     Row b, column k is the model's prediction for token k of text b (valid for k < lengths[b]).
+    with_e (layout e+m*N only): e's own output first, [batch, 1 + max(lengths), vocab]; column 0 is what the seed
+    paper's code scores against BOS (bos_target), column k + 1 token k.
     Gradients flow to e and m when they require grad.
     """
     inputs, mask = build_inputs(e, m, lengths, layout)
     out = lm.model(inputs_embeds=inputs.to(lm.device, lm.dtype), attention_mask=mask.to(lm.device))
     start = first_scored_position(layout)
-    return out.logits[:, start : start + max(lengths)].float()
+    if with_e and start != 1:
+        raise ValueError(f"In layout {layout} e's output already predicts the first token: there is no BOS position.")
+    return out.logits[:, start - int(with_e) : start + max(lengths)].float()
 
 
 @checked
@@ -81,8 +100,16 @@ def predict_tokens(lm: LoadedModel, e: Float[Tensor, "*batch hidden"], m: Float[
 
     e, m: [batch, hidden] (or [hidden] for one pair) -> token ids [batch, n_tokens] on the CPU.
     """
+    return predict_with_e(lm, e, m, n_tokens, layout, with_e=False)
+
+
+@checked
+@torch.no_grad()
+def predict_with_e(lm: LoadedModel, e: Float[Tensor, "*batch hidden"], m: Float[Tensor, "*batch hidden"],
+                   n_tokens: int, layout: str, with_e: bool = True) -> Int[Tensor, "rows positions"]:
+    """predict_tokens with e's own prediction first when with_e (layout e+m*N): [rows, 1 + n_tokens]."""
     e2, m2 = (e[None], m[None]) if e.dim() == 1 else (e, m)
-    logits = scored_logits(lm, e2.to(lm.device), m2.to(lm.device), [n_tokens] * e2.shape[0], layout)
+    logits = scored_logits(lm, e2.to(lm.device), m2.to(lm.device), [n_tokens] * e2.shape[0], layout, with_e)
     return logits.argmax(-1).cpu()
 
 
@@ -117,16 +144,41 @@ def token_metrics(predicted: Int[Tensor, "n_tokens"] | list[int], target: Int[Te
     )
 
 
+def counted(metrics: TokenMetrics, bos_correct: bool | None, count: str = "text") -> TokenMetrics:
+    """The metrics in one of COUNTS: "text" as they are (N positions); "bos" over N + 1 positions with e's BOS
+    prediction first, as the seed paper's code counts them (its prefix is 0 when e misses BOS). Where there is no
+    BOS position (bos_correct None: no BOS token, or layout e+m*(N-1)) both counts are the N positions."""
+    if count not in COUNTS:
+        raise ValueError(f"Unknown count {count!r}; use one of {', '.join(COUNTS)}.")
+    if count == "text" or bos_correct is None:
+        return metrics
+    n, c_tokens = metrics.n_tokens + 1, metrics.c_tokens + int(bool(bos_correct))
+    prefix = 1 + metrics.correct_prefix if bos_correct else 0
+    return TokenMetrics(accuracy=c_tokens / n, c_tokens=c_tokens, correct_prefix=prefix, correct_prefix_rel=prefix / n,
+                        n_tokens=n)
+
+
 @dataclass
 class Reconstruction:
     token_ids: list[int]  # [n_tokens] argmax of one forward pass
     text: str
-    metrics: TokenMetrics
+    metrics: TokenMetrics  # over the N text positions
+    bos_correct: bool | None = None  # whether e's own output is the BOS token (None: no BOS position; bos_target)
+
+    def counted(self, count: str = "text") -> TokenMetrics:
+        """The metrics in one of COUNTS (counted)."""
+        return counted(self.metrics, self.bos_correct, count)
 
 
 @checked
 def reconstruct(lm: LoadedModel, e: Float[Tensor, "hidden"], m: Float[Tensor, "hidden"], target_ids: list[int],
                 layout: str) -> Reconstruction:
-    """Rebuild a text in one forward pass from e, m: [hidden] and compare with its target tokens."""
-    pred = predict_tokens(lm, e, m, len(target_ids), layout)[0].tolist()
-    return Reconstruction(token_ids=pred, text=lm.decode(pred), metrics=token_metrics(pred, target_ids))
+    """Rebuild a text in one forward pass from e, m: [hidden] and compare with its target tokens (and e's own output
+    with BOS, where there is a BOS position: bos_target)."""
+    bos = bos_target(lm, layout)
+    pred = predict_with_e(lm, e, m, len(target_ids), layout, with_e=bos is not None)[0].tolist()
+    bos_correct = None
+    if bos is not None:
+        bos_correct, pred = pred[0] == bos, pred[1:]
+    return Reconstruction(token_ids=pred, text=lm.decode(pred), metrics=token_metrics(pred, target_ids),
+                          bos_correct=bos_correct)
