@@ -6,28 +6,41 @@ import pandas as pd
 import streamlit as st
 
 from core.engine.cache import CacheEntry
-from core.figures.noise import TYPE_LABELS, accuracy_figure, flip_figure, prefix_figure
+from core.engine.reconstruct import COUNT_LABELS
+from core.figures.noise import TYPE_LABELS, accuracy_figure, entries_figure, flip_figure, prefix_figure
 from core.analyses.noise import (
+    AUTHORS_MIN_ACCURACY,
     MAX_DRAWS,
+    NOISE_PROTOCOLS,
     NOISE_TARGETS,
     NOISE_TYPES,
     PAPER_ALPHAS,
+    PAPER_COUNT,
     PAPER_MODEL,
+    PROTOCOL_LABELS,
     NoiseSettings,
+    authors_entries,
+    counted_table,
+    entry_curves,
     load_noise,
     flip_rates,
     run_noise,
     parse_alphas,
+    set_originals,
     summarize_noise,
 )
-from ui.state import entries_multiselect, entry_label, entry_selector, get_cache, get_model, require_app_shell
+from core.texts.textsets import BUILTIN_SETS
+from ui.state import (entries_multiselect, entry_label, entry_selector, fit_config, get_cache, get_model, metric_count,
+                      require_app_shell)
 from core.report import entry_report
 from ui.widgets import URL, download_csv, download_figure, download_report, plain, show_error, show_tokens
 
 require_app_shell()  # first: a page opened by its URL on a fresh server runs inside app.py
 
 TARGET_LABELS = {"e": "e (as in the paper)", "m": "m", "both": "e and m"}
-CURRENT, SEVERAL = "Current entry", "Several entries"
+CURRENT, SEVERAL, ORIGINALS = "Current entry", "Several entries", "A set's originals"
+# The built-in sets with originals (the syntax set has none)
+ORIGINAL_SETS = [name for name in BUILTIN_SETS if name.startswith("variants")]
 ALL_TYPES = "all types"
 
 
@@ -51,15 +64,41 @@ if not cache.list(lm.identity):
 
 
 # ---- what to sweep ---------------------------------------------------------------------------------
-scope = st.radio("Sweep", [CURRENT, SEVERAL], horizontal=True, key="noise_scope", bind=URL,
-                 help="Several entries: the curves average over every chosen entry.")
+c_scope, c_protocol = st.columns([2, 3])
+scope = c_scope.radio("Sweep", [CURRENT, SEVERAL, ORIGINALS], horizontal=True, key="noise_scope", bind=URL,
+                      help="Several entries: the curves average over every chosen entry, and each entry's own curve "
+                           "is drawn too. A set's originals: the fitted originals of a built-in set (its variants left "
+                           "out), as the seed paper sweeps them.")
+protocol = c_protocol.radio("Protocol", NOISE_PROTOCOLS, format_func=PROTOCOL_LABELS.get, key="noise_protocol",
+                            bind=URL, help="This lab's (default): several draws per alpha along the same directions, "
+                            "so a curve does not jitter between alphas. The seed paper's code: one draw per text, type "
+                            "and alpha, a fresh direction at each alpha, only texts fitted to at least "
+                            f"{AUTHORS_MIN_ACCURACY}.")
 if scope == CURRENT:
     chosen = entry_selector(lm, "Entry", key="noise_entry")
     entries: list[CacheEntry] = [chosen] if chosen is not None else []
-else:
+elif scope == SEVERAL:
     entries = entries_multiselect(lm, "Entries", key="noise_entries")
+else:
+    set_name = st.selectbox("Set", ORIGINAL_SETS, key="noise_set", bind=URL)
+    sidebar = fit_config()
+    if sidebar is None:
+        st.stop()
+    entries = set_originals(lm, set_name, sidebar, cache)
+    if not entries:
+        st.info(plain(f"No original of the {set_name} set is fitted for {lm.name} yet: fit the set on the "
+                      "Embeddings page, then come back here."))
+        st.stop()
+if protocol == "authors" and entries:
+    kept = authors_entries(entries)
+    if len(kept) < len(entries):
+        st.caption(f"The seed paper's protocol sweeps texts fitted to at least {AUTHORS_MIN_ACCURACY}: "
+                   f"{len(entries) - len(kept)} of the {len(entries)} chosen entries fall short and are left out.")
+    entries = kept
 if not entries:
-    st.info("Choose at least one fitted entry to sweep.")
+    st.info("Choose at least one fitted entry to sweep"
+            + (f" (fitted to at least {AUTHORS_MIN_ACCURACY} for the seed paper's protocol)." if protocol == "authors"
+               else "."))
     st.stop()
 
 c1, c2 = st.columns([3, 2])
@@ -68,7 +107,9 @@ kinds = c1.multiselect("Noise types", NOISE_TYPES, default=list(NOISE_TYPES), fo
 alpha_text = c2.text_input("Alphas (noise norm / ‖target‖)", ", ".join(f"{a:g}" for a in PAPER_ALPHAS),
                            key="noise_alphas", bind=URL, help="Comma-separated numbers >= 0; the paper's grid is the default.")
 c3, c4, c5 = st.columns([1, 2, 1])
-draws = int(c3.number_input("Draws per alpha", 1, MAX_DRAWS, 8, key="noise_draws", bind=URL))
+draws = int(c3.number_input("Draws per alpha", 1, MAX_DRAWS, 8, key="noise_draws", bind=URL,
+                            disabled=protocol == "authors", help="The seed paper's protocol: one."))
+draws = 1 if protocol == "authors" else draws
 target = c4.radio("Noise on", NOISE_TARGETS, format_func=TARGET_LABELS.get, horizontal=True, key="noise_target", bind=URL)
 seed = int(c5.number_input("Seed", 0, 2**31 - 1, 0, key="noise_seed", bind=URL))
 
@@ -80,7 +121,7 @@ except ValueError as exc:
 if not kinds:
     st.warning("Choose at least one noise type.")
     st.stop()
-settings = NoiseSettings(kinds=tuple(kinds), alphas=alphas, draws=draws, target=target, seed=seed)
+settings = NoiseSettings(kinds=tuple(kinds), alphas=alphas, draws=draws, target=target, seed=seed, protocol=protocol)
 passes = len(entries) * settings.passes_per_entry
 st.caption(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'} × {len(kinds)} types × {len(alphas)} alphas "
            f"× {draws} draws = {len(entries) * settings.rows_per_entry:,} noisy reconstructions in {passes:,} "
@@ -108,14 +149,34 @@ if df is None:
     st.stop()
 
 # ---- curves ----------------------------------------------------------------------------------------
+count = metric_count()
+df = counted_table(df, count)
 summary = summarize_noise(df)
 over = "draws" if len(entries) == 1 else f"draws and {len(entries)} entries"
-reference_note = "" if target == "e" else " The paper's numbers are for noise on e only."
-st.caption(f"Lines: mean over {over}; shaded band: min to max of the same rows.{reference_note}")
+notes = [f"Lines: mean over {over}; shaded band: min to max of the same rows.",
+         f"Counted over {COUNT_LABELS[count]} (sidebar)."]
+if target != "e":
+    notes.append("The paper's numbers are for noise on e only.")
+if count != PAPER_COUNT:
+    notes.append("The paper's curve is counted over N + 1 positions, e's BOS prediction included: choose that count "
+                 "in the sidebar to compare like with like.")
+if protocol != "authors":
+    notes.append("The paper's curve is one draw per text and alpha in fresh directions: choose the seed paper's "
+                 "protocol to match it.")
+st.caption(" ".join(notes))
 accuracy_fig, prefix_fig = accuracy_figure(summary), prefix_figure(summary)
 left, right = st.columns(2)
 left.plotly_chart(accuracy_fig, key="noise_accuracy")
 right.plotly_chart(prefix_fig, key="noise_prefix")
+
+if len(entries) > 1:
+    st.subheader("Entry by entry")
+    curves = entry_curves(df, entries)
+    st.caption("Noise tolerance varies widely between entries, so a single entry's curve says little. One line per "
+               "entry (mean over types and draws), labelled with the loss its fit ended at: a fit that went on past "
+               "the threshold (sidebar: Keep optimising after the threshold) ends lower.")
+    entries_fig = entries_figure(curves, {entry.key: entry_label(entry) for entry in entries})
+    st.plotly_chart(entries_fig, key="noise_entries_curves")
 
 # ---- which tokens go first ------------------------------------------------------------------------
 st.subheader("Which tokens flip first")
@@ -145,7 +206,8 @@ row = df[(df["entry"] == shown.key) & (df["type"] == sample_type) & (df["alpha"]
 predicted = list(row["tokens"])
 show_tokens(lm.token_strings(predicted), [p == t for p, t in zip(predicted, shown.token_ids)],
             f"noisy reconstruction ({TYPE_LABELS[sample_type]}, alpha {sample_alpha:g}, draw {sample_draw}): "
-            f"accuracy {row['accuracy']:.3f}, correct prefix {row['correct_prefix']} / {row['n_tokens']}; "
+            f"accuracy {row['accuracy']:.3f}, correct prefix {row['correct_prefix']} / {row['n_tokens']} "
+            f"({'N + 1 positions' if row['n_tokens'] > shown.n_tokens else 'text positions'}); "
             "red tokens differ from the target")
 show_tokens(token_strings, None, "target")
 

@@ -21,7 +21,7 @@ from core.texts.textsets import load_examples
 from ui import jobs
 from ui.sidebar import presenting
 from ui.state import (current_entry, current_entry_key, entry_label, fit_config, forget_entry, get_cache,
-                      get_model, is_default_entry, keep_unsaved, require_app_shell, set_current_entry,
+                      get_model, is_default_entry, keep_unsaved, metric_count, require_app_shell, set_current_entry,
                       unsaved_reason)
 from ui.widgets import download_csv, download_figure, download_json, download_report, plain, show_error, show_tokens
 
@@ -300,14 +300,22 @@ def show_entry(entry: CacheEntry) -> None:
     rec = _reconstruction(entry.key, entry.created, lm.identity, entry)
     if metrics.get("status") not in (None, "converged"):
         st.warning(plain(metrics.get("message") or f"Status: {metrics.get('status')}"))
+    count = metric_count()
+    shown = rec.counted(count)
+    over = (f"over {shown.n_tokens} positions: e's output {'is' if rec.bos_correct else 'is not'} the BOS token"
+            if shown is not rec.metrics else f"over the {shown.n_tokens} text positions")
+    if count == "bos" and rec.bos_correct is None:
+        over += f" ({lm.name}'s tokenizer has no BOS token, or the layout scores e already: both counts agree)"
     cols = st.columns(6)
-    cols[0].metric("Token accuracy", f"{rec.metrics.accuracy:.3f}")
+    cols[0].metric("Token accuracy", f"{shown.accuracy:.3f}", help=f"Counted {over}.")
     cols[1].metric("Steps", metrics.get("steps"))
     cols[2].metric("Wall time", f"{metrics.get('wall_time', 0):.1f} s")
-    cols[3].metric("Correct prefix", f"{rec.metrics.correct_prefix} / {rec.metrics.n_tokens}",
-                   f"{rec.metrics.correct_prefix_rel:.0%}", delta_color="off")
+    cols[3].metric("Correct prefix", f"{shown.correct_prefix} / {shown.n_tokens}",
+                   f"{shown.correct_prefix_rel:.0%}", delta_color="off")
     cols[4].metric("‖e‖", f"{float(entry.e.norm()):.2f}")
     cols[5].metric("‖m‖", f"{float(entry.m.norm()):.2f}")
+    st.caption(plain(f"Accuracy and prefix counted {over} (sidebar: Count accuracy and prefix over)."
+                     + (f" Final loss {metrics['loss']:.3f}." if metrics.get("loss") is not None else "")))
     if redraws := metrics.get("redraws"):
         st.caption(f"Started over from a new init {redraws} time{'s' if redraws > 1 else ''}: the loss was still "
                    "too high after the steps set in *Fit settings* (a stuck draw), so the curves "

@@ -71,16 +71,16 @@ def test_batched_and_one_by_one_agree(tiny_lm, fitted):
 def test_one_forward_pass_per_type_and_alpha(tiny_lm, fitted, monkeypatch):
     entry, _ = fitted
     calls = []
-    original = core.analyses.noise.predict_tokens
+    original = core.analyses.noise.predict_with_e
 
-    def counting(lm, e, m, n_tokens, layout):
+    def counting(lm, e, m, n_tokens, layout, with_e=True):
         calls.append(tuple(e.shape))
-        return original(lm, e, m, n_tokens, layout)
+        return original(lm, e, m, n_tokens, layout, with_e)
 
-    monkeypatch.setattr(core.analyses.noise, "predict_tokens", counting)
+    monkeypatch.setattr(core.analyses.noise, "predict_with_e", counting)
     sweep(tiny_lm, [entry], ("gaussian", "uniform"), (0.0, 0.2, 1.0), draws=5)
     # Alpha 0 is decoded once for the entry; every other (type, alpha) in one batch of all its draws.
-    assert calls == [(entry.e.shape[0],)] + [(5, entry.e.shape[0])] * 4
+    assert calls == [(1, entry.e.shape[0])] + [(5, entry.e.shape[0])] * 4
     assert len(calls) == NoiseSettings(("gaussian", "uniform"), (0.0, 0.2, 1.0), draws=5).passes_per_entry
 
 
@@ -114,7 +114,7 @@ def test_cache_hit_returns_equal_table_without_forward_passes(tiny_lm, fitted, t
     def no_forward_pass(*_, **__):
         raise AssertionError("a cached sweep must not run the model")
 
-    monkeypatch.setattr(core.analyses.noise, "predict_tokens", no_forward_pass)
+    monkeypatch.setattr(core.analyses.noise, "predict_with_e", no_forward_pass)
     second = sweep(*args, target="m", cache=tmp_cache)
     pd.testing.assert_frame_equal(first, second)
     settings = NoiseSettings(kinds=args[2], alphas=args[3], draws=2, target="m")
@@ -217,7 +217,7 @@ def test_noise_key_names_every_setting_the_entry_and_the_device(tiny_lm, fitted,
 
     entry, _ = fitted
     base = NoiseSettings(kinds=("gaussian",), alphas=(0.0, 0.1), draws=2, target="e", seed=0)
-    changed = {"kinds": ("uniform",), "alphas": (0.0, 0.2), "draws": 3, "target": "m", "seed": 1}
+    changed = {"kinds": ("uniform",), "alphas": (0.0, 0.2), "draws": 3, "target": "m", "seed": 1, "protocol": "authors"}
     assert set(changed) == {f.name for f in dataclasses.fields(NoiseSettings)}, "a new setting: vary it here too"
     key = noise_key(tiny_lm, entry, base)
     assert noise_key(tiny_lm, entry, NoiseSettings(**dataclasses.asdict(base))) == key
@@ -283,7 +283,8 @@ def test_a_stored_sweep_names_its_entry_and_settings_and_a_malformed_one_is_a_mi
     key = noise_key(tiny_lm, entry, settings)
     meta = json.loads((tmp_cache.root / "analyses" / ANALYSIS_KIND / f"{key}.json").read_text())
     assert (meta["version"], meta["entry"]) == (NOISE_VERSION, entry.key)
-    assert meta["settings"] == {"kinds": ["uniform"], "alphas": [0.0, 0.5], "draws": 2, "target": "e", "seed": 0}
+    assert meta["settings"] == {"kinds": ["uniform"], "alphas": [0.0, 0.5], "draws": 2, "target": "e", "seed": 0,
+                                "protocol": "lab"}
 
     both = load_noise(tiny_lm, [entry, entry], settings, tmp_cache)
     assert both.index.equals(pd.RangeIndex(8)) and len(both) == 2 * 2 * 2

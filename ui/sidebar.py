@@ -6,9 +6,9 @@ import streamlit as st
 
 from core.engine.fit import COMPUTES, INITS, PRESET_LABELS, REDRAW_PLATEAU_SHARE, UI_PRESETS, preset
 from core.engine.models import DEFAULT_MODEL, TINY_MODEL
-from core.engine.reconstruct import LAYOUTS
+from core.engine.reconstruct import COUNT_LABELS, COUNTS, LAYOUTS
 from core.engine.start import MIN_SIMILARITY, START_KINDS, START_LABELS
-from ui.state import DEFAULT_MODEL_NAME, get_cache, get_model, set_current_entry
+from ui.state import COUNT_KEY, DEFAULT_MODEL_NAME, get_cache, get_model, set_current_entry
 from ui.widgets import PUBLICATION_KEY, URL, plain
 
 CUSTOM = "Other (Hugging Face id or local folder)"
@@ -162,6 +162,13 @@ def presentation_mode() -> None:
                   on_click=lambda: st.session_state.update({PRESENT_KEY: False}))
 
 
+def _count_section() -> None:
+    st.radio("Count accuracy and prefix over", COUNTS, key=COUNT_KEY, format_func=COUNT_LABELS.get, bind=URL,
+             help="N text positions: e's own output unscored, as this lab fits. N + 1: e's output scored against "
+                  "the tokenizer's BOS token too, as the seed paper's code counts (and its published numbers are "
+                  "counted). The Reconstruct and Noise pages show the chosen count.")
+
+
 def _presentation_section() -> None:
     st.toggle("Presentation mode", key=PRESENT_KEY, bind=URL,
               help="For a projector: the sidebar and the page's controls are hidden (their values stay), the type is "
@@ -181,6 +188,7 @@ def render_sidebar():
                        f"context {lm.context_limit:,} tokens, on {lm.device.type} ({str(lm.dtype)[6:]})")
         st.divider()
         _fit_section()
+        _count_section()
         st.divider()
         _presentation_section()
         st.divider()

@@ -97,6 +97,14 @@ def fit_config() -> FitConfig | None:
 # entry of the sidebar's model. While neither the user nor a link has chosen one, the current entry is the
 # model's shipped demo entry (default_entry): every page opens on a result, and the URL stays clean.
 
+COUNT_KEY = "count"  # the sidebar's choice of core.engine.reconstruct.COUNTS
+
+
+def metric_count() -> str:
+    """How the pages count accuracy and the correct prefix (core.engine.reconstruct.COUNTS): the sidebar's choice."""
+    return st.session_state.get(COUNT_KEY) or "text"
+
+
 def current_entry_key() -> str | None:
     """The key of the current entry (always a well-formed cache key), or None."""
     key = st.session_state.get(ENTRY_STATE)

@@ -9,6 +9,11 @@ random numbers), which keeps accuracy-vs-alpha curves from jittering between gri
 `run_noise` runs the paper's experiment over cached entries: for every (entry, type, alpha) it draws
 all noisy copies with `noisy_pair` and decodes them in one batched forward pass, and returns a tidy table
 (one row per draw) that `summarize_noise` and `flip_rates` turn into what the Noise page plots.
+
+Two protocols (NoiseSettings.protocol): this lab's ("lab": several draws per text, the same directions along alpha)
+and the seed paper's code ("authors": one draw per text, type and alpha, fresh directions at each alpha, over
+originals fitted to at least 0.9: `authors_entries`). Every row records whether e's own output was the BOS token, so
+the table can be counted either way (`counted_table`; core.engine.reconstruct.counted).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 import torch
@@ -26,9 +31,12 @@ from torch import Tensor
 
 from core.engine.cache import CacheEntry, ProtoCache, cache_key
 from core.engine.models import LoadedModel
-from core.engine.reconstruct import predict_tokens, token_metrics
+from core.engine.reconstruct import COUNTS, TokenMetrics, bos_target, counted, predict_with_e, token_metrics
 from core.engine.shapes import checked
 from core.texts.numbers import NumberList
+
+if TYPE_CHECKING:
+    from core.engine.fit import FitConfig
 
 log = logging.getLogger(__name__)
 
@@ -214,15 +222,25 @@ PAPER_ACCURACY: dict[float, float] = {0.0: 0.92, 0.05: 0.86, 0.1: 0.82, 0.2: 0.7
 # Only the two ends of the relative correct-prefix curve are reported there.
 PAPER_PREFIX_REL: dict[float, float] = {0.0: 0.64, 1.0: 0.08}
 PAPER_MODEL = "Llama-3.2-1B"
+# The setting behind those numbers, for every legend and caption that shows them (../shared/PAPERS.md, B).
+PAPER_SETTING = ("Llama-3.2-1B-Instruct (bf16), ~130 Dolly-15k texts fitted to >= 0.9, one draw per text, type and "
+                 "alpha, counted over N + 1 positions (BOS included)")
+PAPER_COUNT = "bos"  # how the paper's numbers count (core.engine.reconstruct.COUNTS)
+NOISE_PROTOCOLS = ("lab", "authors")
+PROTOCOL_LABELS = {"lab": "this lab's: several draws, the same directions along alpha",
+                   "authors": "the seed paper's code: one draw per alpha, fresh directions, originals fitted to >= 0.9"}
+AUTHORS_MIN_ACCURACY = 0.9
 
 ANALYSIS_KIND = "noise"
 # Part of every cache key: bump it when the table's meaning or columns change.
-NOISE_VERSION = "noise-sweep-v1"
+# v2: the bos_correct column (1: e's own output was the BOS token, 0: it was not, -1: no BOS position) and the
+# protocol setting.
+NOISE_VERSION = "noise-sweep-v2"
 NOISE_COLUMNS = (
     "entry", "type", "alpha", "draw", "accuracy", "c_tokens", "correct_prefix", "correct_prefix_rel",
-    "n_tokens", "tokens",
+    "n_tokens", "tokens", "bos_correct",
 )
-_INT_COLUMNS = ("draw", "c_tokens", "correct_prefix", "n_tokens")
+_INT_COLUMNS = ("draw", "c_tokens", "correct_prefix", "n_tokens", "bos_correct")
 _FLOAT_COLUMNS = ("alpha", "accuracy", "correct_prefix_rel")
 # A grid longer than this is a typo (say a pasted list), not an experiment anyone waits for.
 MAX_ALPHAS = 50
@@ -260,8 +278,13 @@ class NoiseSettings:
     draws: int = 8
     target: NoiseTarget = "e"
     seed: int = 0
+    protocol: str = "lab"  # NOISE_PROTOCOLS; "authors" has one draw per alpha, in a fresh direction at each
 
     def __post_init__(self) -> None:
+        if self.protocol not in NOISE_PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}; use one of {', '.join(NOISE_PROTOCOLS)}")
+        if self.protocol == "authors":
+            object.__setattr__(self, "draws", 1)
         kinds = tuple(dict.fromkeys(self.kinds))
         if not kinds:
             raise ValueError("choose at least one noise type")
@@ -322,14 +345,22 @@ def _check_entry(lm: LoadedModel, entry: CacheEntry) -> None:
 
 def _decode_draws(lm: LoadedModel, entry: CacheEntry, noisy_e: torch.Tensor, noisy_m: torch.Tensor,
                   batched: bool) -> torch.Tensor:
-    """noisy_e, noisy_m [draws, hidden] -> argmax tokens [draws, n_tokens] (CPU).
+    """noisy_e, noisy_m [draws, hidden] -> argmax tokens [draws, n_tokens] (CPU), e's own prediction first
+    ([draws, 1 + n_tokens]) where there is a BOS position (bos_target).
 
     batched=False is the reference (one forward pass per draw) that the tests and the benchmark compare with.
     """
+    with_e = bos_target(lm, entry.layout) is not None
     if batched:
-        return predict_tokens(lm, noisy_e, noisy_m, entry.n_tokens, entry.layout)
-    rows = [predict_tokens(lm, noisy_e[i], noisy_m[i], entry.n_tokens, entry.layout) for i in range(noisy_e.shape[0])]
+        return predict_with_e(lm, noisy_e, noisy_m, entry.n_tokens, entry.layout, with_e)
+    rows = [predict_with_e(lm, noisy_e[i], noisy_m[i], entry.n_tokens, entry.layout, with_e)
+            for i in range(noisy_e.shape[0])]
     return torch.cat(rows)
+
+
+def alpha_seed(seed: int, alpha: float) -> int:
+    """The authors' protocol draws a fresh direction at every alpha: the entry's seed and the alpha."""
+    return int(cache_key("noise-alpha", int(seed), float(alpha))[:8], 16)
 
 
 def _entry_rows(lm: LoadedModel, entry: CacheEntry, settings: NoiseSettings, batched: bool,
@@ -337,24 +368,28 @@ def _entry_rows(lm: LoadedModel, entry: CacheEntry, settings: NoiseSettings, bat
     """All rows of one entry's sweep; tick() after every (type, alpha)."""
     seed = entry_seed(settings.seed, entry.key)
     target = torch.tensor(entry.token_ids)
+    bos = bos_target(lm, entry.layout)
     clean: torch.Tensor | None = None  # [1, n_tokens], decoded once: alpha 0 is the same for every type and draw
     rows: list[dict[str, Any]] = []
     for kind in settings.kinds:
         for alpha in settings.alphas:
             if alpha == 0:
                 if clean is None:
-                    clean = predict_tokens(lm, entry.e, entry.m, entry.n_tokens, entry.layout)
+                    clean = _decode_draws(lm, entry, entry.e[None], entry.m[None], batched=True)
                 predicted = clean.expand(settings.draws, -1)
             else:
-                spec = NoiseSpec(kind=kind, alpha=alpha, draws=settings.draws, seed=seed, target=settings.target)
+                draw_seed = alpha_seed(seed, alpha) if settings.protocol == "authors" else seed
+                spec = NoiseSpec(kind=kind, alpha=alpha, draws=settings.draws, seed=draw_seed, target=settings.target)
                 predicted = _decode_draws(lm, entry, *noisy_pair(entry.e, entry.m, spec), batched=batched)
-            for draw, tokens in enumerate(predicted):
+            for draw, decoded in enumerate(predicted):
+                bos_correct = -1 if bos is None else int(decoded[0] == bos)
+                tokens = decoded if bos is None else decoded[1:]
                 metrics = token_metrics(tokens, target)
                 rows.append({
                     "entry": entry.key, "type": kind, "alpha": float(alpha), "draw": draw,
                     "accuracy": metrics.accuracy, "c_tokens": metrics.c_tokens,
                     "correct_prefix": metrics.correct_prefix, "correct_prefix_rel": metrics.correct_prefix_rel,
-                    "n_tokens": metrics.n_tokens, "tokens": [int(t) for t in tokens],
+                    "n_tokens": metrics.n_tokens, "tokens": [int(t) for t in tokens], "bos_correct": bos_correct,
                 })
             tick()
     return rows
@@ -463,6 +498,48 @@ def run_noise(
     return pd.concat(tables, ignore_index=True)
 
 
+def authors_entries(entries: Sequence[CacheEntry]) -> list[CacheEntry]:
+    """The entries the seed paper's noise protocol sweeps: those fitted to at least AUTHORS_MIN_ACCURACY (their
+    originals; a page offers a set's originals for it)."""
+    return [e for e in entries if float(e.metrics.get("accuracy", 0.0)) >= AUTHORS_MIN_ACCURACY]
+
+
+def counted_table(df: pd.DataFrame, count: str = "text") -> pd.DataFrame:
+    """The sweep table with accuracy, c_tokens, correct_prefix, correct_prefix_rel and n_tokens in one of
+    core.engine.reconstruct.COUNTS ("bos": over N + 1 with e's BOS prediction, where a row has a BOS position)."""
+    if count not in COUNTS:
+        raise ValueError(f"Unknown count {count!r}; use one of {', '.join(COUNTS)}.")
+    if count == "text" or df.empty:
+        return df
+    columns = ["accuracy", "c_tokens", "correct_prefix", "correct_prefix_rel", "n_tokens"]
+
+    def row_counted(row) -> list:
+        metrics = TokenMetrics(**{c: row[c] for c in columns})
+        bos = None if row["bos_correct"] < 0 else bool(row["bos_correct"])
+        return list(counted(metrics, bos, count).as_dict().values())
+
+    values = pd.DataFrame([row_counted(row) for _, row in df[columns + ["bos_correct"]].iterrows()],
+                          columns=list(TokenMetrics.__dataclass_fields__), index=df.index)
+    out = df.copy()
+    for column in columns:
+        out[column] = values[column].astype(df[column].dtype)
+    return out
+
+
+def entry_curves(df: pd.DataFrame, entries: Sequence[CacheEntry]) -> pd.DataFrame:
+    """One accuracy curve per entry (mean over types and draws at each alpha), with what the entry's fit ended at:
+    columns entry, alpha, accuracy_mean, correct_prefix_rel_mean, rows, n_tokens, final_loss, fit_accuracy, steps."""
+    grouped = df.groupby(["entry", "alpha"], sort=True)
+    out = grouped[["accuracy", "correct_prefix_rel"]].mean().add_suffix("_mean")
+    out["rows"] = grouped.size()
+    out = out.reset_index()
+    facts = {e.key: (e.n_tokens, e.metrics.get("loss"), float(e.metrics.get("accuracy", 0.0)),
+                     int(e.metrics.get("steps", 0))) for e in entries}
+    for i, column in enumerate(("n_tokens", "final_loss", "fit_accuracy", "steps")):
+        out[column] = out["entry"].map(lambda key, i=i: facts.get(key, (None,) * 4)[i])
+    return out
+
+
 def summarize_noise(df: pd.DataFrame, by: Sequence[str] = ("type", "alpha")) -> pd.DataFrame:
     """Mean, std, min and max of accuracy and correct_prefix_rel per group (default type x alpha).
 
@@ -497,3 +574,17 @@ def flip_rates(df: pd.DataFrame, entry: CacheEntry, kinds: Sequence[str] | None 
     rates = pd.DataFrame(columns, index=pd.RangeIndex(entry.n_tokens, name="position"), dtype="float64")
     rates.columns.name = "alpha"
     return rates
+
+
+def set_originals(lm: LoadedModel, set_name: str, sidebar: "FitConfig", cache: ProtoCache) -> list[CacheEntry]:
+    """The fitted originals of a built-in text set (kind "original"; its variants left out), looked up with its
+    shipped pre-fit's settings where it ships for this model, else the sidebar's: what the seed paper's noise
+    protocol sweeps, and a spread across texts for this lab's."""
+    from core.analyses.embeddings import config_choices
+    from core.engine.sets import set_entries
+    from core.texts.textsets import builtin_set
+
+    frame = builtin_set(set_name)
+    texts = frame[frame["kind"] == "original"]["text"].tolist()
+    choice = config_choices(lm, set_name, sidebar, False)[0]
+    return [entry for entry in set_entries(lm, texts, choice, cache) if entry is not None]
