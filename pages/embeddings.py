@@ -146,6 +146,8 @@ if n_fitted == 0:
 
 # ---- vectors -----------------------------------------------------------------------------------------
 c_thr, c_method, c_metric, c_perp = st.columns([2, 2, 1, 1])
+SELECTIONS = {"texts": "each text at the threshold (this lab)",
+              "groups": "whole groups only, every variant at the threshold (the seed paper's code)"}
 min_accuracy = c_thr.slider("Keep texts reconstructed to at least", 0.0, 1.0, emb.DEFAULT_MIN_ACCURACY, 0.01,
                             key="emb_min_acc", bind=URL, help="Token accuracy of the fitted vectors; the paper keeps >= 0.9.")
 method = METHODS[c_method.radio("2-D map", list(METHODS), horizontal=True, key="emb_method", bind=URL)]
@@ -163,16 +165,22 @@ if teacher is None and not large:
     except Exception as exc:  # the maps of e and m are still worth showing without the reference
         show_error(f"No teacher reference: {exc}", exc, warning=True)
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _assembled(ident: tuple, _entries: list, min_accuracy: float, _teacher, shared_m: bool) -> emb.SetVectors:
-    """assemble_set, once per set state, threshold and teacher (10,000 rows take a second to assemble)."""
-    return emb.assemble_set(frame, _entries, min_accuracy=min_accuracy, teacher=_teacher, shared_m=shared_m)
+def _assembled(ident: tuple, _entries: list, min_accuracy: float, _teacher, shared_m: bool,
+               whole_groups: bool) -> emb.SetVectors:
+    """assemble_set, once per set state, threshold, selection and teacher (10,000 rows take a second to assemble)."""
+    return emb.assemble_set(frame, _entries, min_accuracy=min_accuracy, teacher=_teacher, shared_m=shared_m,
+                            whole_groups=whole_groups)
 
 
+whole_groups = st.radio("Keep", list(SELECTIONS), format_func=SELECTIONS.get, horizontal=True, key="emb_selection",
+                        bind=URL, help="The seed paper's code keeps a group only if every variant in it reached the "
+                                       "threshold; this lab keeps every text that did.") == "groups"
 vectors = _assembled((texts_id, digest(frame["group"]), digest(frame["kind"]),
                       digest(e.key if e else "" for e in entries), listing,
-                      teacher is not None), entries, float(min_accuracy), teacher, shared_m)
+                      teacher is not None), entries, float(min_accuracy), teacher, shared_m, whole_groups)
 st.caption(f"Showing **{vectors.n:,}** of {vectors.n_total:,} texts: {vectors.n_below:,} below {min_accuracy:.2f} "
-           f"accuracy excluded, {vectors.n_unfitted} not fitted."
+           f"accuracy excluded, {vectors.n_unfitted} not fitted"
+           + (f", {vectors.n_dropped} more left out with a group that has a text below it." if whole_groups else ".")
            + (" m is shared by every text, so only e and the teacher are drawn." if shared_m else ""))
 if vectors.n < 2:
     st.warning("Fewer than 2 texts pass the threshold: nothing to compare. Lower the threshold or fit more.")
@@ -328,6 +336,7 @@ st.subheader("How well does each space separate the groups?")
 c_table, c_bars = st.columns([2, 3])
 wide = scores.pivot(index="space", columns="subset", values="silhouette").reindex(
     index=list(vectors.spaces), columns=list(dict.fromkeys(scores["subset"])))
+st.markdown(plain(emb.finding_line(scores, lm.name)))
 c_table.dataframe(wide.round(3), width="stretch")
 about_subsets = (" *original + semantic* isolates meaning: a high score there means paraphrases of a source "
                  "sit together. *original + lexical* tests spelling." if len(wide.columns) > 1 else "")

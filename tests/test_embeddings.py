@@ -167,3 +167,27 @@ def test_config_choices_offer_the_shipped_config_first(tiny_lm):
     other_model = {"variants": PrefitSet(name="variants", model="other", model_name="o", config=shipped.as_dict(),
                                          texts=[], keys=[])}
     assert [c.shipped for c in emb.config_choices(tiny_lm, "variants", preset("first-paper"), False, other_model)] == [False]
+
+
+def test_the_seed_papers_selection_keeps_only_whole_groups():
+    frame, entries = _clustered_set()  # (g1, text 3) is below 0.9
+    lab = emb.assemble_set(frame, entries, min_accuracy=0.9)
+    authors = emb.assemble_set(frame, entries, min_accuracy=0.9, whole_groups=True)
+    assert (lab.n, lab.n_dropped) == (7, 0)
+    assert (authors.n, authors.n_below, authors.n_dropped) == (4, 1, 3)
+    assert set(authors.table["group"]) == {"g0"}
+    entries[0] = None  # an unfitted text drops its group too
+    assert emb.assemble_set(frame, entries, min_accuracy=0.9, whole_groups=True).n == 0
+
+
+def test_the_finding_line_sets_the_model_beside_the_paper():
+    def scores(e, m, teacher):
+        return pd.DataFrame({"space": ["e", "m", "teacher"], "subset": ["original + semantic"] * 3,
+                             "silhouette": [e, m, teacher], "points": 9, "groups": 3})
+
+    none = emb.finding_line(scores(-0.05, -0.01, 0.72), "SmolLM2-135M")
+    assert none.startswith("On SmolLM2-135M (original + semantic) neither e nor m groups the texts: silhouettes "
+                           "-0.05 and -0.01 against 0.72 for the teacher") and "m more semantic than e" in none
+    assert "m groups the texts more than e: silhouettes 0.40 and 0.20" in emb.finding_line(scores(0.2, 0.4, 0.7), "x")
+    assert "e groups the texts more than m" in emb.finding_line(scores(0.4, 0.2, 0.7), "x")
+    assert emb.finding_line(scores(np.nan, np.nan, 0.7), "x").startswith("Not enough groups")

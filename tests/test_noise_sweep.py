@@ -373,3 +373,70 @@ def test_progress_counts_each_type_and_alpha_once(tiny_lm, fitted):
     fractions = []
     sweep(tiny_lm, [entry, entry], ("uniform",), (0.0, 0.1, 0.5), draws=1, progress=fractions.append)
     assert fractions == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0])
+
+
+def _recorded_specs(monkeypatch) -> list:
+    specs = []
+    original = core.analyses.noise.noisy_pair
+
+    def recording(e, m, spec):
+        specs.append(spec)
+        return original(e, m, spec)
+
+    monkeypatch.setattr(core.analyses.noise, "noisy_pair", recording)
+    return specs
+
+
+def test_the_authors_protocol_draws_once_per_alpha_in_fresh_directions(tiny_lm, fitted, monkeypatch):
+    entry, _ = fitted
+    specs = _recorded_specs(monkeypatch)
+    alphas = (0.0, 0.1, 0.5, 1.0)
+    lab = run_noise(tiny_lm, [entry], NoiseSettings(("gaussian",), alphas, draws=4))
+    lab_seeds = {s.seed for s in specs}
+    specs.clear()
+    authors = run_noise(tiny_lm, [entry], NoiseSettings(("gaussian",), alphas, draws=4, protocol="authors"))
+    assert len(lab_seeds) == 1 and len({s.seed for s in specs}) == 3  # the same directions, or one per alpha > 0
+    assert {s.draws for s in specs} == {1} and NoiseSettings(draws=8, protocol="authors").draws == 1
+    assert len(authors) == len(alphas) and len(lab) == 4 * len(alphas)
+    with pytest.raises(ValueError):
+        NoiseSettings(protocol="paper")
+
+
+def test_the_authors_protocol_keeps_entries_fitted_to_point_nine(fitted):
+    from core.analyses.noise import authors_entries
+
+    entry, _ = fitted
+    good = dataclasses.replace(entry, key="a" * 64, metrics={**entry.metrics, "accuracy": 0.9})
+    bad = dataclasses.replace(entry, key="b" * 64, metrics={**entry.metrics, "accuracy": 0.89})
+    assert authors_entries([good, bad]) == [good]
+
+
+def test_a_table_counted_over_n_plus_one_includes_e_s_bos_prediction():
+    from core.analyses.noise import _table, counted_table
+
+    rows = [{"entry": "k", "type": "gaussian", "alpha": 0.1, "draw": d, "accuracy": 0.75, "c_tokens": 3,
+             "correct_prefix": 2, "correct_prefix_rel": 0.5, "n_tokens": 4, "tokens": [1, 2, 3, 4], "bos_correct": b}
+            for d, b in enumerate((1, 0, -1))]
+    table = counted_table(_table(rows), "bos")
+    assert table["accuracy"].tolist() == [0.8, 0.6, 0.75]
+    assert table["correct_prefix"].tolist() == [3, 0, 2] and table["n_tokens"].tolist() == [5, 5, 4]
+    assert counted_table(_table(rows), "text").equals(_table(rows))
+    with pytest.raises(ValueError):
+        counted_table(_table(rows), "tokens")
+
+
+def test_an_old_table_without_the_bos_column_is_a_miss(tiny_lm, fitted, tmp_path):
+    from core.analyses.noise import NOISE_VERSION
+
+    entry, _ = fitted
+    assert NOISE_VERSION == "noise-sweep-v2"
+    cache = ProtoCache(tmp_path / "c")
+    settings = NoiseSettings(("gaussian",), (0.0, 0.1), draws=2)
+    run_noise(tiny_lm, [entry], settings, cache=cache)
+    [path] = (cache.root / "analyses" / ANALYSIS_KIND).glob("*.json")
+    import json
+
+    meta = json.loads(path.read_text())
+    del meta["columns"]["bos_correct"]
+    path.write_text(json.dumps(meta))
+    assert load_noise(tiny_lm, [entry], settings, cache) is None

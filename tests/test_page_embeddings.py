@@ -219,3 +219,16 @@ def test_a_large_set_is_mapped_in_the_background_then_drawn_with_webgl_from_the_
     again.run()
     assert "job::embeddings-maps" not in again.session_state
     assert [c for c in _charts(again) if any(t.get("customdata") for t in c["data"])]
+
+
+def test_the_seed_papers_group_selection_and_the_finding_line(shipped_syntax):
+    at = open_page()
+    at.slider(key="emb_min_acc").set_value(0.0)
+    at.radio(key="emb_selection").set_value("groups").run()
+    assert not at.exception, at.exception
+    assert any("more left out with a group" in c.value for c in at.caption)
+    assert any(plain("neither e nor m groups the texts") in m.value and plain("the seed paper (Llama-3.2-1B") in m.value
+               for m in at.markdown)
+    at.slider(key="emb_min_acc").set_value(1.0).run()  # three steps reach no such accuracy: every group goes
+    assert not at.exception
+    assert any("Fewer than 2 texts" in w.value for w in at.warning)

@@ -126,3 +126,59 @@ def test_several_entries_sweep_together_and_noise_on_m_or_both(tiny_lm, tiny_ent
         assert (table[clean] == on_e[clean]).all()  # alpha 0 is the entries' own reconstruction either way
         noisy = [k for k in table.index if k[1] == 1.0]
         assert not table[noisy].equals(on_e[noisy]), target  # other vectors perturbed: other results
+
+
+@pytest.fixture(scope="module")
+def two_fitted_root(tiny_lm, tmp_path_factory):
+    """One text fitted twice: to the threshold, and 60 steps past it (a lower final loss)."""
+    root = tmp_path_factory.mktemp("noise-page-two")
+    fit_and_cache(tiny_lm, ["Hello world"], preset("fast", max_steps=300), ProtoCache(root))
+    # from a draw: the mean start would be the first entry itself
+    fit_and_cache(tiny_lm, ["Hello world"], preset("fast", max_steps=400, extra_steps=60, start=""), ProtoCache(root))
+    return root
+
+
+def test_the_seed_papers_protocol_draws_once_per_alpha_and_says_how_the_paper_counts(two_fitted_root, app_cache):
+    shutil.copytree(two_fitted_root / ENTRY_DIR, app_cache.root / ENTRY_DIR)
+    keys = [m.key for m in app_cache.list()]
+    at = open_page(PAGE, keys[0])
+    at.radio(key="noise_protocol").set_value("authors").run()
+    assert at.number_input(key="noise_draws").disabled
+    at.text_input(key="noise_alphas").set_value("0, 0.5").run()
+    at.button(key="noise_run").click().run()
+    assert not at.exception, at.exception
+    summary = next(d.value for d in at.dataframe if "rows" in d.value.columns)
+    assert (summary["rows"] == 1).all()  # one draw per type and alpha, one entry
+    captions = " ".join(c.value for c in at.caption)
+    assert "counted over N + 1 positions" in captions and "choose the seed paper's protocol" not in captions
+    # the N + 1 count: the tiny tokenizer has no BOS token, so both counts are the N text positions
+    at.sidebar.radio(key="count").set_value("bos").run()
+    assert not at.exception
+    assert "choose that count" not in " ".join(c.value for c in at.caption)
+
+
+def test_several_entries_draw_one_curve_each_with_the_fits_final_loss(two_fitted_root, app_cache):
+    shutil.copytree(two_fitted_root / ENTRY_DIR, app_cache.root / ENTRY_DIR)
+    entries = [app_cache.get(m.key) for m in app_cache.list()]
+    at = open_page(PAGE, entries[0].key)
+    at.radio(key="noise_scope").set_value("Several entries").run()
+    at.multiselect(key="noise_entries").set_value([e.key for e in entries]).run()
+    at.number_input(key="noise_draws").set_value(2)
+    at.text_input(key="noise_alphas").set_value("0, 0.5, 1").run()
+    at.button(key="noise_run").click().run()
+    assert not at.exception, at.exception
+    figure = next(_figure(c) for c in at.get("plotly_chart") if "entry by entry" in _figure(c)["layout"]["title"]["text"])
+    names = [trace["name"] for trace in figure["data"]]
+    assert len(names) == 2
+    for entry in entries:
+        assert any(f"final loss {entry.metrics['loss']:.3f}" in name for name in names)
+    margin = next(e for e in entries if e.config.get("extra_steps"))
+    assert margin.metrics["loss"] < next(e for e in entries if e is not margin).metrics["loss"]
+
+
+def test_a_sets_originals_are_swept_or_the_page_says_what_to_fit(tiny_entry):
+    at = open_page(PAGE, tiny_entry.key)
+    at.radio(key="noise_scope").set_value("A set's originals").run()
+    assert not at.exception
+    # the tiny model has no shipped pre-fit: nothing of the set is fitted
+    assert any("No original of the" in i.value for i in at.info)

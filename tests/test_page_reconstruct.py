@@ -345,3 +345,11 @@ def test_the_downloads_hold_the_entry_s_vectors_metrics_and_history(tiny_entry, 
     assert history["step"].tolist() == tiny_entry.history["step"]
     assert history["accuracy"].tolist() == pytest.approx(tiny_entry.history["accuracy"])
     assert history["loss"].tolist() == pytest.approx(tiny_entry.history["loss"])
+
+
+def test_the_sidebar_count_says_how_accuracy_is_counted(tiny_entry, app_cache):
+    at = open_page("pages/reconstruct.py", tiny_entry.key)
+    assert any("over the 11 text positions" in c.value for c in at.caption)
+    at.sidebar.radio(key="count").set_value("bos").run()
+    assert not at.exception
+    assert any("has no BOS token" in c.value for c in at.caption)

@@ -134,6 +134,8 @@ class SetVectors:
     n_unfitted: int
     n_below: int
     shared_m: bool = False
+    whole_groups: bool = False  # a group kept only when every text of it passed (the seed paper's selection)
+    n_dropped: int = 0  # texts that passed but were left out with their group (whole_groups)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -166,11 +168,14 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def assemble_set(frame: pd.DataFrame, entries: Sequence[CacheEntry | None], *, min_accuracy: float = 0.0,
-                 teacher: Float[np.ndarray, "n_total d_teacher"] | None = None, shared_m: bool = False) -> SetVectors:
+                 teacher: Float[np.ndarray, "n_total d_teacher"] | None = None, shared_m: bool = False,
+                 whole_groups: bool = False) -> SetVectors:
     """Row-aligned matrices of the set's fitted texts with accuracy >= min_accuracy.
 
     frame: the set (columns text, group, kind), n_total rows. entries: one per row (None = not fitted).
     teacher: [n_total, d_teacher] embeddings of every row of the set (rows are picked here), or None.
+    whole_groups: the seed paper's selection: a group counts only if every text in it is fitted to min_accuracy;
+    the passing texts of the other groups are left out too (n_dropped).
     """
     if len(entries) != len(frame):
         raise ValueError(f"{len(entries)} entries for a set of {len(frame)} texts")
@@ -188,13 +193,21 @@ def assemble_set(frame: pd.DataFrame, entries: Sequence[CacheEntry | None], *, m
         kept.append(entry)
         rows.append({"row": row, "text": record.text, "group": record.group, "kind": record.kind,
                      "accuracy": accuracy, "n_tokens": entry.n_tokens, "key": entry.key})
+    n_dropped = 0
+    if whole_groups:
+        short = {group for group, entry in zip(frame["group"], entries)
+                 if entry is None or float(entry.metrics.get("accuracy", 0.0)) < min_accuracy}
+        keep = [i for i, row in enumerate(rows) if row["group"] not in short]
+        n_dropped = len(rows) - len(keep)
+        rows, kept = [rows[i] for i in keep], [kept[i] for i in keep]
     table = pd.DataFrame(rows, columns=["row", "text", "group", "kind", "accuracy", "n_tokens", "key"])
     hidden = kept[0].e.numel() if kept else 0
     e = np.stack([x.e.float().numpy() for x in kept]) if kept else np.zeros((0, hidden), dtype=np.float32)
     m = np.stack([x.m.float().numpy() for x in kept]) if kept else np.zeros((0, hidden), dtype=np.float32)
     picked = teacher[table["row"].to_numpy(dtype=int)].astype(np.float32) if teacher is not None else None
     return SetVectors(table=table, e=e, m=m, teacher=picked, min_accuracy=min_accuracy, n_total=len(frame),
-                      n_unfitted=n_unfitted, n_below=n_below, shared_m=shared_m)
+                      n_unfitted=n_unfitted, n_below=n_below, shared_m=shared_m, whole_groups=whole_groups,
+                      n_dropped=n_dropped)
 
 
 # ---- scores, projections, neighbours ---------------------------------------------------------------
@@ -227,6 +240,31 @@ def _silhouette_table(vectors: SetVectors, metric: str) -> pd.DataFrame:
             rows.append({"space": space, "subset": subset, "silhouette": np.nan if score is None else score,
                          "points": int(mask.sum()), "groups": len(set(groups[mask].tolist()))})
     return pd.DataFrame(rows, columns=["space", "subset", "silhouette", "points", "groups"])
+
+
+# The seed paper's finding on silhouettes, with its setting (../shared/PAPERS.md, B.1 and the authors' code).
+PAPER_FINDING = ("the seed paper (Llama-3.2-1B, t-SNE perplexity 15, cosine; groups kept only when every variant "
+                 "reached 0.9) found m more semantic than e")
+# Below this silhouette a space does not group its texts.
+GROUPING_SILHOUETTE = 0.1
+
+
+def finding_line(scores: pd.DataFrame, model_name: str) -> str:
+    """One line that sets this model's silhouettes (silhouette_table) beside the seed paper's finding, on the
+    original + semantic subset where the set has one (paraphrases of one source), else on all texts."""
+    subset = "original + semantic" if (scores["subset"] == "original + semantic").any() else ALL
+    value = {row.space: row.silhouette for row in scores[scores["subset"] == subset].itertuples()}
+    e, m, teacher = value.get("e"), value.get("m"), value.get("teacher")
+    if e is None or m is None or e != e or m != m:
+        return f"Not enough groups to score e and m; {PAPER_FINDING}."
+    against = f" against {teacher:.2f} for the teacher" if teacher is not None and teacher == teacher else ""
+    where = f"On {model_name} ({subset})"
+    if max(e, m) < GROUPING_SILHOUETTE:
+        return f"{where} neither e nor m groups the texts: silhouettes {e:.2f} and {m:.2f}{against}; " \
+               f"{PAPER_FINDING}."
+    more, less = (("m", m), ("e", e)) if m > e else (("e", e), ("m", m))
+    return f"{where} {more[0]} groups the texts more than {less[0]}: silhouettes {more[1]:.2f} and " \
+           f"{less[1]:.2f}{against}; {PAPER_FINDING}."
 
 
 def projection_key(vectors: SetVectors, space: str, method: str, metric: str, seed: int, perplexity: float) -> str:
