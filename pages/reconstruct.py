@@ -367,4 +367,4 @@ if not jobs.is_running(SINGLE):
         show_entry(entry)
     else:
         st.info("Press **Fit** to find e and m for this text. The **fast** preset in the sidebar converges "
-                "sooner; **paper** is the published recipe.")
+                "sooner; **first paper** and **seed paper's code** are the two papers' own recipes.")
