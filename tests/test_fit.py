@@ -387,3 +387,13 @@ def test_bf16_compute_is_refused_with_coupled_texts_and_unknown_values():
         preset("first-paper", compute="bfloat16", shared_m=True)
     assert "compute" not in preset("fast").key_dict()  # unset: every existing key holds
     assert preset("fast", compute="bfloat16").key_dict()["compute"] == "bfloat16"
+
+
+def test_a_fit_records_its_vectors_every_k_steps_when_asked(tiny_lm):
+    [plain] = fit_texts(tiny_lm, [SHORT], preset("first-paper", max_steps=25))
+    [traced] = fit_texts(tiny_lm, [SHORT], preset("first-paper", max_steps=25), record_every=10)
+    assert plain.trajectory == []
+    assert [step for step, _, _ in traced.trajectory] == [0, 10, 20]
+    assert torch.equal(traced.e, plain.e)  # recording changes nothing
+    _, e0, m0 = traced.trajectory[0]
+    assert e0.dtype == torch.float32 and not torch.equal(e0, traced.trajectory[1][1])

@@ -269,6 +269,8 @@ class FitResult:
     redraws: int = 0  # times the vectors started over from a new init (FitConfig.redraw_after)
     history: dict = field(default_factory=lambda: {"step": [], "loss": [], "accuracy": []})
     snapshots: list = field(default_factory=list)  # [{"step": int, "tokens": [int]}]
+    # fit_texts(record_every=k): (step, e, m) every k steps, float32 [hidden] each, not stored in the cache
+    trajectory: list = field(default_factory=list)
 
 
 def text_seed(seed: int, token_ids: Sequence[int]) -> int:
@@ -347,6 +349,7 @@ class _Row:
     wall: float = 0.0
     history: dict = field(default_factory=lambda: {"step": [], "loss": [], "accuracy": []})
     snapshots: list = field(default_factory=list)
+    trajectory: list = field(default_factory=list)  # (step, e, m) every record_every steps (fit_texts)
 
     def record(self, loss: float, acc: float, pred: list[int], snapshot_every: int) -> None:
         """Note the measurement of this step (history, and a replay snapshot every snapshot_every steps)."""
@@ -436,8 +439,10 @@ class _FitRun:
 
     def __init__(self, lm: LoadedModel, config: FitConfig, rows: list[_Row], optimizer: torch.optim.AdamW, *,
                  distribution: tuple, slots: int, teacher_embeddings: torch.Tensor | None, on_done: Callable[[int, FitResult], None] | None,
-                 callback: Callable[[FitProgress], None] | None, callback_every: int, batching: str = "continuous"):
+                 callback: Callable[[FitProgress], None] | None, callback_every: int, batching: str = "continuous",
+                 record_every: int = 0):
         self.lm, self.config, self.rows, self.optimizer, self.slots = lm, config, rows, optimizer, slots
+        self.record_every = record_every
         # the model the steps run in (FitConfig.compute); self.lm is the one results are measured in
         self.step_lm = lm.in_dtype(*COMPUTE_MODEL) if config.compute == "bfloat16" else lm
         self.batching = batching
@@ -543,6 +548,9 @@ class _FitRun:
             acc = _accuracy(pred, row.device_target)
             loss = float(row_losses[k])
             row.record(loss, acc, pred.tolist(), self.config.snapshot_every)
+            if self.record_every and row.steps % self.record_every == 0:
+                row.trajectory.append((row.steps, row.e.detach().float().cpu().clone(),
+                                       row.m.detach().float().cpu().clone()))
             if not math.isfinite(loss):
                 self.finish(row, "diverged",
                             f"The loss became {loss} at step {row.steps}; kept the best vectors before it.")
@@ -719,6 +727,7 @@ class _FitRun:
             m=row.best_m.detach().float().cpu(), accuracy=max(row.best_acc, 0.0), loss=row.best_loss,
             steps=row.steps, converged=row.best_acc >= self.config.threshold, status=row.status,
             message=row.message, wall_time=row.wall, history=row.history, snapshots=snaps, redraws=row.redraws,
+            trajectory=row.trajectory,
         )
 
 
@@ -741,6 +750,7 @@ def _fit_items(
     init_seeds: Sequence[int] | None = None,
     batching: str = "continuous",
     starts: Sequence[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
+    record_every: int = 0,
 ) -> list[FitResult]:
     """The loop behind :func:`fit_texts`: one row per item (a text, or one restart of a text).
 
@@ -781,7 +791,7 @@ def _fit_items(
             teacher_embeddings = teacher_mod.embed_texts(teacher_mod.load_teacher(config.regularizer.teacher), list(texts))
         teacher_embeddings = teacher_embeddings.float().to(lm.device)
     run = _FitRun(lm, config, rows, optimizer, distribution=distribution, slots=slots, teacher_embeddings=teacher_embeddings, on_done=on_done,
-                  callback=callback, callback_every=callback_every, batching=batching)
+                  callback=callback, callback_every=callback_every, batching=batching, record_every=record_every)
     return run.run(cancel)
 
 
@@ -800,6 +810,7 @@ def fit_texts(
     on_done: Callable[[int, FitResult], None] | None = None,
     batching: str = "continuous",
     starts: Sequence[tuple[torch.Tensor, torch.Tensor] | None] | None = None,
+    record_every: int = 0,
 ) -> list[FitResult]:
     """Fit one (e, m) pair per text; texts share padded forward passes.
 
@@ -817,6 +828,8 @@ def fit_texts(
     init_seeds: per-text init seeds (default: derived from the config seed and the text's tokens).
     starts: per text, the (e, m) its first draw starts from instead of a random one (None: a random draw), e.g. a
     learned start (core.engine.start); further restarts and redraws are random draws.
+    record_every: > 0 records each text's vectors (step, e, m) every this many steps in FitResult.trajectory (the
+    Geometry page's trajectory); the cache never stores them.
     on_done(index, result): called as soon as a text is finished, before the others are.
     Returns one :class:`FitResult` per text, in input order. Cancel returns the best vectors so far.
     """
@@ -825,7 +838,8 @@ def fit_texts(
     if restarts == 1 or not texts:
         return _fit_items(lm, texts, config, token_ids=token_ids, batch_size=batch_size, callback=callback,
                           callback_every=callback_every, cancel=cancel, teacher_embeddings=teacher_embeddings,
-                          init_seeds=init_seeds, on_done=on_done, batching=batching, starts=starts)
+                          init_seeds=init_seeds, on_done=on_done, batching=batching, starts=starts,
+                          record_every=record_every)
     targets = [list(t) for t in token_ids] if token_ids is not None else [lm.validate_text(t, config.layout) for t in texts]
     base_seeds = list(init_seeds) if init_seeds is not None else [text_seed(config.seed, t) for t in targets]
     # Restart-major order: every text's first draw comes before any second one, so with fewer slots than rows
@@ -866,7 +880,7 @@ def fit_texts(
 
     items = _fit_items(lm, [texts[o] for o in owners], config, token_ids=[targets[o] for o in owners], owners=owners,
                        batch_size=batch_size, callback=per_text if callback else None, callback_every=callback_every,
-                       cancel=cancel, init_seeds=seeds, on_done=item_done, batching=batching,
+                       cancel=cancel, init_seeds=seeds, on_done=item_done, batching=batching, record_every=record_every,
                        starts=[starts[o] if r == 0 else None for r in range(restarts) for o in range(len(texts))]
                        if starts is not None else None)
     return [pick(items, i) for i in range(len(texts))]
