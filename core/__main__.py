@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "many steps over from a new init (0: never; fast preset: 20)")
     fit.add_argument("--redraw-plateau", type=count, help="start a draw still above 0.7 of a uniform guess's loss "
                      "after this many steps over too (0: never; fast preset: 100)")
-    fit.add_argument("--layout", choices=["e+m*N", "e+m*(N-1)"])
+    fit.add_argument("--layout", choices=["e+m*N", "e+m*(N-1)", "e*N", "e*N/2+m*N/2", "(e,m)*N/2"])
     fit.add_argument("--compute", choices=["bfloat16"], help="run the steps with bf16 weights (faster on a CPU with "
                      "AMX: bench/limits.py); each result is measured, and polished if it falls short, in the "
                      "model's own dtype")

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from core.engine import cost
 from core.engine.cache import CacheEntry, CacheWriteError, ProtoCache, entry_key
 from core.engine.models import LoadedModel
-from core.engine.reconstruct import bos_target, check_layout, reconstruct, scored_logits
+from core.engine.reconstruct import bos_target, check_layout, information_content, reconstruct, scored_logits
 from core.engine.start import START_KINDS, Start, learned_starts
 from core.engine.teacher import RegularizerConfig, regularizer_loss
 
@@ -965,6 +965,7 @@ def entry_from_result(lm: LoadedModel, result: FitResult, config: FitConfig, key
         "steps": result.steps, "converged": result.converged, "status": result.status, "redraws": result.redraws,
         "message": result.message, "wall_time": result.wall_time, "n_tokens": len(result.token_ids),
         "norm_e": float(result.e.norm()), "norm_m": float(result.m.norm()),
+        "h_lm": information_content(lm, list(result.token_ids)),  # nats (core.engine.reconstruct)
     }
     if start is not None:
         metrics["start"] = start.as_dict()

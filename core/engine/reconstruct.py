@@ -7,6 +7,10 @@ Layouts (docs/science.md, A.layouts):
 * ``"e+m*(N-1)"``: inputs ``[e, m, ..., m]`` of length N; e's output predicts the first token.
   Scored positions: ``0 .. N-1``.
 
+The first paper's layout ablation adds three arrangements (``ABLATION_LAYOUTS``; docs/science.md, A.layouts), each
+of length N with position k predicting token k: ``"e*N"`` (``[e] x N``), ``"e*N/2+m*N/2"`` (``[e] x ceil(N/2)``
+then ``[m] x floor(N/2)``) and ``"(e,m)*N/2"`` (``[e, m]`` repeated, cut at N). e is position 0 in every layout.
+
 Two counts of accuracy and correct prefix (``COUNTS``): over the N text positions (this lab's, the default), or, as
 the seed paper's code counts them, over N + 1 positions with e's own output scored against the tokenizer's BOS
 token (layout ``"e+m*N"`` only, where e's output is otherwise unscored; ``counted``).
@@ -24,6 +28,13 @@ from core.engine.models import LoadedModel
 from core.engine.shapes import checked
 
 LAYOUTS = ("e+m*N", "e+m*(N-1)")
+ABLATION_LAYOUTS = ("e*N", "e*N/2+m*N/2", "(e,m)*N/2")
+# The five arrangements of the first paper's ablation, in its order, with its accuracies at N = 256 on Llama-3.2-1B
+# (docs/science.md, A.layouts).
+PAPER_LAYOUT_ORDER = ("e*N", "e*N/2+m*N/2", "(e,m)*N/2", "e+m*N", "e+m*(N-1)")
+PAPER_LAYOUT_ACCURACY = {"e*N": 0.01, "e*N/2+m*N/2": 0.01, "(e,m)*N/2": 0.17, "e+m*N": 0.97, "e+m*(N-1)": 0.99}
+PAPER_LAYOUT_NAMES = {"e*N": "[e] x N", "e*N/2+m*N/2": "[e] x N/2, [m] x N/2", "(e,m)*N/2": "[e, m] x N/2",
+                      "e+m*N": "[e] [m] x N", "e+m*(N-1)": "[e] [m] x (N-1)"}
 # How accuracy and the correct prefix are counted (see the module's docstring and counted()).
 COUNTS = ("text", "bos")
 COUNT_LABELS = {"text": "N text positions (this lab)",
@@ -31,9 +42,21 @@ COUNT_LABELS = {"text": "N text positions (this lab)",
 
 
 def check_layout(layout: str) -> str:
-    if layout not in LAYOUTS:
-        raise ValueError(f"Unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}.")
+    if layout not in LAYOUTS + ABLATION_LAYOUTS:
+        raise ValueError(f"Unknown layout {layout!r}; use one of {', '.join(LAYOUTS + ABLATION_LAYOUTS)}.")
     return layout
+
+
+def e_positions(n_tokens: int, layout: str) -> list[bool]:
+    """Which input positions of an n_tokens text hold e (the others hold m): sequence_length(n_tokens, layout) flags."""
+    seq = sequence_length(n_tokens, layout)
+    if layout == "e*N":
+        return [True] * seq
+    if layout == "e*N/2+m*N/2":
+        return [i < (seq + 1) // 2 for i in range(seq)]
+    if layout == "(e,m)*N/2":
+        return [i % 2 == 0 for i in range(seq)]
+    return [i == 0 for i in range(seq)]
 
 
 def first_scored_position(layout: str) -> int:
@@ -64,8 +87,14 @@ def build_inputs(
     """
     batch, hidden = e.shape
     seq = max(sequence_length(n, layout) for n in lengths)
-    inputs = m[:, None, :].expand(batch, seq, hidden).clone()
-    inputs[:, 0, :] = e
+    if layout in LAYOUTS:  # e first, then m: the common case, without a per-row pattern
+        inputs = m[:, None, :].expand(batch, seq, hidden).clone()
+        inputs[:, 0, :] = e
+    else:
+        flags = torch.zeros(batch, seq, 1, dtype=torch.bool, device=e.device)
+        for row, n in enumerate(lengths):
+            flags[row, : sequence_length(n, layout), 0] = torch.tensor(e_positions(n, layout), device=e.device)
+        inputs = torch.where(flags, e[:, None, :], m[:, None, :])
     mask = torch.zeros(batch, seq, dtype=torch.long, device=e.device)
     for row, n in enumerate(lengths):
         mask[row, : sequence_length(n, layout)] = 1
@@ -182,3 +211,17 @@ def reconstruct(lm: LoadedModel, e: Float[Tensor, "hidden"], m: Float[Tensor, "h
         bos_correct, pred = pred[0] == bos, pred[1:]
     return Reconstruction(token_ids=pred, text=lm.decode(pred), metrics=token_metrics(pred, target_ids),
                           bos_correct=bos_correct)
+
+
+@torch.no_grad()
+def information_content(lm: LoadedModel, token_ids: list[int]) -> float:
+    """H_LM in nats: the text's own autoregressive cross-entropy under the same frozen model, summed over its tokens
+    (sum of -log p(t_i | t_<i), ordinary token inputs), the measure the capacity papers plot against. The first token is
+    conditioned on the tokenizer's BOS token where it has one; without a BOS it has no context and is left out."""
+    bos = getattr(lm.tokenizer, "bos_token_id", None)
+    ids = ([int(bos)] if bos is not None else []) + [int(t) for t in token_ids]
+    if len(ids) < 2:
+        return 0.0
+    x = torch.tensor([ids], device=lm.device)
+    logits = lm.model(input_ids=x).logits[0, :-1].float()
+    return float(torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum"))
