@@ -297,3 +297,28 @@ def test_an_entry_of_another_model_is_refused_in_one_line(tiny_lm, pair, cache):
         with pytest.raises(GeometryError) as raised:
             call()
         assert "not on" in str(raised.value) and "\n" not in str(raised.value)
+
+
+# ---- figures ----------------------------------------------------------------------------------------------------
+
+def test_the_figures_show_user_text_escaped_in_their_hovers():
+    import pandas as pd
+
+    from core.figures.geometry import path_figure, shares_figure, trajectory_figure
+
+    raw = "<b>bold</b> & <script>x</script>"
+    table = pd.DataFrame({"path": ["line", "line", "curve", "curve"], "t": [0.0, 1.0, 0.0, 1.0],
+                          "accuracy": [1.0, 1.0, 1.0, 1.0], "loss": [0.1, 0.1, 0.1, 0.1], "text": [raw] * 4})
+    fig = path_figure(table)
+    hovers = [h for trace in fig.data for h in trace.customdata]
+    assert hovers and all("<b>" not in h and "&lt;b&gt;bold&lt;/b&gt; &amp;" in h for h in hovers)
+    assert {trace.name for trace in fig.data} == {"straight line", "Bezier curve (trained control point)"}
+    steps = pd.DataFrame({"step": [0, 10, 15], "pc1": [0.0, 1.0, 2.0], "pc2": [0.0, -1.0, 0.5],
+                          "accuracy": [0.0, 0.5, 1.0], "loss": [3.0, 1.0, 0.1], "text": [raw] * 3})
+    fig = trajectory_figure(steps, [0.7, 0.2, 0.1])
+    points = next(trace for trace in fig.data if trace.name == "recorded point")
+    assert [row[0] for row in points.customdata] == [0, 10, 15]
+    assert all("<script>" not in row[2] and "&lt;script&gt;" in row[2] for row in points.customdata)
+    assert "70.0%" in fig.layout.xaxis.title.text and "20.0%" in fig.layout.yaxis.title.text
+    cumulative = next(trace for trace in shares_figure([0.7, 0.2, 0.1]).data if trace.name == "cumulative")
+    assert list(cumulative.y) == pytest.approx([0.7, 0.9, 1.0])

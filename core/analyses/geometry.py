@@ -44,7 +44,7 @@ from core.engine.cache import CacheEntry, ProtoCache, cache_key
 from core.engine.fit import FitProgress, config_from_dict, fit_and_cache, fit_texts, lookup
 from core.engine.jobs import BackgroundJob
 from core.engine.models import LoadedModel
-from core.engine.reconstruct import predict_tokens, scored_logits, token_metrics
+from core.engine.reconstruct import scored_logits, token_metrics
 from core.engine.shapes import checked
 from core.texts.numbers import NumberList
 

@@ -26,7 +26,7 @@ def path_figure(table: pd.DataFrame, title: str = "Between two solutions") -> go
         hovers = [hover_text(text) for text in rows["text"]]
         for col, metric in ((1, "accuracy"), (2, "loss")):
             fig.add_scatter(
-                x=rows["t"], y=rows[metric], mode="lines+markers", name=PATH_LABELS.get(name, str(name)),
+                x=rows["t"].tolist(), y=rows[metric].tolist(), mode="lines+markers", name=PATH_LABELS.get(name, str(name)),
                 legendgroup=str(name), showlegend=col == 1, line=dict(color=PATH_COLOURS.get(name, "#444")),
                 customdata=hovers, hovertemplate=f"t %{{x:.2f}}<br>{metric} %{{y:.3f}}<br>%{{customdata}}"
                                                  "<extra>%{fullData.name}</extra>", row=1, col=col)
@@ -55,17 +55,18 @@ def trajectory_figure(table: pd.DataFrame, shares: Sequence[float], title: str =
     share = [float(s) for s in shares] + [0.0, 0.0]
     hovers = [hover_text(text) for text in table["text"]]
     fig = go.Figure()
-    fig.add_scatter(x=table["pc1"], y=table["pc2"], mode="lines", line=dict(color="#bbbbbb", width=1),
+    x, y = table["pc1"].tolist(), table["pc2"].tolist()
+    fig.add_scatter(x=x, y=y, mode="lines", line=dict(color="#bbbbbb", width=1),
                     hoverinfo="skip", showlegend=False)
     fig.add_scatter(
-        x=table["pc1"], y=table["pc2"], mode="markers", name="recorded point",
-        marker=dict(color=table["accuracy"], colorscale="Viridis", cmin=0, cmax=1, size=8,
+        x=x, y=y, mode="markers", name="recorded point",
+        marker=dict(color=table["accuracy"].tolist(), colorscale="Viridis", cmin=0, cmax=1, size=8,
                     colorbar=dict(title="accuracy"), line=dict(width=0.5, color="white")),
-        customdata=list(zip(table["step"], table["accuracy"], hovers)),
+        customdata=[[int(s), float(a), h] for s, a, h in zip(table["step"], table["accuracy"], hovers)],
         hovertemplate="step %{customdata[0]}<br>accuracy %{customdata[1]:.3f}<br>%{customdata[2]}<extra></extra>")
     if len(table):
         ends = table.iloc[[0, -1]]
-        fig.add_scatter(x=ends["pc1"], y=ends["pc2"], mode="markers+text", text=["start", "end"],
+        fig.add_scatter(x=ends["pc1"].tolist(), y=ends["pc2"].tolist(), mode="markers+text", text=["start", "end"],
                         textposition="top center", marker=dict(color="black", size=12, symbol=["circle-open", "x"]),
                         name="start and end", hoverinfo="skip")
     fig.update_layout(height=460, margin=dict(l=10, r=10, t=50, b=10), title=title,
