@@ -18,6 +18,7 @@ PAGES = [
     st.Page("pages/attention.py", title="Attention", icon=":material/visibility:"),
     st.Page("pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
     st.Page("pages/regularisers.py", title="Regularisers", icon=":material/tune:"),
+    st.Page("pages/capacity.py", title="Capacity", icon=":material/straighten:"),
     st.Page("pages/geometry.py", title="Geometry", icon=":material/timeline:"),
 ]
 navigation = st.navigation(PAGES, position="top" if presenting() else "sidebar")

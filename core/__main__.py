@@ -7,6 +7,7 @@ or a set) and ``python -m core prefit`` (regenerate the pre-fitted cache of the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -326,16 +327,10 @@ def cmd_report(args) -> int:
     return 0
 
 
-def cmd_prefit(args) -> int:
-    from core.shipped.prefit import EXAMPLES_SET, prefit_builtin
-
-    from core.texts.textsets import PREFIT_SETS
-
-    known = (*PREFIT_SETS, EXAMPLES_SET)
-    unknown = [name for name in args.sets or () if name not in known]
-    if unknown:
-        print(f"error: unknown set {unknown[0]!r}; pre-fitted sets: {', '.join(known)}", file=sys.stderr)
-        return 2
+@contextlib.contextmanager
+def _graceful_stop():
+    """An Event that the first Ctrl-C or SIGTERM sets (the work ends after its running texts, keeping their best so
+    far); a second Ctrl-C aborts."""
     import signal
     import threading
 
@@ -351,11 +346,33 @@ def cmd_prefit(args) -> int:
 
     previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        prefit_builtin(quiet=args.quiet, sets=args.sets or known, batch_size=args.batch_size,
-                       fit=not args.no_fit, sweep=not args.no_sweep, stop=stop)
+        yield stop
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def cmd_prefit(args) -> int:
+    from core.shipped.prefit import EXAMPLES_SET, prefit_builtin
+
+    from core.texts.textsets import PREFIT_SETS
+
+    known = (*PREFIT_SETS, EXAMPLES_SET)
+    unknown = [name for name in args.sets or () if name not in known]
+    if unknown:
+        print(f"error: unknown set {unknown[0]!r}; pre-fitted sets: {', '.join(known)}", file=sys.stderr)
+        return 2
+    with _graceful_stop() as stop:
+        prefit_builtin(quiet=args.quiet, sets=args.sets or known, batch_size=args.batch_size,
+                       fit=not args.no_fit, sweep=not args.no_sweep, stop=stop)
+    return 0
+
+
+def cmd_ladder(args) -> int:
+    from core.shipped.ladder import ship_ladder
+
+    with _graceful_stop() as stop:
+        ship_ladder(max_length=args.max_length, quiet=args.quiet, stop=stop)
     return 0
 
 
@@ -430,6 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fit nothing: record what the folder holds (after a run that was killed) and its views")
     pre.add_argument("--quiet", action="store_true")
     pre.set_defaults(func=cmd_prefit)
+    lad = sub.add_parser("ladder", help="fit (or resume) the shipped capacity ladder of the built-in long texts")
+    lad.add_argument("--max-length", type=positive_count, default=64, help="the longest prefix, in tokens (default 64)")
+    lad.add_argument("--quiet", action="store_true")
+    lad.set_defaults(func=cmd_ladder)
     return parser
 
 

@@ -155,7 +155,8 @@ def _ladder(lm: LoadedModel, sources: dict[str, str], settings: LadderSettings, 
                 longest[name] = length
             else:
                 alive.remove(name)
-    return LadderResult(pd.DataFrame(rows, columns=LADDER_COLUMNS), longest, complete)
+    frame = pd.DataFrame(rows, columns=LADDER_COLUMNS).astype({"length": int, "converged": bool})
+    return LadderResult(frame, longest, complete)
 
 
 def run_ladder(lm: LoadedModel, sources: dict[str, str], settings: LadderSettings, config: FitConfig,
@@ -243,7 +244,7 @@ def _layouts(texts: Sequence[str], config: FitConfig,
                              "accuracy": float(entry.metrics.get("accuracy", 0.0)),
                              "converged": bool(entry.metrics.get("converged")),
                              "steps": int(entry.metrics.get("steps", 0)), "key": entry.key})
-    return pd.DataFrame(rows, columns=LAYOUT_COLUMNS)
+    return pd.DataFrame(rows, columns=LAYOUT_COLUMNS).astype({"converged": bool})
 
 
 def run_layouts(lm: LoadedModel, texts: Sequence[str], config: FitConfig, cache: ProtoCache,
