@@ -1,4 +1,4 @@
-"""Capacity: how long a text two vectors hold (the first paper's experiments, docs/science.md A; ../shared/PAPERS.md A).
+"""Capacity: how long a text two vectors hold (the first paper's experiments, docs/science.md A).
 
 * The ladder (`run_ladder`, `load_ladder`): a source text cut into prefixes of the paper's lengths (4, 5, 8, 11, 16,
   22, 32, 45, 64, 90, 128, 181, 256, ... tokens, growing by sqrt 2), fitted in order until a length fails to reach

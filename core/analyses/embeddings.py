@@ -242,7 +242,7 @@ def _silhouette_table(vectors: SetVectors, metric: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["space", "subset", "silhouette", "points", "groups"])
 
 
-# The seed paper's finding on silhouettes, with its setting (../shared/PAPERS.md, B.1 and the authors' code).
+# The seed paper's finding on silhouettes, with its setting (docs/science.md, B.1 and B.code).
 PAPER_FINDING = ("the seed paper (Llama-3.2-1B, t-SNE perplexity 15, cosine; groups kept only when every variant "
                  "reached 0.9) found m more semantic than e")
 # Below this silhouette a space does not group its texts.

@@ -222,7 +222,7 @@ PAPER_ACCURACY: dict[float, float] = {0.0: 0.92, 0.05: 0.86, 0.1: 0.82, 0.2: 0.7
 # Only the two ends of the relative correct-prefix curve are reported there.
 PAPER_PREFIX_REL: dict[float, float] = {0.0: 0.64, 1.0: 0.08}
 PAPER_MODEL = "Llama-3.2-1B"
-# The setting behind those numbers, for every legend and caption that shows them (../shared/PAPERS.md, B).
+# The setting behind those numbers, for every legend and caption that shows them (docs/science.md, B.code).
 PAPER_SETTING = ("Llama-3.2-1B-Instruct (bf16), ~130 Dolly-15k texts fitted to >= 0.9, one draw per text, type and "
                  "alpha, counted over N + 1 positions (BOS included)")
 PAPER_COUNT = "bos"  # how the paper's numbers count (core.engine.reconstruct.COUNTS)

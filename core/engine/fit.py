@@ -28,7 +28,7 @@ from core.engine.start import START_KINDS, Start, learned_starts
 from core.engine.teacher import RegularizerConfig, regularizer_loss
 
 # "first-paper": the recipe of Mezentsev & Oseledets 2025 (docs/science.md, A.recipe); "seed-paper": the loop of the
-# seed paper's own code (Bondarenko et al. 2026; ../shared/PAPERS.md, B, the authors' code); "fast": this lab's.
+# seed paper's own code (Bondarenko et al. 2026; docs/science.md, B.code); "fast": this lab's.
 PRESETS = ("first-paper", "seed-paper", "fast")
 # Names a preset had before: entries, links and scripts that say "paper" mean the first paper's recipe.
 PRESET_ALIASES = {"paper": "first-paper"}
@@ -205,7 +205,7 @@ def preset(name: str = "first-paper", **overrides) -> FitConfig:
     """The named preset with any field overridden.
 
     ``first-paper`` (formerly ``paper``): docs/science.md, A.recipe, verbatim. ``seed-paper``: the loop of the seed
-    paper's own code (../shared/PAPERS.md, B): N(0, 1) init, AdamW 0.01 / (0.9, 0.9) / 0.01, up to 2000 steps, a
+    paper's own code (docs/science.md, B.code): N(0, 1) init, AdamW 0.01 / (0.9, 0.9) / 0.01, up to 2000 steps, a
     batch stopping when the best-so-far accuracy of every text in it reaches 0.9 (FitConfig.stop), e's own output
     scored against BOS where the tokenizer has one (score_bos), the vectors in the model's dtype. ``fast``: each vector starts like a random token embedding (per
     dimension, the mean and std of the model's embedding matrix) instead of N(0, 1); a 5x larger learning
