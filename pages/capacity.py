@@ -180,7 +180,9 @@ else:
     right.dataframe(summary.assign(layout=summary["layout"].map(PAPER_LAYOUT_NAMES)), hide_index=True,
                     width="stretch")
     right.caption(f"{len(ab_texts)} prefixes of {ab_length} tokens, up to {ab_steps} steps each; the paper's texts "
-                  "are 256 tokens long on a model eight times larger, so the shares differ, the order is the finding.")
+                  "are 256 tokens long on a model eight times larger, so the shares differ, the order is the finding. The "
+                  "paper's ablation labels give [e] [m] x N 0.97 and [e] [m] x (N-1) 0.99, the reverse of its Table 1 "
+                  "(docs/science.md, A.ablation): shown as labelled.")
 
 # ---- one pass against decoding ----------------------------------------------------------------------
 st.subheader("One pass against decoding")

@@ -289,6 +289,39 @@ def ship_demo_views(root: str | os.PathLike = SHIPPED_ROOT, *, lm: LoadedModel |
     return entry.key
 
 
+def ship_demo_geometry(root: str | os.PathLike = SHIPPED_ROOT, *, lm: LoadedModel | None = None,
+                       quiet: bool = False) -> str | None:
+    """Store what the Geometry page shows first for the demo entry, with its default settings (GeometrySettings()):
+    the solutions of its other seeds (fitted, compact), the line and the trained curve from the entry to the next
+    solution, and the trajectory of a refit. What is stored already is read back, not recomputed. Returns the demo
+    entry's key (None when there is none)."""
+    from core.analyses.geometry import (GeometrySettings, default_pair, run_path, run_solutions,
+                                        run_trajectory)
+
+    if lm is None:
+        from core.engine.models import load_model
+
+        lm = load_model()
+    cache = ProtoCache(root, shipped="")
+    entry = demo_entry(lm.identity, cache, lm.hidden_size, root=root)
+    if entry is None:
+        return None
+    settings = GeometrySettings()
+    t0 = time.perf_counter()
+    solutions = run_solutions(lm, entry, settings, cache)
+    for solution in solutions.entries:  # the seeds' entries ship compact, like every pre-fitted one
+        if solution.snapshots:
+            cache.put(compact_entry(solution))
+    pair = default_pair(solutions)
+    if pair is not None:
+        by_key = {e.key: e for e in solutions.entries}
+        run_path(lm, by_key[pair[0]], by_key[pair[1]], settings, cache)
+    run_trajectory(lm, entry, settings, cache)
+    if not quiet:
+        print(f"Demo geometry of {entry.key[:12]} stored in {_fmt_seconds(time.perf_counter() - t0)}", file=sys.stderr)
+    return entry.key
+
+
 def _set_record(name: str, lm: LoadedModel, config: FitConfig, texts: list[str], keys: list[str],
                 entries: Sequence[CacheEntry | None], wall: float, timed: int, batch_size: int) -> PrefitSet:
     present = [e for e in entries if e is not None]
