@@ -369,10 +369,12 @@ def cmd_prefit(args) -> int:
 
 
 def cmd_ladder(args) -> int:
-    from core.shipped.ladder import ship_ladder
+    from core.shipped.ladder import ship_capacity_views, ship_ladder
 
     with _graceful_stop() as stop:
         ship_ladder(max_length=args.max_length, quiet=args.quiet, stop=stop)
+        if not stop.is_set():
+            ship_capacity_views(quiet=args.quiet)
     return 0
 
 

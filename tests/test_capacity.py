@@ -167,3 +167,17 @@ def test_the_built_in_long_texts_are_long(embedded_lm):
         piece = cap.prefix(embedded_lm, t.text, 45)
         assert embedded_lm.encode(piece) == embedded_lm.encode(t.text)[: len(embedded_lm.encode(piece))]
         assert 44 <= len(embedded_lm.encode(piece)) <= 45
+
+
+def test_the_shipped_ladder_is_recorded_compact_and_resumes(tiny_lm, tmp_path):
+    from core.engine.cache import ProtoCache
+    from core.shipped.ladder import load_ladder_record, ship_ladder
+
+    config = preset("fast", max_steps=30)
+    record = ship_ladder(tmp_path, lm=tiny_lm, max_length=5, config=config, quiet=True)
+    assert record == load_ladder_record(tmp_path) and record["settings"] == {"max_length": 5, "shared_m": False}
+    assert [row["length"] for row in record["rows"]][:3] == [4, 4, 4] and len(record["keys"]) == len(record["rows"])
+    cache = ProtoCache(tmp_path, shipped="")
+    assert all(not cache.get(k, tiny_lm.hidden_size).snapshots for k in record["keys"])
+    again = ship_ladder(tmp_path, lm=tiny_lm, max_length=5, config=config, quiet=True)
+    assert again["wall_time_s"] == record["wall_time_s"] and again["keys"] == record["keys"]  # nothing refitted

@@ -45,6 +45,8 @@ PAPER_CAPACITY = {"Pythia-160M": (128, 45), "Pythia-410M": (167, 32), "Pythia-1.
 PAPER_CAPACITY_SETTING = "Mezentsev & Oseledets 2025: PG-19 texts, threshold 0.99, up to 5000 steps"
 PAPER_LAYOUT_SETTING = "Mezentsev & Oseledets 2025: Llama-3.2-1B, N = 256"
 PAPER_SPEEDUP = 279.0  # one-pass throughput against autoregressive decoding, their average
+# The layout ablation's defaults on the page (and in the shipped pre-fit): prefixes of this length, at most these steps.
+ABLATION_LENGTH, ABLATION_STEPS = 16, 500
 H_LM_ANALYSIS = "h-lm"
 TIMING_ANALYSIS = "generation-timing"
 TIMING_VERSION = "generation-timing-v1"

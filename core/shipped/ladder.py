@@ -16,10 +16,12 @@ import threading
 import time
 from pathlib import Path
 
-from core.analyses.capacity import LadderSettings, load_long_texts, run_ladder
+from core.analyses.capacity import (ABLATION_LENGTH, ABLATION_STEPS, LadderSettings,
+                                    load_long_texts, prefix, run_layouts, run_ladder, time_generation)
 from core.engine.cache import SHIPPED_ROOT, ProtoCache, read_json, write_json
 from core.engine.fit import UI_PRESETS, FitConfig, FitProgress, preset
 from core.engine.models import LoadedModel
+from core.engine.reconstruct import information_content
 from core.engine.sets import compact_entry
 
 LADDER_RECORD = "ladder.json"
@@ -85,3 +87,36 @@ def ship_ladder(root: str | os.PathLike = SHIPPED_ROOT, *, lm: LoadedModel | Non
         print(f"Ladder up to {max_length} tokens: longest {result.longest} in {wall:.0f} s this run "
               f"({record['wall_time_s']:.0f} s in all) into {root}", file=sys.stderr)
     return record
+
+
+def ship_capacity_views(root: str | os.PathLike = SHIPPED_ROOT, *, lm: LoadedModel | None = None,
+                        quiet: bool = False) -> None:
+    """What the Capacity page shows besides the ladder, with its default settings: the five layouts on the long
+    texts' ABLATION_LENGTH-token prefixes (up to ABLATION_STEPS steps each), the one-pass against decoding timing of
+    the shipped ladder's reconstructed prefixes (measured on this machine), and H_LM in the metrics of every shipped
+    entry of the model that lacks it (metrics are not part of an entry's key)."""
+    from dataclasses import replace
+
+    if lm is None:
+        from core.engine.models import load_model
+
+        lm = load_model()
+    root = Path(root)
+    cache = ProtoCache(root, shipped="")
+    config = ladder_config()
+    t0 = time.perf_counter()
+    texts = [prefix(lm, t.text, ABLATION_LENGTH) for t in load_long_texts()]
+    run_layouts(lm, texts, replace(config, max_steps=ABLATION_STEPS), cache)
+    record = load_ladder_record(root) or {}
+    for row in record.get("rows", []):
+        if row.get("converged") and (entry := cache.get(row["key"], lm.hidden_size)) is not None:
+            time_generation(lm, entry, cache)
+    added = 0
+    for listing in cache.list(lm.identity):
+        entry = cache.get(listing.key, lm.hidden_size)
+        if entry is not None and entry.metrics.get("h_lm") is None:
+            cache.put(replace(entry, metrics={**entry.metrics, "h_lm": information_content(lm, list(entry.token_ids))}))
+            added += 1
+    if not quiet:
+        print(f"Capacity views stored in {time.perf_counter() - t0:.0f} s (H_LM added to {added} entries) into {root}",
+              file=sys.stderr)
