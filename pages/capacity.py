@@ -8,6 +8,8 @@ import pandas as pd
 import streamlit as st
 
 from core.analyses.capacity import (
+    ABLATION_LENGTH,
+    ABLATION_STEPS,
     PAPER_CAPACITY_SETTING,
     PAPER_LENGTHS,
     PAPER_SPEEDUP,
@@ -37,7 +39,6 @@ require_app_shell()  # first: a page opened by its URL on a fresh server runs in
 LADDER_JOB, LAYOUT_JOB = "capacity-ladder", "capacity-layouts"
 YOURS = "your text"
 MAX_SCATTER = 400  # cached entries in the H_LM scatter besides the ladder's (the most recent)
-ABLATION_LENGTH, ABLATION_STEPS = 16, 500
 
 st.title("Capacity")
 st.markdown(
@@ -73,10 +74,13 @@ c1, c2, c3 = st.columns([3, 2, 2])
 chosen = c1.multiselect("Source texts", [*long_texts, YOURS], default=list(long_texts), key="cap_sources", bind=URL,
                         help="Built-in long texts written for this project (a story, an explanation, instructions), "
                              "or your own.")
+record = load_ladder_record()
+shipped_max = int(record["settings"]["max_length"]) if record and record.get("model") == lm.identity \
+    else SHIPPED_LADDER_MAX
 max_length = c2.select_slider("Longest prefix (tokens)", [n for n in PAPER_LENGTHS if n <= 1448],
-                              value=SHIPPED_LADDER_MAX, key="cap_max", bind=URL,
-                              help=f"The shipped ladder reaches {SHIPPED_LADDER_MAX} tokens on this CPU; longer ones "
-                                   "take hours here and minutes on a GPU.")
+                              value=shipped_max, key="cap_max", bind=URL,
+                              help=f"The shipped ladder reaches {shipped_max} tokens on the lab's CPU; longer ones "
+                                   "take hours there and minutes on a GPU.")
 shared = c3.radio("m", ["per text", "shared"], horizontal=True, key="cap_m", bind=URL,
                   help="per text: each prefix its own e and m. shared: the texts of one length share one m (the "
                        "paper's second column).") == "shared"
@@ -100,11 +104,12 @@ if not result.complete and st.button(label, type="primary", disabled=running, ke
     jobs.run_job(LADDER_JOB, CapacityJob("ladder", lm, cache, config, sources=sources, settings=settings), cache)
 if jobs.get_job(LADDER_JOB) is not None:
     jobs.poll(LADDER_JOB, render)
-record = load_ladder_record()
 if record and record.get("model") == lm.identity:
-    st.caption(f"Shipped: the built-in texts' ladder up to {record['settings']['max_length']} tokens, fitted with "
-               f"preset {record['config'].get('preset')} in {record['wall_time_s'] / 60:.0f} min on the lab's 2-core "
-               "CPU. Other settings in the sidebar look for other entries.")
+    reached = max((row["length"] for row in record.get("rows", [])), default=0)
+    st.caption(f"Shipped: the built-in texts' ladder, fitted up to {reached} tokens with preset "
+               f"{record['config'].get('preset')} in {record['wall_time_s'] / 60:.0f} min on the lab's 2-core CPU"
+               + ("" if record.get("complete") else f" (stopped there; up to {record['settings']['max_length']} "
+                  "tokens with **Continue the ladder**)") + ". Other settings in the sidebar look for other entries.")
 if result.rows.empty:
     st.info("Nothing of this ladder is fitted with these settings yet: press **Fit the ladder** (a background job; "
             "Stop keeps every finished prefix).")

@@ -161,15 +161,18 @@ def _ladder(lm: LoadedModel, sources: dict[str, str], settings: LadderSettings, 
     return LadderResult(frame, longest, complete)
 
 
+def _finished(entries: Sequence[CacheEntry | None]) -> list[CacheEntry | None]:
+    """The entries whose fit ran to its end: a stopped one is stored (nothing fitted is lost) but decides nothing."""
+    return [e if e is not None and e.metrics.get("status") != "cancelled" else None for e in entries]
+
+
 def run_ladder(lm: LoadedModel, sources: dict[str, str], settings: LadderSettings, config: FitConfig,
                cache: ProtoCache, progress: Callable[[FitProgress, list[int]], None] | None = None,
                cancel: threading.Event | None = None) -> LadderResult:
     """Fit the ladder of every source (name -> text) through the cache, length by length; see the module."""
     def fit(texts: list[str], cfg: FitConfig) -> list[CacheEntry | None]:
         outcomes = fit_and_cache(lm, texts, cfg, cache, callback=progress, callback_every=5, cancel=cancel)
-        done = [o.entry if o is not None else None for o in outcomes]
-        # a stopped fit is stored but has not reached its end: it does not decide the ladder
-        return [e if e is not None and e.metrics.get("status") != "cancelled" else None for e in done]
+        return _finished([o.entry if o is not None else None for o in outcomes])
 
     return _ladder(lm, sources, settings, config, fit, cancel)
 
@@ -177,7 +180,7 @@ def run_ladder(lm: LoadedModel, sources: dict[str, str], settings: LadderSetting
 def load_ladder(lm: LoadedModel, sources: dict[str, str], settings: LadderSettings, config: FitConfig,
                 cache: ProtoCache) -> LadderResult:
     """The ladder as far as the cache holds it (no fitting): complete=False where a length is still missing."""
-    return _ladder(lm, sources, settings, config, lambda texts, cfg: lookup(lm, texts, cfg, cache))
+    return _ladder(lm, sources, settings, config, lambda texts, cfg: _finished(lookup(lm, texts, cfg, cache)))
 
 
 def capacity_table(result: LadderResult, model_name: str, shared_m: bool) -> pd.DataFrame:
@@ -256,14 +259,14 @@ def run_layouts(lm: LoadedModel, texts: Sequence[str], config: FitConfig, cache:
     (layout, text) fitted."""
     def fit(batch: list[str], cfg: FitConfig) -> list[CacheEntry | None]:
         outcomes = fit_and_cache(lm, batch, cfg, cache, callback=progress, callback_every=5, cancel=cancel)
-        return [o.entry if o is not None and o.entry.metrics.get("status") != "cancelled" else None for o in outcomes]
+        return _finished([o.entry if o is not None else None for o in outcomes])
 
     return _layouts(texts, config, fit, cancel)
 
 
 def load_layouts(lm: LoadedModel, texts: Sequence[str], config: FitConfig, cache: ProtoCache) -> pd.DataFrame:
     """The ablation as far as the cache holds it (no fitting)."""
-    return _layouts(texts, config, lambda batch, cfg: lookup(lm, batch, cfg, cache))
+    return _layouts(texts, config, lambda batch, cfg: _finished(lookup(lm, batch, cfg, cache)))
 
 
 def layout_summary(rows: pd.DataFrame) -> pd.DataFrame:

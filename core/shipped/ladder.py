@@ -68,6 +68,11 @@ def ship_ladder(root: str | os.PathLike = SHIPPED_ROOT, *, lm: LoadedModel | Non
     start = time.perf_counter()
     result = run_ladder(lm, sources, settings, config, cache, progress, stop)
     wall = time.perf_counter() - start
+    if not result.complete:  # a stopped run stores its unfinished prefixes: they do not ship (the next run refits them)
+        for listing in cache.list(lm.identity):
+            entry = cache.get(listing.key, lm.hidden_size)
+            if entry is not None and entry.metrics.get("status") == "cancelled":
+                cache.delete(listing.key)
     for key in result.rows["key"].dropna():
         entry = cache.get(key, lm.hidden_size)
         if entry is not None and (entry.snapshots or len(entry.history.get("step", [])) > 40):
