@@ -57,7 +57,7 @@ def accuracy_figure(summary: pd.DataFrame) -> go.Figure:
 def prefix_figure(summary: pd.DataFrame) -> go.Figure:
     fig = curve_figure(summary, "correct_prefix_rel", "Relative correct prefix")
     fig.add_scatter(x=list(PAPER_PREFIX_REL), y=list(PAPER_PREFIX_REL.values()), mode="markers+text",
-                    name=f"{PAPER_LEGEND} (only these two points reported)",
+                    name=f"{PAPER_LEGEND} (2 points reported)",
                     hovertemplate=f"alpha %{{x:g}}<br>%{{y:.2f}}<br>{PAPER_SETTING}<extra>seed paper</extra>",
                     text=[f"paper {v:g}" for v in PAPER_PREFIX_REL.values()],
                     # Inward of each point, so neither label is cut off at the plot's edge.
