@@ -119,10 +119,10 @@ def test_a_short_ladder_runs_and_loads_back_from_the_cache(tiny_lm, tmp_cache):
     assert all(tiny_lm.encode(t) == tiny_lm.encode(sources["hi"])[:n] for t, n in zip(ran.rows["text"],
                                                                                       ran.rows["length"]))
     table = cap.capacity_table(ran, tiny_lm.name, shared_m=False)
-    assert "Pythia-160M" in table["model"].tolist() and (table["texts"] == "mean").sum() == 1
-    assert table[table["model"] == "Pythia-160M"]["longest reconstructed (tokens)"].tolist() == [128]
+    assert "Pythia-160M (paper)" in table["model"].tolist() and (table["texts"] == "mean").sum() == 1
+    assert table[table["model"] == "Pythia-160M (paper)"]["longest (tokens)"].tolist() == [128]
     shared = cap.capacity_table(ran, tiny_lm.name, shared_m=True)
-    assert shared[shared["model"] == "Pythia-160M"]["longest reconstructed (tokens)"].tolist() == [45]
+    assert shared[shared["model"] == "Pythia-160M (paper)"]["longest (tokens)"].tolist() == [45]
 
 
 def test_a_shared_m_ladder_fits_each_length_with_one_m(tiny_lm, tmp_cache):

@@ -42,7 +42,7 @@ def test_a_short_ladder_is_fitted_from_the_page_then_drawn_from_the_cache(app_ca
     assert ladder["data"][0]["name"] == "bread" and len(ladder["data"][0]["customdata"]) >= 1
     assert "C_tokens" in ladder["data"][0]["hovertemplate"]
     table = at.dataframe[0].value
-    assert "Pythia-160M" in table["model"].tolist() and "mean" in table["texts"].tolist()
+    assert "Pythia-160M (paper)" in table["model"].tolist() and "mean" in table["texts"].tolist()
     # the ladder's entries are in the H_LM scatter
     information = next(f for f in _figures(at) if "H_LM" in f["layout"]["title"]["text"])
     assert information["data"][0]["name"] == "ladder"

@@ -185,13 +185,11 @@ def load_ladder(lm: LoadedModel, sources: dict[str, str], settings: LadderSettin
 
 def capacity_table(result: LadderResult, model_name: str, shared_m: bool) -> pd.DataFrame:
     """The longest length per source and in the mean, beside the paper's table (its column for this m)."""
-    rows = [{"model": model_name, "texts": name, "longest reconstructed (tokens)": n, "source": "this lab"}
-            for name, n in result.longest.items()]
-    rows.append({"model": model_name, "texts": "mean", "longest reconstructed (tokens)": round(result.mean_longest, 1),
-                 "source": "this lab"})
+    rows = [{"model": model_name, "texts": name, "longest (tokens)": n} for name, n in result.longest.items()]
+    rows.append({"model": model_name, "texts": "mean", "longest (tokens)": round(result.mean_longest, 1)})
     column = 1 if shared_m else 0
-    rows += [{"model": model, "texts": "PG-19", "longest reconstructed (tokens)": values[column],
-              "source": PAPER_CAPACITY_SETTING} for model, values in PAPER_CAPACITY.items()]
+    rows += [{"model": f"{model} (paper)", "texts": "PG-19", "longest (tokens)": values[column]}
+             for model, values in PAPER_CAPACITY.items()]
     return pd.DataFrame(rows)
 
 
