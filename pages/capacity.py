@@ -117,10 +117,11 @@ else:
     if not result.complete:
         st.caption("The ladder is fitted as far as shown; **Continue the ladder** fits the rest.")
     ladder_fig = ladder_figure(result.rows, config.threshold)
-    left, right = st.columns([3, 2])
+    left, right = st.columns([1, 1])
     left.plotly_chart(ladder_fig, key="cap_ladder")
     table = capacity_table(result, lm.name, shared)
-    right.dataframe(table, hide_index=True, width="stretch")
+    right.dataframe(table, hide_index=True, width="stretch",
+                    column_config={"longest (tokens)": st.column_config.NumberColumn(width="small")})
     right.caption(f"Longest prefix reconstructed to {config.threshold:g} with every shorter one, per source and "
                   f"in the mean; the paper's column for m {'shared' if shared else 'per text'} "
                   f"({PAPER_CAPACITY_SETTING}).")
