@@ -181,9 +181,11 @@ def _decode(data: bytes | str, filename: str) -> str:
 
 
 def _shown(value: str) -> str:
-    """``value`` for a message: a lone surrogate (from a str upload or a JSON escape) escaped, as Streamlit and
-    a UTF-8 terminal cannot show it."""
-    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    """``value`` for a one-line message: a lone surrogate (from a str upload or a JSON escape) escaped, as Streamlit
+    and a UTF-8 terminal cannot show it, and a newline or another character that does not print written as its
+    escape (a kind of "0\\n0" must not break the message over two lines)."""
+    safe = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in safe)
 
 
 def _describe_type(value: Any) -> str:
