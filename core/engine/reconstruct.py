@@ -7,7 +7,7 @@ Layouts (docs/science.md, A.layouts):
 * ``"e+m*(N-1)"``: inputs ``[e, m, ..., m]`` of length N; e's output predicts the first token.
   Scored positions: ``0 .. N-1``.
 
-The first paper's layout ablation adds three arrangements (``ABLATION_LAYOUTS``; docs/science.md, A.layouts), each
+The first paper's layout ablation adds three arrangements (``ABLATION_LAYOUTS``; docs/science.md, A.ablation), each
 of length N with position k predicting token k: ``"e*N"`` (``[e] x N``), ``"e*N/2+m*N/2"`` (``[e] x ceil(N/2)``
 then ``[m] x floor(N/2)``) and ``"(e,m)*N/2"`` (``[e, m]`` repeated, cut at N). e is position 0 in every layout.
 
@@ -30,7 +30,7 @@ from core.engine.shapes import checked
 LAYOUTS = ("e+m*N", "e+m*(N-1)")
 ABLATION_LAYOUTS = ("e*N", "e*N/2+m*N/2", "(e,m)*N/2")
 # The five arrangements of the first paper's ablation, in its order, with its accuracies at N = 256 on Llama-3.2-1B
-# (docs/science.md, A.layouts).
+# (docs/science.md, A.ablation; its labels read literally, which reverses Table 1 for the last two).
 PAPER_LAYOUT_ORDER = ("e*N", "e*N/2+m*N/2", "(e,m)*N/2", "e+m*N", "e+m*(N-1)")
 PAPER_LAYOUT_ACCURACY = {"e*N": 0.01, "e*N/2+m*N/2": 0.01, "(e,m)*N/2": 0.17, "e+m*N": 0.97, "e+m*(N-1)": 0.99}
 PAPER_LAYOUT_NAMES = {"e*N": "[e] x N", "e*N/2+m*N/2": "[e] x N/2, [m] x N/2", "(e,m)*N/2": "[e, m] x N/2",
