@@ -139,18 +139,18 @@ else:
 st.subheader("Information content")
 ladder_keys = set(result.rows["key"].dropna())
 listing = cache.list(lm.identity)[:MAX_SCATTER]
-others = [k.key for k in listing if k.key not in ladder_keys]
-entries = [e for e in (cache.get(k, lm.hidden_size) for k in [*ladder_keys, *others]) if e is not None]
+scatter_keys = tuple(sorted({*ladder_keys, *(row.key for row in listing)}))
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def _information(model: str, keys: tuple) -> pd.DataFrame:
-    return information_table(lm, entries, cache)
+    """The entries' H_LM table, read and computed once per set of keys (not at every rerun of the page)."""
+    return information_table(lm, [e for e in (cache.get(k, lm.hidden_size) for k in keys) if e is not None], cache)
 
 
-if entries:
+if scatter_keys:
     with st.spinner("H_LM of the cached entries (once each) ..."):
-        info = _information(lm.identity, tuple(sorted(e.key for e in entries)))
+        info = _information(lm.identity, scatter_keys)
     info_fig = information_figure(info, ladder_keys)
     st.plotly_chart(info_fig, key="cap_information")
     st.caption("H_LM: the text's own autoregressive cross-entropy, summed over its tokens, under the same frozen "

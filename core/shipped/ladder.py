@@ -19,18 +19,14 @@ from pathlib import Path
 from core.analyses.capacity import (ABLATION_LENGTH, ABLATION_STEPS, LadderSettings,
                                     load_long_texts, prefix, run_layouts, run_ladder, time_generation)
 from core.engine.cache import SHIPPED_ROOT, ProtoCache, read_json, write_json
-from core.engine.fit import UI_PRESETS, FitConfig, FitProgress, preset
+from core.engine.fit import FitConfig, FitProgress
 from core.engine.models import LoadedModel
 from core.engine.reconstruct import information_content
 from core.engine.sets import compact_entry
+from core.shipped.prefit import examples_config
 
 LADDER_RECORD = "ladder.json"
 SHIPPED_LADDER_MAX = 64
-
-
-def ladder_config() -> FitConfig:
-    """The settings the shipped ladder is fitted with: the sidebar's default preset, so the page finds it as is."""
-    return preset(UI_PRESETS[0])
 
 
 def load_ladder_record(root: str | os.PathLike = SHIPPED_ROOT) -> dict | None:
@@ -51,7 +47,7 @@ def ship_ladder(root: str | os.PathLike = SHIPPED_ROOT, *, lm: LoadedModel | Non
 
         lm = load_model()
     root = Path(root)
-    config = config or ladder_config()
+    config = config or examples_config()  # the sidebar's default: the page finds it as is
     cache = ProtoCache(root, shipped="")
     sources = {t.name: t.text for t in load_long_texts()}
     settings = LadderSettings(max_length=max_length)
@@ -108,7 +104,7 @@ def ship_capacity_views(root: str | os.PathLike = SHIPPED_ROOT, *, lm: LoadedMod
         lm = load_model()
     root = Path(root)
     cache = ProtoCache(root, shipped="")
-    config = ladder_config()
+    config = examples_config()
     t0 = time.perf_counter()
     texts = [prefix(lm, t.text, ABLATION_LENGTH) for t in load_long_texts()]
     run_layouts(lm, texts, replace(config, max_steps=ABLATION_STEPS), cache)
