@@ -296,6 +296,18 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_metrics(args) -> int:
+    from core.engine.cache import ProtoCache
+    from core.engine.fit import complete_metrics
+    from core.engine.models import load_model
+
+    cache = ProtoCache(args.cache)
+    lm = load_model(args.model)
+    changed = complete_metrics(lm, cache)
+    print(f"Recorded the missing metrics of {changed} entries of {lm.name} in {cache.root}", file=sys.stderr)
+    return 0
+
+
 def cmd_report(args) -> int:
     from core.engine.cache import ProtoCache
     from core.engine.fit import lookup, preset
@@ -311,7 +323,7 @@ def cmd_report(args) -> int:
     lm = load_model(args.model)
     if args.set is not None:
         frame, entries = named_set(lm, args.set, cache)
-        page = set_report(lm, args.set, frame, entries, cache, publication=args.publication)
+        page = set_report(lm, args.set, frame, entries, cache, publication=args.publication, count=args.count)
     else:
         if args.entry is not None:
             entry = find_entry(cache, lm, args.entry)
@@ -320,7 +332,7 @@ def cmd_report(args) -> int:
             if entry is None:
                 raise ReportError(f"This text is not cached with the {args.preset} preset: fit it first "
                                   f"(python -m core fit --preset {args.preset} --text ...).")
-        page = entry_report(lm, entry, cache, publication=args.publication)
+        page = entry_report(lm, entry, cache, publication=args.publication, count=args.count)
     output.write_text(page, encoding="utf-8")
     if not args.quiet:
         print(f"Wrote {output} ({output.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
@@ -429,6 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--cache")
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=cmd_list)
+    met = sub.add_parser("metrics", help="record what entries fitted by an older version lack (e's BOS prediction "
+                         "for the seed paper's count, H_LM); nothing is refitted")
+    met.add_argument("--model", help="Hugging Face id or local folder (default: the embedded SmolLM2-135M)")
+    met.add_argument("--cache", help="cache root (default: $PROTOTOKENS_CACHE or ./cache)")
+    met.set_defaults(func=cmd_metrics)
     rep = sub.add_parser("report", help="one self-contained HTML file (opens offline) for an entry or a set")
     rep.add_argument("--entry", help="the entry's key, or its first 8 or more characters (python -m core list)")
     rep.add_argument("--text", help="the entry of this text fitted with --preset")
@@ -439,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--cache")
     rep.add_argument("--output", "-o", default="report.html", help="the HTML file to write (default: report.html)")
     rep.add_argument("--publication", action="store_true", help="figures in the publication style")
+    rep.add_argument("--count", default="text", choices=["text", "bos"],  # core.engine.reconstruct.COUNTS
+                     help="count accuracy and the correct prefix over the N text positions (text, this lab's) or over "
+                     "N + 1 with e's BOS prediction included (bos, the seed paper's code)")
     rep.add_argument("--quiet", action="store_true")
     rep.set_defaults(func=cmd_report)
     pre = sub.add_parser("prefit", help="regenerate the shipped pre-fitted cache of the built-in sets")

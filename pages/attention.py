@@ -33,7 +33,8 @@ from core.figures.attention import (
     layer_position_figure,
     position_axis,
 )
-from ui.state import entry_selector, get_cache, get_model, require_app_shell
+from core.engine.reconstruct import stored_count
+from ui.state import entry_selector, get_cache, get_model, metric_count, require_app_shell
 from core.figures import visible_token
 from core.report import entry_report
 from ui.widgets import URL, download_csv, download_figure, download_report, show_error
@@ -74,7 +75,9 @@ except ValueError as exc:  # vectors of another width: the entry belongs to anot
 
 n, layers, heads = result.n_tokens, result.num_layers, result.num_heads
 origin = "from the cache" if result.from_cache else f"computed in {result.seconds:.1f} s"
-st.caption(f"{n} tokens, layout {result.layout}, accuracy {entry.metrics.get('accuracy', 0.0):.3f}; "
+counted = stored_count(entry.metrics, entry.n_tokens, metric_count())
+st.caption(f"{n} tokens, layout {result.layout}, accuracy {counted.accuracy:.3f}"
+           + (" over N + 1, e's BOS prediction included" if counted.count == "bos" else "") + "; "
            f"{layers} layers × {heads} heads; {origin}. Columns are aligned on the token each query predicts "
            "(`k:token`); for the baseline that is the query one position earlier, so column 0 has none. Cells whose "
            f"query {TRIVIAL_NOTE} are marked in the hover, left out of the colour range and of the means, and "
@@ -148,7 +151,8 @@ if st.toggle("Prepare downloads", key="attention_downloads",
     with cols[0]:
         download_csv(result.long_table(view, visible_token), f"{stem}.csv", "CSV: layer, head, query, token, value",
                      key="attention_dl_csv")
-        download_report(lambda publication: entry_report(lm, entry, cache, publication=publication),
+        download_report(lambda publication: entry_report(lm, entry, cache, publication=publication,
+                                                         count=metric_count()),
                         f"report-{entry.key[:12]}.html", key="attention_dl_report")
     with cols[1]:
         download_figure(fig_layers, f"{stem}_layer_position.html", "Figure: layer × position",

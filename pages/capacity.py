@@ -17,6 +17,7 @@ from core.analyses.capacity import (
     CapacitySnapshot,
     LadderSettings,
     capacity_table,
+    counted_rows,
     information_table,
     layout_summary,
     load_generation_timing,
@@ -27,11 +28,11 @@ from core.analyses.capacity import (
     time_generation,
 )
 from core.engine.models import TextError
-from core.engine.reconstruct import PAPER_LAYOUT_NAMES
+from core.engine.reconstruct import PAPER_LAYOUT_NAMES, count_note
 from core.figures.capacity import information_figure, ladder_figure, layouts_figure, speed_figure
 from core.shipped.ladder import SHIPPED_LADDER_MAX, load_ladder_record
 from ui import jobs
-from ui.state import fit_config, get_cache, get_model, require_app_shell
+from ui.state import fit_config, get_cache, get_model, metric_count, require_app_shell
 from ui.widgets import URL, download_csv, download_figure, plain, show_error
 
 require_app_shell()  # first: a page opened by its URL on a fresh server runs inside app.py
@@ -97,6 +98,7 @@ if not sources:
     st.info("Choose at least one source text.")
     st.stop()
 settings = LadderSettings(max_length=max_length, shared_m=shared)
+count = metric_count()
 result = load_ladder(lm, sources, settings, config, cache)
 running = jobs.is_running(LADDER_JOB)
 label = "Continue the ladder" if len(result.rows) else "Fit the ladder"
@@ -116,7 +118,8 @@ if result.rows.empty:
 else:
     if not result.complete:
         st.caption("The ladder is fitted as far as shown; **Continue the ladder** fits the rest.")
-    ladder_fig = ladder_figure(result.rows, config.threshold)
+    ladder_rows, ladder_uncounted = counted_rows(result.rows, count)
+    ladder_fig = ladder_figure(ladder_rows, config.threshold)
     left, right = st.columns([1, 1])
     left.plotly_chart(ladder_fig, key="cap_ladder")
     table = capacity_table(result, lm.name, shared)
@@ -124,14 +127,15 @@ else:
                     column_config={"longest (tokens)": st.column_config.NumberColumn(width="small")})
     right.caption(f"Longest prefix reconstructed to {config.threshold:g} with every shorter one, per source and "
                   f"in the mean; the paper's column for m {'shared' if shared else 'per text'} "
-                  f"({PAPER_CAPACITY_SETTING}).")
-    failed = result.rows[~result.rows["converged"]]
+                  f"({PAPER_CAPACITY_SETTING}); a fit reaches the threshold over its N text positions."
+                  + count_note(count, ladder_uncounted))
+    failed = ladder_rows[~ladder_rows["converged"]]
     for row in failed.itertuples():
         st.caption(plain(f"{row.source} fails at {row.length} tokens: accuracy {row.accuracy:.3f}, C_tokens "
-                         f"{row.c_tokens} of {row.n_tokens}, after {row.steps} steps."))
+                         f"{row.c_tokens} of {row.positions}, after {row.steps} steps."))
     c1, c2 = st.columns(2)
     with c1:
-        download_csv(result.rows, "capacity_ladder.csv", "Ladder (CSV)", key="cap_dl_ladder")
+        download_csv(ladder_rows, "capacity_ladder.csv", "Ladder (CSV)", key="cap_dl_ladder")
     with c2:
         download_figure(ladder_fig, "capacity_ladder.html", "Ladder figure", key="cap_dl_ladder_fig")
 
@@ -150,13 +154,13 @@ def _information(model: str, keys: tuple) -> pd.DataFrame:
 
 if scatter_keys:
     with st.spinner("H_LM of the cached entries (once each) ..."):
-        info = _information(lm.identity, scatter_keys)
+        info, info_uncounted = counted_rows(_information(lm.identity, scatter_keys), count)
     info_fig = information_figure(info, ladder_keys)
     st.plotly_chart(info_fig, key="cap_information")
     st.caption("H_LM: the text's own autoregressive cross-entropy, summed over its tokens, under the same frozen "
                "model (the first token conditioned on BOS where the tokenizer has one). Filled: reconstructed to the "
                "threshold. The capacity papers find that how much two vectors hold is bounded by H_LM more than by "
-               "the number of tokens.")
+               "the number of tokens." + count_note(count, info_uncounted))
 
 # ---- layouts -----------------------------------------------------------------------------------------
 st.subheader("Where e and m go: the five layouts")
@@ -179,6 +183,7 @@ if jobs.get_job(LAYOUT_JOB) is not None:
 if layouts.empty:
     st.info("Not fitted with these settings yet: **Fit the five layouts** fits every prefix in each arrangement.")
 else:
+    layouts, layouts_uncounted = counted_rows(layouts, count)
     summary = layout_summary(layouts)
     layouts_fig = layouts_figure(summary)
     left, right = st.columns([3, 2])
@@ -188,7 +193,9 @@ else:
     right.caption(f"{len(ab_texts)} prefixes of {ab_length} tokens, up to {ab_steps} steps each; the paper's texts "
                   "are 256 tokens long on a model eight times larger, so the shares differ, the order is the finding. The "
                   "paper's ablation labels give [e] [m] x N 0.97 and [e] [m] x (N-1) 0.99, the reverse of its Table 1 "
-                  "(docs/science.md, A.ablation): shown as labelled.")
+                  "(docs/science.md, A.ablation): shown as labelled." + count_note(count, layouts_uncounted)
+                  + (" Only [e] [m] x N has a position whose output is unscored, so only it can count e's BOS "
+                     "prediction." if count == "bos" else ""))
 
 # ---- one pass against decoding ----------------------------------------------------------------------
 st.subheader("One pass against decoding")

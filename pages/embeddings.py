@@ -13,11 +13,12 @@ from plotly.subplots import make_subplots
 
 from core.analyses import embeddings as emb
 from core.analyses.projection import METRICS, SILHOUETTE_SAMPLE
+from core.engine.reconstruct import count_note
 from core.engine.sets import (corpus_sets, load_manifest, most_prefitted, prefit_status, set_entries, set_frame,
                               validate_set)
 from core.texts.textsets import BUILTIN_SETS, TextSetError, builtin_set
 from ui import jobs
-from ui.state import fit_config, get_cache, get_model, require_app_shell
+from ui.state import fit_config, get_cache, get_model, metric_count, require_app_shell
 from core.figures import hover_text, plotly_text
 from core.report import set_report
 from ui.widgets import URL, choose_text_set, download_csv, download_figure, download_report, plain, show_error
@@ -166,10 +167,10 @@ if teacher is None and not large:
         show_error(f"No teacher reference: {exc}", exc, warning=True)
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _assembled(ident: tuple, _entries: list, min_accuracy: float, _teacher, shared_m: bool,
-               whole_groups: bool) -> emb.SetVectors:
-    """assemble_set, once per set state, threshold, selection and teacher (10,000 rows take a second to assemble)."""
+               whole_groups: bool, count: str) -> emb.SetVectors:
+    """assemble_set, once per set state, threshold, selection, count and teacher (10,000 rows take a second)."""
     return emb.assemble_set(frame, _entries, min_accuracy=min_accuracy, teacher=_teacher, shared_m=shared_m,
-                            whole_groups=whole_groups)
+                            whole_groups=whole_groups, count=count)
 
 
 whole_groups = st.radio("Keep", list(SELECTIONS), format_func=SELECTIONS.get, horizontal=True, key="emb_selection",
@@ -177,16 +178,18 @@ whole_groups = st.radio("Keep", list(SELECTIONS), format_func=SELECTIONS.get, ho
                                        "threshold; this lab keeps every text that did.") == "groups"
 vectors = _assembled((texts_id, digest(frame["group"]), digest(frame["kind"]),
                       digest(e.key if e else "" for e in entries), listing,
-                      teacher is not None), entries, float(min_accuracy), teacher, shared_m, whole_groups)
+                      teacher is not None), entries, float(min_accuracy), teacher, shared_m, whole_groups,
+                     metric_count())
 st.caption(f"Showing **{vectors.n:,}** of {vectors.n_total:,} texts: {vectors.n_below:,} below {min_accuracy:.2f} "
            f"accuracy excluded, {vectors.n_unfitted} not fitted"
            + (f", {vectors.n_dropped} more left out with a group that has a text below it." if whole_groups else ".")
-           + (" m is shared by every text, so only e and the teacher are drawn." if shared_m else ""))
+           + (" m is shared by every text, so only e and the teacher are drawn." if shared_m else "")
+           + count_note(vectors.count, vectors.n_uncounted))
 if vectors.n < 2:
     st.warning("Fewer than 2 texts pass the threshold: nothing to compare. Lower the threshold or fit more.")
     st.stop()
 
-cache_id = (digest(vectors.table["key"]), teacher is not None, shared_m)
+cache_id = (digest(vectors.table["key"]), teacher is not None, shared_m, vectors.count)
 large = vectors.n > emb.BACKGROUND_POINTS
 
 
@@ -391,5 +394,5 @@ with c3:
 with c4:
     download_figure(bars, f"{stem}_silhouette.html", "Score chart", key="emb_dl_bars")
 download_report(lambda publication: set_report(lm, set_name or "uploaded", frame, entries, cache,
-                                               publication=publication),
+                                               publication=publication, count=vectors.count),
                 f"report-{stem}.html", key="emb_dl_report")

@@ -22,9 +22,10 @@ from core.analyses.geometry import (
     path_table,
     solution_label,
 )
+from core.engine.reconstruct import COUNT_LABELS, count_note
 from core.figures.geometry import path_figure, shares_figure, training_figure, trajectory_figure
 from ui import jobs
-from ui.state import current_entry, fit_config, get_cache, get_model, require_app_shell
+from ui.state import current_entry, fit_config, get_cache, get_model, metric_count, require_app_shell
 from ui.widgets import URL, download_csv, download_figure, plain, show_error
 
 require_app_shell()  # first: a page opened by its URL on a fresh server runs inside app.py
@@ -119,12 +120,16 @@ if missing and st.button(f"Fit seed{'s' * (len(missing) > 1)} {', '.join(map(str
     start("solutions")
 job_panel("solutions", "Fitting the seeds")
 
-labels = {e.key: solution_label(e) for e in solutions.entries}
-shown = solutions.solutions.assign(solution=solutions.solutions["entry"].map(labels))
+count = metric_count()
+labels = {e.key: solution_label(e, count) for e in solutions.entries}
+counted_solutions, solutions_uncounted = solutions.counted(count)
+shown = counted_solutions.assign(solution=counted_solutions["entry"].map(labels))
 st.dataframe(shown[["solution", "accuracy", "steps", "norm_e", "norm_m", "norm_em"]], hide_index=True,
              key="geo_solutions", width="stretch",
              column_config={c: st.column_config.NumberColumn(c, format="%.3f")
                             for c in ("accuracy", "norm_e", "norm_m", "norm_em")})
+if count != "text":
+    st.caption(count_note(count, solutions_uncounted).strip())
 pairs = solutions.pairs.assign(a=solutions.pairs["a"].map(labels), b=solutions.pairs["b"].map(labels))
 if len(pairs):
     st.caption("Pairwise: L2 distance and cosine of e, of m, and of the concatenation [e, m].")
@@ -132,7 +137,7 @@ if len(pairs):
                  column_config={c: st.column_config.NumberColumn(c, format="%.3f") for c in pairs.columns[2:]})
 c1, c2 = st.columns(2)
 with c1:
-    download_csv(solutions.solutions, "geometry_solutions.csv", "Solutions (CSV)", key="geo_dl_solutions")
+    download_csv(counted_solutions, "geometry_solutions.csv", "Solutions (CSV)", key="geo_dl_solutions")
 if len(pairs):
     with c2:
         download_csv(solutions.pairs, "geometry_pairs.csv", "Pairs (CSV)", key="geo_dl_pairs")
@@ -164,12 +169,15 @@ else:
             st.info(f"Press **Fit the curve** to train the control point ({steps} steps of {samples} points) and "
                     f"decode both paths at {points} points.")
         else:
-            summary = path.summary()
+            summary = path.summary(count)
+            path_counted = path.accuracies(count)[2]
             st.caption(f"Lowest accuracy along the line {summary['line_min_accuracy']:.2f}, along the curve "
                        f"{summary['curve_min_accuracy']:.2f}; mean loss {summary['line_mean_loss']:.3f} against "
                        f"{summary['curve_mean_loss']:.3f}. The curve took {path.steps} steps ({path.seconds:.0f} s). "
-                       "Accuracy over the N text positions; hover a point for its reconstruction.")
-            table = path_table(path, lm.decode)
+                       + (f"Accuracy over {COUNT_LABELS[count]}" if path_counted else
+                          "Accuracy over the N text positions (this path was stored before e's BOS prediction was "
+                          "recorded)") + "; hover a point for its reconstruction.")
+            table = path_table(path, lm.decode, count)
             path_fig = path_figure(table)
             st.plotly_chart(path_fig, key="geo_path")
             train_fig = training_figure(path.history)
@@ -199,11 +207,14 @@ if trajectory is None:
 else:
     shares = trajectory.shares
     two = float(shares[:2].sum())
+    trajectory_accuracy, trajectory_counted = trajectory.accuracies(count)
     st.caption(f"{len(trajectory.steps)} points of a refit with the entry's settings from a random draw (accuracy "
-               f"{trajectory.final_accuracy:.2f} after {trajectory.steps[-1]} steps, {trajectory.seconds:.0f} s), "
+               f"{trajectory_accuracy[-1]:.2f} after {trajectory.steps[-1]} steps, {trajectory.seconds:.0f} s), "
                f"projected on the first principal components of [e, m]: the first two hold {two:.1%} of the variance "
-               f"(Progressive Cramming: {CRAMMING_SHARE:.1%}, {CRAMMING_SETTING}).{start_note}")
-    trajectory_table = trajectory.table(lm.decode)
+               f"(Progressive Cramming: {CRAMMING_SHARE:.1%}, {CRAMMING_SETTING}).{start_note} Accuracy over "
+               + (COUNT_LABELS[count] if trajectory_counted else "the N text positions (this trajectory was stored "
+                  "before e's BOS prediction was recorded)") + ".")
+    trajectory_table = trajectory.table(lm.decode, count)
     left, right = st.columns([3, 2])
     trajectory_fig = trajectory_figure(trajectory_table, shares)
     variance_fig = shares_figure(shares)

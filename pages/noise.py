@@ -233,5 +233,5 @@ with c4:
 with c5:
     download_figure(flip_fig, "noise_flips.html", "Heatmap", key="noise_dl_flips")
 if len(entries) == 1:  # a report is of one entry: its noise sweep with the default settings, beside its fit
-    download_report(lambda publication: entry_report(lm, entries[0], cache, publication=publication),
+    download_report(lambda publication: entry_report(lm, entries[0], cache, publication=publication, count=count),
                     f"report-{entries[0].key[:12]}.html", key="noise_dl_report")

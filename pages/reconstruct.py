@@ -354,7 +354,7 @@ def show_entry(entry: CacheEntry) -> None:
             download_figure(curves, f"fit-curves-{entry.key[:12]}.html", "Curves figure", key="dl_entry_curves")
     if not unsaved:
         with c5:
-            download_report(lambda publication: entry_report(lm, entry, cache, publication=publication),
+            download_report(lambda publication: entry_report(lm, entry, cache, publication=publication, count=count),
                             f"report-{entry.key[:12]}.html", key="dl_entry_report")
 
 

@@ -25,11 +25,12 @@ from core.analyses.regularisers import (
     summarize_regularisers,
     teacher_silhouette,
 )
+from core.engine.reconstruct import count_note
 from core.engine.sets import validate_set
 from core.shipped.default_sweep import DEFAULT_SET_NAME, default_sweep_set, load_default_sweep_manifest, sweep_choices
 from core.texts.textsets import BUILTIN_SETS, TextSetError, builtin_set
 from ui import jobs
-from ui.state import fit_config, get_cache, get_model, require_app_shell
+from ui.state import fit_config, get_cache, get_model, metric_count, require_app_shell
 from core.figures import hover_text, plotly_text
 from core.report import figures_report
 from ui.widgets import URL, choose_text_set, download_csv, download_figure, download_report, plain, show_error
@@ -186,7 +187,8 @@ if using_shipped and manifest is not None:
                f"the sweep took {sum(walls) / 60:.0f} min on a {manifest.cpus or '?'}-core CPU "
                f"({manifest.torch_threads} torch thread{'s' * (manifest.torch_threads > 1)}).")
 
-summary = summarize_regularisers(result)
+count = metric_count()
+summary = summarize_regularisers(result, count)
 
 
 # ---- trade-off ---------------------------------------------------------------------------------------
@@ -209,7 +211,7 @@ def tradeoff_figure(result_: RegulariserResult, vector: str) -> go.Figure:
             continue
         path = ([baseline] if kind != "none" and baseline is not None else []) + rows
         x = [getattr(r, f"alignment_{vector}") for r in path]
-        y = [r.accuracy for r in path]
+        y = [r.accuracy_in(count) for r in path]
         silhouettes = [getattr(r, f"silhouette_{vector}") for r in path]
         fig.add_scatter(
             x=x, y=y, mode="lines+markers+text", name=kind, line=dict(color=KIND_COLOURS[kind], width=1.5),
@@ -256,6 +258,8 @@ st.dataframe(summary, hide_index=True, key="reg_summary", width="stretch", colum
     "wall_time_s": st.column_config.NumberColumn("wall time (s)", format="%.0f"),
     "lambda": st.column_config.NumberColumn("λ", format="%g"),
 })
+if count != "text":
+    st.caption(count_note(count, sum(r.bos_uncounted for r in result.results)).strip())
 
 # ---- maps --------------------------------------------------------------------------------------------
 st.subheader("e without and with a regulariser")

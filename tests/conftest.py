@@ -27,6 +27,18 @@ def tiny_lm():
     return load_model(TINY_MODEL)
 
 
+@pytest.fixture(scope="session")
+def bos_lm(tiny_lm):
+    """The tiny model with a tokenizer that has a BOS token (its byte '$', id 3): e's own output has a BOS to be
+    scored against (the seed paper's count)."""
+    import copy
+    import dataclasses
+
+    tokenizer = copy.deepcopy(tiny_lm.tokenizer)
+    tokenizer.bos_token = tokenizer.convert_ids_to_tokens(3)
+    return dataclasses.replace(tiny_lm, tokenizer=tokenizer)
+
+
 @pytest.fixture
 def tmp_cache(tmp_path):
     return ProtoCache(tmp_path / "cache")

@@ -181,3 +181,18 @@ def test_the_shipped_ladder_is_recorded_compact_and_resumes(tiny_lm, tmp_path):
     assert all(not cache.get(k, tiny_lm.hidden_size).snapshots for k in record["keys"])
     again = ship_ladder(tmp_path, lm=tiny_lm, max_length=5, config=config, quiet=True)
     assert again["wall_time_s"] == record["wall_time_s"] and again["keys"] == record["keys"]  # nothing refitted
+
+
+def test_ladder_rows_count_es_bos_prediction_where_it_is_recorded():
+    import pandas as pd
+
+    rows = pd.DataFrame({"accuracy": [1.0, 0.5, 0.75], "c_tokens": [4, 2, 3], "n_tokens": [4, 4, 4],
+                         "bos_correct": [False, True, None]})
+    counted, uncounted = cap.counted_rows(rows, "bos")
+    assert counted["accuracy"].tolist() == [0.8, 0.6, 0.75] and counted["c_tokens"].tolist() == [4, 3, 3]
+    assert counted["positions"].tolist() == [5, 5, 4] and uncounted == 1
+    assert counted["n_tokens"].tolist() == [4, 4, 4]  # the length is the text's
+    same, none = cap.counted_rows(rows, "text")
+    assert same["accuracy"].tolist() == [1.0, 0.5, 0.75] and same["positions"].tolist() == [4, 4, 4] and none == 0
+    with pytest.raises(ValueError):
+        cap.counted_rows(rows, "tokens")

@@ -191,3 +191,19 @@ def test_the_finding_line_sets_the_model_beside_the_paper():
     assert "m groups the texts more than e: silhouettes 0.40 and 0.20" in emb.finding_line(scores(0.2, 0.4, 0.7), "x")
     assert "e groups the texts more than m" in emb.finding_line(scores(0.4, 0.2, 0.7), "x")
     assert emb.finding_line(scores(np.nan, np.nan, 0.7), "x").startswith("Not enough groups")
+
+
+def test_the_seed_papers_count_selects_and_shows_accuracy_over_n_plus_one():
+    frame, entries = _clustered_set()  # 3 tokens each; (g1, text 3) is at 0.5
+    for i, entry in enumerate(entries):
+        if i != 1:  # entry 1 was fitted before e's BOS prediction was recorded
+            entry.metrics["bos_correct"] = i != 0  # entry 0: every token right, e's BOS prediction wrong
+    lab = emb.assemble_set(frame, entries, min_accuracy=0.9)
+    authors = emb.assemble_set(frame, entries, min_accuracy=0.9, count="bos")
+    assert (lab.n, lab.n_uncounted, lab.count) == (7, 0, "text")
+    assert (authors.n, authors.n_below, authors.n_uncounted, authors.count) == (6, 2, 1, "bos")
+    assert "k00" not in set(authors.table["key"])  # 3 of 4 positions: 0.75 < 0.9
+    accuracy = dict(zip(authors.table["key"], authors.table["accuracy"]))
+    assert accuracy["k01"] == 1.0 and accuracy["k02"] == 1.0  # unrecorded: its N positions; recorded and right: 4 of 4
+    # the authors' selection counts their way: entry 0's group goes with it
+    assert emb.assemble_set(frame, entries, min_accuracy=0.9, whole_groups=True, count="bos").n == 0

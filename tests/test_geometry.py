@@ -16,6 +16,7 @@ from core.analyses.geometry import (
     GeometryJob,
     GeometrySettings,
     bezier_points,
+    counted_points,
     geometry_key,
     line_points,
     load_path,
@@ -322,3 +323,37 @@ def test_the_figures_show_user_text_escaped_in_their_hovers():
     assert "70.0%" in fig.layout.xaxis.title.text and "20.0%" in fig.layout.yaxis.title.text
     cumulative = next(trace for trace in shares_figure([0.7, 0.2, 0.1]).data if trace.name == "cumulative")
     assert list(cumulative.y) == pytest.approx([0.7, 0.9, 1.0])
+
+
+def test_decoded_points_record_es_bos_prediction_for_the_seed_papers_count(bos_lm, tmp_path):
+    cache = ProtoCache(tmp_path / "bos")
+    [a] = fit_and_cache(bos_lm, ["Hi"], preset("fast", max_steps=300, start=""), cache)
+    [b] = fit_and_cache(bos_lm, ["Hi"], preset("fast", max_steps=300, start="", seed=1), cache)
+    a, b = a.entry, b.entry
+    small = GeometrySettings(seeds=(1,), points=5, steps=3, samples=2)
+    path = run_path(bos_lm, a, b, small, cache)
+    # the ends are the solutions: e's BOS prediction there is the entries' own
+    assert path.line_bos is not None and path.line_bos[0] == float(a.metrics["bos_correct"])
+    assert path.line_bos[-1] == float(b.metrics["bos_correct"])
+    n = a.n_tokens
+    line, curve, counted = path.accuracies("bos")
+    assert counted and np.allclose(line, (path.line_accuracy * n + path.line_bos) / (n + 1))
+    assert np.allclose(curve, (path.curve_accuracy * n + path.curve_bos) / (n + 1))
+    assert path.summary("bos")["line_min_accuracy"] == line.min()
+    assert np.allclose(path_table(path, None, "bos")["accuracy"], np.concatenate([line, curve]))
+    loaded = load_path(bos_lm, a, b, small, cache)
+    assert np.array_equal(loaded.line_bos, path.line_bos) and np.array_equal(loaded.curve_bos, path.curve_bos)
+    # a path stored before it was recorded is shown over the N positions, and says so
+    assert counted_points(path.line_accuracy, None, n, "bos") == (path.line_accuracy, False)
+    assert np.array_equal(counted_points(path.line_accuracy, path.line_bos, n, "text")[0], path.line_accuracy)
+    solutions = run_solutions(bos_lm, a, small, cache)
+    table, uncounted = solutions.counted("bos")
+    assert uncounted == 0 and table["accuracy"].tolist() == [
+        (e.metrics["accuracy"] * n + e.metrics["bos_correct"]) / (n + 1) for e in solutions.entries]
+
+
+def test_points_without_a_bos_token_are_counted_over_n(tiny_lm, fitted_path):
+    _, _, path = fitted_path  # the tiny tokenizer has no BOS token
+    assert path.line_bos is None and path.curve_bos is None
+    line, _, counted = path.accuracies("bos")
+    assert not counted and np.array_equal(line, path.line_accuracy)

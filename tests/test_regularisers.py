@@ -110,6 +110,13 @@ def test_sweep_of_two_settings_then_cache_hit(tiny_lm, tmp_cache, monkeypatch):
     assert not table["cached"].any()
     assert {p.index for p in seen} == {0, 1} and any(p.fit is not None for p in seen)
     assert result.results[1].e.shape == (len(TEXTS), tiny_lm.hidden_size)
+    # the seed paper's count: the tiny tokenizer has no BOS token, so N positions, and the page is told so
+    assert summarize_regularisers(result, "bos")["accuracy"].equals(table["accuracy"])
+    assert [r.bos_uncounted for r in result.results] == [len(TEXTS)] * 2
+    counted = replace(result.results[0], bos_accuracy=0.25)
+    assert counted.accuracy_in("bos") == 0.25 and counted.accuracy_in("text") == result.results[0].accuracy
+    with pytest.raises(ValueError):
+        counted.accuracy_in("tokens")
 
     monkeypatch.setattr(core.engine.fit, "fit_texts", _no_fit)
     again = run_regularisers(tiny_lm, TEXTS, GROUPS, settings, _config(), tmp_cache, teacher_emb=_teacher())

@@ -133,3 +133,18 @@ def test_figures_report_shows_a_page_s_figures_tables_and_settings(tiny_lm):
     assert page.count(PLOTLY_MARKER) == 1 and 'id="figure-1"' in page and "<td>0.1</td>" in page
     assert "sweep of &lt;set&gt;" in page and "&lt;b&gt;plain&lt;/b&gt;" in page and "<td>MiniLM</td>" in page
     assert "<script>" not in page.split("</script>")[-1]  # after the inlined library, no raw user markup
+
+
+def test_reports_count_as_asked_es_bos_prediction_included(bos_lm, tmp_path):
+    cache = ProtoCache(tmp_path / "bos-report")
+    [outcome] = fit_and_cache(bos_lm, ["Hi"], preset("fast", max_steps=300), cache)
+    entry = outcome.entry
+    n, hit = entry.n_tokens, entry.metrics["bos_correct"]
+    lab = entry_report(bos_lm, entry, cache)
+    seed = entry_report(bos_lm, entry, cache, count="bos")
+    assert f"over the {n} text positions" in lab and "BOS prediction first" not in lab
+    assert f"of {n + 1} correct" in seed and f"e's BOS prediction first ({'right' if hit else 'wrong'})" in seed
+    frame = pd.DataFrame({"text": ["Hi"], "group": ["g"], "kind": ["original"]})
+    expected = (entry.metrics["accuracy"] * n + hit) / (n + 1)
+    assert f"mean accuracy {expected:.3f}. Accuracy over N + 1" in set_report(bos_lm, "s", frame, [entry], cache,
+                                                                             count="bos")

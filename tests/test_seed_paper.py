@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import pytest
@@ -15,14 +14,6 @@ from core.engine.models import TINY_MODEL, load_model
 from core.engine.reconstruct import TokenMetrics, bos_target, counted, reconstruct, token_metrics
 
 SHORT, OTHER = "Hi", "Hello world"
-
-
-@pytest.fixture(scope="module")
-def bos_lm(tiny_lm):
-    """The tiny model with a tokenizer that has a BOS token (its byte '$', id 3)."""
-    tokenizer = copy.deepcopy(tiny_lm.tokenizer)
-    tokenizer.bos_token = tokenizer.convert_ids_to_tokens(3)
-    return dataclasses.replace(tiny_lm, tokenizer=tokenizer)
 
 
 def test_the_seed_paper_preset_is_the_authors_loop():
@@ -161,3 +152,45 @@ def test_a_text_whose_accuracy_dips_after_reaching_the_threshold_still_counts_as
     run.decide(active, [logits(rows[0], False), logits(rows[1], True)], losses)
     assert all(row.done and row.status == "converged" for row in rows)
     assert rows[0].best_acc == 1.0  # kept from the first step
+
+
+# ---- the seed paper's count of what entries store (every page that shows an entry's accuracy) -------------------
+
+def test_an_entrys_stored_accuracy_in_both_counts():
+    from core.engine.reconstruct import count_note, stored_count
+
+    hit, miss = {"accuracy": 0.75, "bos_correct": True}, {"accuracy": 0.75, "bos_correct": False}
+    assert stored_count(hit, 4, "text") == stored_count({"accuracy": 0.75}, 4, "text")
+    assert (stored_count(hit, 4, "text").accuracy, stored_count(hit, 4, "text").n_positions) == (0.75, 4)
+    assert stored_count(hit, 4, "bos") == (counted := stored_count(hit, 4, "bos"))
+    assert (counted.accuracy, counted.c_tokens, counted.n_positions, counted.count) == (0.8, 4, 5, "bos")
+    missed = stored_count(miss, 4, "bos")
+    assert (missed.accuracy, missed.c_tokens, missed.n_positions) == (0.6, 3, 5)
+    # not recorded: the N positions, and it says so
+    unknown = stored_count({"accuracy": 0.75}, 4, "bos")
+    assert (unknown.accuracy, unknown.n_positions, unknown.count) == (0.75, 4, "text")
+    with pytest.raises(ValueError):
+        stored_count(hit, 4, "tokens")
+    assert count_note("text", 3) == "" and "N + 1" in count_note("bos") and "recorded" not in count_note("bos")
+    assert "2 entries without e's BOS prediction recorded count N" in count_note("bos", 2)
+
+
+def test_complete_metrics_records_what_an_older_entry_lacks_and_leaves_the_shipped_cache_alone(bos_lm, tmp_path):
+    from core.engine.cache import ProtoCache
+    from core.engine.fit import complete_metrics, recorded_metrics
+
+    shipped = ProtoCache(tmp_path / "shipped", shipped="")
+    [old_shipped] = fit_and_cache(bos_lm, [SHORT], preset("first-paper", max_steps=300), shipped)
+    cache = ProtoCache(tmp_path / "user", shipped=tmp_path / "shipped")
+    [outcome] = fit_and_cache(bos_lm, [OTHER], preset("first-paper", max_steps=600), cache)
+    entry = outcome.entry
+    truth = {k: entry.metrics[k] for k in ("bos_correct", "h_lm")}
+    for c, e in ((cache, entry), (shipped, old_shipped.entry)):  # as an older version of the lab wrote them
+        c.put(dataclasses.replace(e, metrics={k: v for k, v in e.metrics.items() if k not in ("bos_correct", "h_lm")}))
+    assert complete_metrics(bos_lm, cache) == 1
+    again = cache.get(entry.key, bos_lm.hidden_size)
+    assert again.metrics["bos_correct"] == truth["bos_correct"]
+    assert again.metrics["h_lm"] == pytest.approx(truth["h_lm"])
+    assert again.key == entry.key and recorded_metrics(bos_lm, again) == {}
+    assert complete_metrics(bos_lm, cache) == 0
+    assert "bos_correct" not in shipped.get(old_shipped.entry.key, bos_lm.hidden_size).metrics

@@ -33,8 +33,8 @@ from core.engine.cache import CacheEntry, ProtoCache, cache_key
 from core.engine.fit import FitConfig, FitProgress, fit_and_cache, lookup
 from core.engine.jobs import BackgroundJob
 from core.engine.models import LoadedModel, TextError
-from core.engine.reconstruct import (PAPER_LAYOUT_ACCURACY, PAPER_LAYOUT_ORDER, information_content,
-                                     predict_tokens)
+from core.engine.reconstruct import (COUNTS, PAPER_LAYOUT_ACCURACY, PAPER_LAYOUT_ORDER, information_content,
+                                     predict_tokens, stored_count)
 
 LONG_TEXTS_FILE = Path(__file__).resolve().parents[2] / "data" / "long_texts.json"
 # The paper's lengths: 4, then growing by sqrt 2 (rounded), as its table lists them.
@@ -50,8 +50,10 @@ ABLATION_LENGTH, ABLATION_STEPS = 16, 500
 H_LM_ANALYSIS = "h-lm"
 TIMING_ANALYSIS = "generation-timing"
 TIMING_VERSION = "generation-timing-v1"
+# accuracy and c_tokens over the N text positions; bos_correct: e's own output against BOS (None where not recorded),
+# for the seed paper's count (counted_rows)
 LADDER_COLUMNS = ["source", "length", "n_tokens", "accuracy", "c_tokens", "converged", "steps", "wall_time",
-                  "h_lm", "key", "text"]
+                  "h_lm", "bos_correct", "key", "text"]
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,8 @@ def _row(source: str, length: int, entry: CacheEntry | None) -> dict:
     return {"source": source, "length": length, "n_tokens": n, "accuracy": accuracy,
             "c_tokens": int(round(accuracy * n)), "converged": bool(metrics.get("converged", False)),
             "steps": int(metrics.get("steps", 0)), "wall_time": float(metrics.get("wall_time", 0.0)),
-            "h_lm": metrics.get("h_lm"), "key": entry.key if entry is not None else None,
+            "h_lm": metrics.get("h_lm"), "bos_correct": metrics.get("bos_correct"),
+            "key": entry.key if entry is not None else None,
             "text": entry.text if entry is not None else None}
 
 
@@ -219,14 +222,31 @@ def information_table(lm: LoadedModel, entries: Sequence[CacheEntry], cache: Pro
                      "h_lm": entry_information(lm, entry, cache), "accuracy": accuracy,
                      "c_tokens": int(round(accuracy * entry.n_tokens)),
                      "converged": bool(entry.metrics.get("converged")), "steps": int(entry.metrics.get("steps", 0)),
-                     "layout": entry.layout})
+                     "layout": entry.layout, "bos_correct": entry.metrics.get("bos_correct")})
     return pd.DataFrame(rows, columns=["key", "text", "n_tokens", "h_lm", "accuracy", "c_tokens", "converged", "steps",
-                                       "layout"])
+                                       "layout", "bos_correct"])
+
+
+def counted_rows(rows: pd.DataFrame, count: str = "text") -> tuple[pd.DataFrame, int]:
+    """A table of entries (columns accuracy and n_tokens over the N text positions, bos_correct; c_tokens where it
+    has one) with accuracy and c_tokens in one of core.engine.reconstruct.COUNTS (stored_count) and a column
+    positions (what they are counted over: N, or N + 1), and how many rows could not be counted so (no BOS
+    prediction recorded: they keep their N positions)."""
+    if count not in COUNTS:
+        raise ValueError(f"Unknown count {count!r}; use one of {', '.join(COUNTS)}.")
+    counts = [stored_count({"accuracy": a, "bos_correct": b if b in (True, False) else None}, int(n), count)
+              for a, b, n in zip(rows["accuracy"], rows["bos_correct"], rows["n_tokens"])]
+    out = rows.copy()
+    out["accuracy"] = pd.Series([c.accuracy for c in counts], index=rows.index, dtype=float)
+    if "c_tokens" in out:
+        out["c_tokens"] = pd.Series([c.c_tokens for c in counts], index=rows.index, dtype=int)
+    out["positions"] = pd.Series([c.n_positions for c in counts], index=rows.index, dtype=int)
+    return out, sum(c.count != count for c in counts)
 
 
 # ---- the layout ablation -----------------------------------------------------------------------------
 
-LAYOUT_COLUMNS = ["layout", "text", "n_tokens", "accuracy", "converged", "steps", "key"]
+LAYOUT_COLUMNS = ["layout", "text", "n_tokens", "accuracy", "converged", "steps", "bos_correct", "key"]
 
 
 def _layout_config(config: FitConfig, layout: str) -> FitConfig:
@@ -246,7 +266,8 @@ def _layouts(texts: Sequence[str], config: FitConfig,
                 rows.append({"layout": layout, "text": text, "n_tokens": entry.n_tokens,
                              "accuracy": float(entry.metrics.get("accuracy", 0.0)),
                              "converged": bool(entry.metrics.get("converged")),
-                             "steps": int(entry.metrics.get("steps", 0)), "key": entry.key})
+                             "steps": int(entry.metrics.get("steps", 0)),
+                             "bos_correct": entry.metrics.get("bos_correct"), "key": entry.key})
     return pd.DataFrame(rows, columns=LAYOUT_COLUMNS).astype({"converged": bool})
 
 

@@ -27,6 +27,7 @@ from core.engine.cache import CacheEntry, ProtoCache, cache_key
 from core.engine.fit import FitConfig
 from core.engine.jobs import BackgroundJob
 from core.engine.models import LoadedModel
+from core.engine.reconstruct import stored_count
 from core.analyses.projection import (BLAS_THREADS, Projection, cached_map, load_map, map_key, nearest_neighbours,
                                       silhouette_by_group)
 from core.engine.sets import ConfigChoice, fit_choices, load_manifest
@@ -119,7 +120,7 @@ def teacher_embeddings(texts: Sequence[str], cache: ProtoCache, teacher_name: st
 class SetVectors:
     """The fitted texts of a set that pass the accuracy threshold, as row-aligned matrices.
 
-    table: one row per kept text: text, group, kind, accuracy, n_tokens, key, row (its row in the set).
+    table: one row per kept text: text, group, kind, accuracy (in ``count``), n_tokens, key, row (its row in the set).
     e, m, teacher: float32, the precision entries are stored in (computations upcast on their own). shared_m:
     every row has the same m.
     n_total: texts in the set; n_unfitted: without an entry; n_below: fitted but below min_accuracy.
@@ -135,6 +136,8 @@ class SetVectors:
     n_below: int
     shared_m: bool = False
     whole_groups: bool = False  # a group kept only when every text of it passed (the seed paper's selection)
+    count: str = "text"  # how accuracy is counted (core.engine.reconstruct.COUNTS), for the threshold and the table
+    n_uncounted: int = 0  # with count "bos": fitted texts whose BOS prediction is not recorded (counted over N)
     n_dropped: int = 0  # texts that passed but were left out with their group (whole_groups)
     notes: list[str] = field(default_factory=list)
 
@@ -169,8 +172,9 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 def assemble_set(frame: pd.DataFrame, entries: Sequence[CacheEntry | None], *, min_accuracy: float = 0.0,
                  teacher: Float[np.ndarray, "n_total d_teacher"] | None = None, shared_m: bool = False,
-                 whole_groups: bool = False) -> SetVectors:
-    """Row-aligned matrices of the set's fitted texts with accuracy >= min_accuracy.
+                 whole_groups: bool = False, count: str = "text") -> SetVectors:
+    """Row-aligned matrices of the set's fitted texts with accuracy >= min_accuracy, accuracy counted in ``count``
+    (core.engine.reconstruct.stored_count: "bos" is the seed paper's N + 1 where e's BOS prediction is recorded).
 
     frame: the set (columns text, group, kind), n_total rows. entries: one per row (None = not fitted).
     teacher: [n_total, d_teacher] embeddings of every row of the set (rows are picked here), or None.
@@ -181,12 +185,13 @@ def assemble_set(frame: pd.DataFrame, entries: Sequence[CacheEntry | None], *, m
         raise ValueError(f"{len(entries)} entries for a set of {len(frame)} texts")
     if teacher is not None and teacher.shape[0] != len(frame):
         raise ValueError(f"{teacher.shape[0]} teacher embeddings for a set of {len(frame)} texts")
+    counts = [None if entry is None else stored_count(entry.metrics, entry.n_tokens, count) for entry in entries]
     rows, kept, n_unfitted, n_below = [], [], 0, 0
-    for row, (record, entry) in enumerate(zip(frame.itertuples(index=False), entries)):
-        if entry is None:
+    for row, (record, entry, counted) in enumerate(zip(frame.itertuples(index=False), entries, counts)):
+        if entry is None or counted is None:
             n_unfitted += 1
             continue
-        accuracy = float(entry.metrics.get("accuracy", 0.0))
+        accuracy = counted.accuracy
         if accuracy < min_accuracy:
             n_below += 1
             continue
@@ -195,8 +200,8 @@ def assemble_set(frame: pd.DataFrame, entries: Sequence[CacheEntry | None], *, m
                      "accuracy": accuracy, "n_tokens": entry.n_tokens, "key": entry.key})
     n_dropped = 0
     if whole_groups:
-        short = {group for group, entry in zip(frame["group"], entries)
-                 if entry is None or float(entry.metrics.get("accuracy", 0.0)) < min_accuracy}
+        short = {group for group, counted in zip(frame["group"], counts)
+                 if counted is None or counted.accuracy < min_accuracy}
         keep = [i for i, row in enumerate(rows) if row["group"] not in short]
         n_dropped = len(rows) - len(keep)
         rows, kept = [rows[i] for i in keep], [kept[i] for i in keep]
@@ -207,7 +212,8 @@ def assemble_set(frame: pd.DataFrame, entries: Sequence[CacheEntry | None], *, m
     picked = teacher[table["row"].to_numpy(dtype=int)].astype(np.float32) if teacher is not None else None
     return SetVectors(table=table, e=e, m=m, teacher=picked, min_accuracy=min_accuracy, n_total=len(frame),
                       n_unfitted=n_unfitted, n_below=n_below, shared_m=shared_m, whole_groups=whole_groups,
-                      n_dropped=n_dropped)
+                      n_dropped=n_dropped, count=count,
+                      n_uncounted=sum(c is not None and c.count != count for c in counts))
 
 
 # ---- scores, projections, neighbours ---------------------------------------------------------------

@@ -44,7 +44,7 @@ from core.engine.cache import CacheEntry, ProtoCache, cache_key
 from core.engine.fit import FitProgress, config_from_dict, fit_and_cache, fit_texts, lookup
 from core.engine.jobs import BackgroundJob
 from core.engine.models import LoadedModel
-from core.engine.reconstruct import scored_logits, token_metrics
+from core.engine.reconstruct import COUNTS, bos_target, scored_logits, stored_count, token_metrics
 from core.engine.shapes import checked
 from core.texts.numbers import NumberList
 
@@ -251,6 +251,16 @@ class SolutionsResult:
     def keys(self) -> list[str]:
         return [entry.key for entry in self.entries]
 
+    def counted(self, count: str = "text") -> tuple[pd.DataFrame, int]:
+        """The solutions' table with accuracy in one of COUNTS (core.engine.reconstruct.stored_count), and how many
+        could not be counted so (no BOS prediction recorded: their N text positions)."""
+        counts = [stored_count(entry.metrics, entry.n_tokens, count) for entry in self.entries]
+        if len(counts) != len(self.solutions):
+            raise ValueError("the solutions' table does not match its entries")
+        table = self.solutions.copy()
+        table["accuracy"] = pd.Series([c.accuracy for c in counts], index=table.index, dtype=float)
+        return table, sum(c.count != count for c in counts)
+
 
 def _seed_entry(lm: LoadedModel, entry: CacheEntry, seed: int, cache: ProtoCache) -> CacheEntry | None:
     """The cached solution of the entry's text with this seed (seed_config), None when it is not fitted (or was
@@ -359,24 +369,45 @@ def _exact_ends(points: torch.Tensor, ts: torch.Tensor, a: torch.Tensor, b: torc
 @checked
 def decode_points(lm: LoadedModel, e: Float[Tensor, "points hidden"], m: Float[Tensor, "points hidden"],
                   target: list[int], layout: str, batch: int = DECODE_BATCH
-                  ) -> tuple[Float64[np.ndarray, "points"], Float64[np.ndarray, "points"], Int[Tensor, "points n_tokens"]]:
+                  ) -> tuple[Float64[np.ndarray, "points"], Float64[np.ndarray, "points"], Int[Tensor, "points n_tokens"],
+                             Float64[np.ndarray, "points"] | None]:
     """Decode many (e, m) points of one text in batched forward passes (``batch`` points each, no gradient):
-    (accuracy [points], loss [points]: cross-entropy over the N text positions, argmax tokens [points, N])."""
+    (accuracy [points], loss [points]: cross-entropy over the N text positions, argmax tokens [points, N],
+    bos [points]: 1.0 where e's own output is the BOS token, else 0.0, for the seed paper's count; None where there
+    is no BOS position, core.engine.reconstruct.bos_target)."""
     n = len(target)
     goal = torch.tensor(target, device=lm.device)
-    accuracy, loss, tokens = [], [], []
+    bos_id = bos_target(lm, layout)
+    accuracy, loss, tokens, bos = [], [], [], []
     with torch.no_grad():
         for start in range(0, e.shape[0], batch):
             e_chunk = e[start:start + batch].detach().float().to(lm.device)
             m_chunk = m[start:start + batch].detach().float().to(lm.device)
-            logits = scored_logits(lm, e_chunk, m_chunk, [n] * e_chunk.shape[0], layout)[:, :n]
+            logits = scored_logits(lm, e_chunk, m_chunk, [n] * e_chunk.shape[0], layout, with_e=bos_id is not None)
+            if bos_id is not None:
+                bos += (logits[:, 0].argmax(-1) == bos_id).double().cpu().tolist()
+                logits = logits[:, 1:]
+            logits = logits[:, :n]
             losses = F.cross_entropy(logits.transpose(1, 2), goal[None].expand(e_chunk.shape[0], -1),
                                      reduction="none").mean(-1)
             predicted = logits.argmax(-1).cpu()
             tokens.append(predicted)
             loss += losses.double().cpu().tolist()
             accuracy += [token_metrics(row, target).accuracy for row in predicted]
-    return np.array(accuracy, dtype=np.float64), np.array(loss, dtype=np.float64), torch.cat(tokens)
+    return (np.array(accuracy, dtype=np.float64), np.array(loss, dtype=np.float64), torch.cat(tokens),
+            np.array(bos, dtype=np.float64) if bos_id is not None else None)
+
+
+def counted_points(accuracy: np.ndarray, bos: np.ndarray | None, n_tokens: int, count: str = "text"
+                   ) -> tuple[np.ndarray, bool]:
+    """Accuracies of decoded points (over their N text positions) in one of core.engine.reconstruct.COUNTS, and
+    whether they are so counted: with "bos", over N + 1 with e's BOS prediction (bos, from decode_points) where it
+    was recorded; else as they are (a result stored before it was recorded, or no BOS position)."""
+    if count not in COUNTS:
+        raise ValueError(f"Unknown count {count!r}; use one of {', '.join(COUNTS)}.")
+    if count == "text" or bos is None or bos.shape != accuracy.shape:
+        return accuracy, count == "text"
+    return (accuracy * n_tokens + bos) / (n_tokens + 1), True
 
 
 @checked
@@ -420,24 +451,43 @@ class PathResult:
     seconds: float = 0.0
     stopped: bool = False
     from_cache: bool = False
+    line_bos: Float64[np.ndarray, "points"] | None = None  # e's BOS prediction per point (decode_points)
+    curve_bos: Float64[np.ndarray, "points"] | None = None
 
-    def summary(self) -> dict[str, float]:
-        """Minimum and mean accuracy and the mean loss along each path."""
-        return {"line_min_accuracy": float(self.line_accuracy.min()), "curve_min_accuracy": float(self.curve_accuracy.min()),
-                "line_mean_accuracy": float(self.line_accuracy.mean()),
-                "curve_mean_accuracy": float(self.curve_accuracy.mean()),
+    def accuracies(self, count: str = "text") -> tuple[np.ndarray, np.ndarray, bool]:
+        """(line, curve) accuracies in one of COUNTS, and whether both are so counted (counted_points)."""
+        n = len(self.line_tokens[0]) if self.line_tokens else 0
+        line, line_ok = counted_points(self.line_accuracy, self.line_bos, n, count)
+        curve, curve_ok = counted_points(self.curve_accuracy, self.curve_bos, n, count)
+        return line, curve, line_ok and curve_ok
+
+    def summary(self, count: str = "text") -> dict[str, float]:
+        """Minimum and mean accuracy (in one of COUNTS) and the mean loss along each path."""
+        line, curve, _ = self.accuracies(count)
+        return {"line_min_accuracy": float(line.min()), "curve_min_accuracy": float(curve.min()),
+                "line_mean_accuracy": float(line.mean()), "curve_mean_accuracy": float(curve.mean()),
                 "line_mean_loss": float(self.line_loss.mean()), "curve_mean_loss": float(self.curve_loss.mean())}
 
 
-def path_table(result: PathResult, decode: Callable[[list[int]], str] | None = None) -> pd.DataFrame:
-    """The path in long form for figures and downloads: path ("line" / "curve"), t, accuracy, loss, and text (the
-    decoded tokens, with ``decode``) per point."""
+def path_table(result: PathResult, decode: Callable[[list[int]], str] | None = None, count: str = "text"
+               ) -> pd.DataFrame:
+    """The path in long form for figures and downloads: path ("line" / "curve"), t, accuracy (in one of COUNTS:
+    PathResult.accuracies), loss, and text (the decoded tokens, with ``decode``) per point."""
     frames = []
-    for name, accuracy, loss, tokens in (("line", result.line_accuracy, result.line_loss, result.line_tokens),
-                                         ("curve", result.curve_accuracy, result.curve_loss, result.curve_tokens)):
+    line, curve, _ = result.accuracies(count)
+    for name, accuracy, loss, tokens in (("line", line, result.line_loss, result.line_tokens),
+                                         ("curve", curve, result.curve_loss, result.curve_tokens)):
         frames.append(pd.DataFrame({"path": name, "t": result.ts, "accuracy": accuracy, "loss": loss,
                                     "text": [decode(list(t)) if decode else "" for t in tokens]}))
     return pd.concat(frames, ignore_index=True)
+
+
+def _stored_bos(meta: dict, name: str, points: int) -> np.ndarray | None:
+    # e's BOS prediction per point, where the stored result records it (results stored before it was: None)
+    if name not in meta:
+        return None
+    bos = np.asarray(meta[name], dtype=np.float64)
+    return bos if bos.shape == (points,) else None
 
 
 def _check_pair(lm: LoadedModel, a: CacheEntry, b: CacheEntry) -> None:
@@ -469,10 +519,11 @@ def load_path(lm: LoadedModel, a: CacheEntry, b: CacheEntry, settings: GeometryS
         if any(array.shape != (k,) for array in arrays.values()) or tuple(control_e.shape) != (lm.hidden_size,) \
                 or tuple(control_m.shape) != (lm.hidden_size,):
             return None
+        bos = {name: _stored_bos(meta, name, k) for name in ("line_bos", "curve_bos")}
         return PathResult(a=a.key, b=b.key, **arrays, line_tokens=list(meta["line_tokens"]),
                           curve_tokens=list(meta["curve_tokens"]), control_e=control_e, control_m=control_m,
                           history=[float(x) for x in meta.get("history", [])], steps=int(meta.get("steps", 0)),
-                          seconds=float(meta.get("seconds", 0.0)), from_cache=True)
+                          seconds=float(meta.get("seconds", 0.0)), from_cache=True, **bos)
     except (KeyError, TypeError, ValueError):
         log.warning("Ignoring malformed geometry path in the cache")
         return None
@@ -524,7 +575,7 @@ def run_path(lm: LoadedModel, a: CacheEntry, b: CacheEntry, settings: GeometrySe
     result = PathResult(a=a.key, b=b.key, ts=ts64, line_accuracy=line[0], line_loss=line[1], curve_accuracy=curve[0],
                         curve_loss=curve[1], line_tokens=line[2].tolist(), curve_tokens=curve[2].tolist(),
                         control_e=c_e, control_m=c_m, history=history, steps=len(history),
-                        seconds=time.perf_counter() - started, stopped=stopped)
+                        seconds=time.perf_counter() - started, stopped=stopped, line_bos=line[3], curve_bos=curve[3])
     if progress is not None:
         progress(1.0, "done")
     if cache is not None and not stopped:
@@ -532,7 +583,9 @@ def run_path(lm: LoadedModel, a: CacheEntry, b: CacheEntry, settings: GeometrySe
                 "ts": ts64.tolist(), "line_accuracy": line[0].tolist(), "line_loss": line[1].tolist(),
                 "curve_accuracy": curve[0].tolist(), "curve_loss": curve[1].tolist(),
                 "line_tokens": result.line_tokens, "curve_tokens": result.curve_tokens, "history": history,
-                "steps": result.steps, "seconds": result.seconds}
+                "steps": result.steps, "seconds": result.seconds,
+                **{name: bos.tolist() for name, bos in (("line_bos", line[3]), ("curve_bos", curve[3]))
+                   if bos is not None}}
         cache.keep_analysis(GEOMETRY_ANALYSIS, _path_key(lm, a, b, settings), meta,
                             {"control_e": c_e.contiguous(), "control_m": c_m.contiguous()})
     return result
@@ -580,11 +633,16 @@ class TrajectoryResult:
     seconds: float = 0.0
     stopped: bool = False
     from_cache: bool = False
+    bos: Float64[np.ndarray, "points"] | None = None  # e's BOS prediction per point (decode_points)
 
-    def table(self, decode: Callable[[list[int]], str] | None = None) -> pd.DataFrame:
-        """step, pc1, pc2, accuracy, loss and text (decoded with ``decode``) per recorded point."""
+    def accuracies(self, count: str = "text") -> tuple[np.ndarray, bool]:
+        """The points' accuracies in one of COUNTS, and whether they are so counted (counted_points)."""
+        return counted_points(self.accuracy, self.bos, len(self.tokens[0]) if self.tokens else 0, count)
+
+    def table(self, decode: Callable[[list[int]], str] | None = None, count: str = "text") -> pd.DataFrame:
+        """step, pc1, pc2, accuracy (in one of COUNTS), loss and text (decoded with ``decode``) per recorded point."""
         return pd.DataFrame({"step": self.steps, "pc1": self.coords[:, 0], "pc2": self.coords[:, 1],
-                             "accuracy": self.accuracy, "loss": self.loss,
+                             "accuracy": self.accuracies(count)[0], "loss": self.loss,
                              "text": [decode(list(t)) if decode else "" for t in self.tokens]})
 
 
@@ -620,7 +678,8 @@ def load_trajectory(lm: LoadedModel, entry: CacheEntry, settings: GeometrySettin
         return TrajectoryResult(entry=entry.key, steps=steps, coords=coords, accuracy=accuracy, loss=loss,
                                 tokens=list(meta["tokens"]), shares=np.asarray(meta["shares"], dtype=np.float64),
                                 final_accuracy=float(meta.get("final_accuracy", 0.0)),
-                                seconds=float(meta.get("seconds", 0.0)), from_cache=True)
+                                seconds=float(meta.get("seconds", 0.0)), from_cache=True,
+                                bos=_stored_bos(meta, "bos", len(steps)))
     except (KeyError, TypeError, ValueError):
         log.warning("Ignoring malformed geometry trajectory in the cache")
         return None
@@ -656,13 +715,13 @@ def run_trajectory(lm: LoadedModel, entry: CacheEntry, settings: GeometrySetting
     e = torch.stack([point[1] for point in points]).float()
     m = torch.stack([point[2] for point in points]).float()
     coords, shares = pca(torch.cat([e, m], dim=1).double().numpy())
-    accuracy, _, tokens = decode_points(lm, e, m, list(entry.token_ids), entry.layout)
+    accuracy, _, tokens, bos = decode_points(lm, e, m, list(entry.token_ids), entry.layout)
     # the fit's own loss at each recorded step (the objective it optimised, e.g. with BOS scored)
     loss_at = dict(zip(fit.history["step"], fit.history["loss"]))
     loss = np.array([float(loss_at.get(step, math.nan)) for step in steps], dtype=np.float64)
     result = TrajectoryResult(entry=entry.key, steps=steps, coords=coords, accuracy=accuracy, loss=loss,
                               tokens=tokens.tolist(), shares=shares, final_accuracy=float(fit.accuracy),
-                              seconds=time.perf_counter() - started, stopped=fit.status == "cancelled")
+                              seconds=time.perf_counter() - started, stopped=fit.status == "cancelled", bos=bos)
     if progress is not None:
         progress(1.0, "done")
     if cache is not None and not result.stopped:
@@ -670,7 +729,7 @@ def run_trajectory(lm: LoadedModel, entry: CacheEntry, settings: GeometrySetting
                 "settings": settings.part_dict("trajectory"), "config": config.as_dict(), "steps": steps,
                 "accuracy": accuracy.tolist(), "loss": [None if not math.isfinite(x) else x for x in loss.tolist()],
                 "tokens": result.tokens, "shares": shares.tolist(), "final_accuracy": result.final_accuracy,
-                "seconds": result.seconds}
+                "seconds": result.seconds, **({"bos": bos.tolist()} if bos is not None else {})}
         cache.keep_analysis(GEOMETRY_ANALYSIS, _trajectory_key(lm, entry, settings), meta,
                             {"coords": torch.from_numpy(coords).contiguous()})
     return result
@@ -738,12 +797,14 @@ class GeometryJob(BackgroundJob):
 
 # ---- what the page shows ---------------------------------------------------------------------------------------
 
-def solution_label(entry: CacheEntry) -> str:
-    """A one-line label of one solution of a text (plain text): its seed, preset, start, accuracy and key."""
+def solution_label(entry: CacheEntry, count: str = "text") -> str:
+    """A one-line label of one solution of a text (plain text): its seed, preset, start, accuracy (in one of COUNTS)
+    and key."""
     config = entry.config
     start = f", start {config['start']}" if config.get("start") else ""
     accuracy = entry.metrics.get("accuracy")
-    accuracy = f"{accuracy:.2f}" if isinstance(accuracy, (int, float)) else "?"
+    accuracy = f"{stored_count(entry.metrics, entry.n_tokens, count).accuracy:.2f}" \
+        if isinstance(accuracy, (int, float)) else "?"
     return f"seed {config.get('seed', '?')} · {config.get('preset', '?')}{start} · accuracy {accuracy} · {entry.key[:8]}"
 
 

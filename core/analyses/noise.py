@@ -31,7 +31,8 @@ from torch import Tensor
 
 from core.engine.cache import CacheEntry, ProtoCache, cache_key
 from core.engine.models import LoadedModel
-from core.engine.reconstruct import COUNTS, TokenMetrics, bos_target, counted, predict_with_e, token_metrics
+from core.engine.reconstruct import (COUNTS, TokenMetrics, bos_target, counted, predict_with_e, stored_count,
+                                     token_metrics)
 from core.engine.shapes import checked
 from core.texts.numbers import NumberList
 
@@ -499,9 +500,10 @@ def run_noise(
 
 
 def authors_entries(entries: Sequence[CacheEntry]) -> list[CacheEntry]:
-    """The entries the seed paper's noise protocol sweeps: those fitted to at least AUTHORS_MIN_ACCURACY (their
-    originals; a page offers a set's originals for it)."""
-    return [e for e in entries if float(e.metrics.get("accuracy", 0.0)) >= AUTHORS_MIN_ACCURACY]
+    """The entries the seed paper's noise protocol sweeps: those fitted to at least AUTHORS_MIN_ACCURACY in its
+    count (over N + 1 where e's BOS prediction is recorded; core.engine.reconstruct.stored_count), its originals (a
+    page offers a set's originals for it)."""
+    return [e for e in entries if stored_count(e.metrics, e.n_tokens, PAPER_COUNT).accuracy >= AUTHORS_MIN_ACCURACY]
 
 
 def counted_table(df: pd.DataFrame, count: str = "text") -> pd.DataFrame:

@@ -31,6 +31,7 @@ from core.engine.cache import CacheEntry, ProtoCache, cache_key
 from core.engine.fit import FitConfig, FitProgress, entry_keys, fit_and_cache
 from core.engine.jobs import BackgroundJob
 from core.engine.models import LoadedModel
+from core.engine.reconstruct import COUNTS, stored_count
 from core.analyses.projection import Projection, cached_map, semantic_alignment, silhouette_by_group
 from core.texts.numbers import NumberList
 from core.engine.teacher import (
@@ -160,10 +161,20 @@ class SettingResult:
     silhouette_m: float | None
     wall_time: float | None
     cached: bool
+    # the mean accuracy in the seed paper's count (core.engine.reconstruct.stored_count), and how many of the
+    # entries do not record e's BOS prediction (counted over their N positions in it)
+    bos_accuracy: float | None = None
+    bos_uncounted: int = 0
 
     @property
     def n_texts(self) -> int:
         return len(self.keys)
+
+    def accuracy_in(self, count: str = "text") -> float:
+        """The mean token accuracy in one of core.engine.reconstruct.COUNTS."""
+        if count not in COUNTS:
+            raise ValueError(f"Unknown count {count!r}; use one of {', '.join(COUNTS)}.")
+        return self.bos_accuracy if count == "bos" and self.bos_accuracy is not None else self.accuracy
 
 
 @dataclass
@@ -196,14 +207,15 @@ class RegulariserResult:
         return next((r for r in self.results if r.setting == setting), None)
 
 
-def summarize_regularisers(result: RegulariserResult) -> pd.DataFrame:
-    """One row per finished setting: its label, lambda, accuracy, alignment, silhouette, steps, wall time."""
+def summarize_regularisers(result: RegulariserResult, count: str = "text") -> pd.DataFrame:
+    """One row per finished setting: its label, lambda, accuracy (in one of core.engine.reconstruct.COUNTS),
+    alignment, silhouette, steps, wall time."""
     rows = []
     for r in result.results:
         rows.append({
             "setting": r.setting.label, "kind": r.setting.kind if r.setting.active else "none",
             "lambda": r.setting.weight if r.setting.active else 0.0, "target": r.setting.target,
-            "accuracy": r.accuracy, "converged": r.converged, "n_texts": r.n_texts, "steps": r.steps,
+            "accuracy": r.accuracy_in(count), "converged": r.converged, "n_texts": r.n_texts, "steps": r.steps,
             "alignment_e": r.alignment_e, "alignment_m": r.alignment_m,
             "silhouette_e": np.nan if r.silhouette_e is None else r.silhouette_e,
             "silhouette_m": np.nan if r.silhouette_m is None else r.silhouette_m,
@@ -286,6 +298,7 @@ def _result(setting: RegulariserSetting, keys: list[str], entries: Sequence[Cach
         return float("nan") if value is None else float(value)
 
     wall = meta.get("wall_time_s")
+    bos = [stored_count(entry.metrics, entry.n_tokens, "bos") for entry in entries]
     return SettingResult(
         setting=setting, keys=keys,
         e=np.stack([entry.e.numpy() for entry in entries]).astype(np.float32),
@@ -294,6 +307,8 @@ def _result(setting: RegulariserSetting, keys: list[str], entries: Sequence[Cach
         alignment_e=number("alignment_e"), alignment_m=number("alignment_m"),
         silhouette_e=meta.get("silhouette_e"), silhouette_m=meta.get("silhouette_m"),
         wall_time=None if wall is None else float(wall), cached=cached,
+        bos_accuracy=float(np.mean([c.accuracy for c in bos])) if bos else None,
+        bos_uncounted=sum(c.count != "bos" for c in bos),
     )
 
 

@@ -976,6 +976,33 @@ def entry_from_result(lm: LoadedModel, result: FitResult, config: FitConfig, key
     )
 
 
+def recorded_metrics(lm: LoadedModel, entry: CacheEntry) -> dict:
+    """The metrics entry_from_result records that this entry lacks (it was fitted by an older version of the lab):
+    "bos_correct" (where there is a BOS position) and "h_lm". Empty when it lacks none; one forward pass each."""
+    added: dict = {}
+    if "bos_correct" not in entry.metrics and bos_target(lm, entry.layout) is not None:
+        rebuilt = reconstruct(lm, entry.e, entry.m, list(entry.token_ids), entry.layout)
+        added["bos_correct"] = bool(rebuilt.bos_correct)
+    if entry.metrics.get("h_lm") is None:
+        added["h_lm"] = information_content(lm, list(entry.token_ids))
+    return added
+
+
+def complete_metrics(lm: LoadedModel, cache: ProtoCache) -> int:
+    """Record in every entry of this model in the cache what recorded_metrics says it lacks (metrics are not part of
+    an entry's key, so nothing is refitted or re-keyed); returns how many entries changed. The shipped pre-fit a
+    cache reads is read-only: its entries are left as they are."""
+    changed = 0
+    for listing in cache.list(lm.identity):
+        if listing.shipped:
+            continue
+        entry = cache.get(listing.key, lm.hidden_size)
+        if entry is not None and (added := recorded_metrics(lm, entry)):
+            cache.put(replace(entry, metrics={**entry.metrics, **added}))
+            changed += 1
+    return changed
+
+
 def fit_and_cache(
     lm: LoadedModel,
     texts: Sequence[str],

@@ -18,7 +18,9 @@ token (layout ``"e+m*N"`` only, where e's output is otherwise unscored; ``counte
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -185,6 +187,45 @@ def counted(metrics: TokenMetrics, bos_correct: bool | None, count: str = "text"
     prefix = 1 + metrics.correct_prefix if bos_correct else 0
     return TokenMetrics(accuracy=c_tokens / n, c_tokens=c_tokens, correct_prefix=prefix, correct_prefix_rel=prefix / n,
                         n_tokens=n)
+
+
+@dataclass(frozen=True)
+class StoredCount:
+    """An entry's token accuracy from its stored metrics in one of COUNTS (stored_count). count: the count it is in,
+    "text" where "bos" was asked but e's BOS prediction is not recorded (no BOS position, or an entry fitted before
+    the lab recorded it: ``python -m core metrics`` records it)."""
+
+    accuracy: float
+    c_tokens: int
+    n_positions: int
+    count: str
+
+
+def stored_count(metrics: Mapping[str, Any], n_tokens: int, count: str = "text") -> StoredCount:
+    """An entry's accuracy and C_tokens in one of COUNTS from its metrics (metrics["accuracy"]: the N text positions;
+    metrics["bos_correct"]: e's own output against BOS, core.engine.fit.entry_from_result), without a forward pass."""
+    if count not in COUNTS:
+        raise ValueError(f"Unknown count {count!r}; use one of {', '.join(COUNTS)}.")
+    accuracy = float(metrics.get("accuracy") or 0.0)
+    c_tokens = int(round(accuracy * n_tokens))
+    bos = metrics.get("bos_correct")
+    if count == "text" or not isinstance(bos, bool):
+        return StoredCount(accuracy, c_tokens, n_tokens, "text")
+    c_tokens += int(bos)
+    return StoredCount(c_tokens / (n_tokens + 1), c_tokens, n_tokens + 1, "bos")
+
+
+def count_note(count: str, n_uncounted: int = 0) -> str:
+    """One sentence for a caption (starting with a space; empty for the "text" count) saying how accuracy is counted,
+    and how many entries could not be counted so (stored_count fell back to their N positions)."""
+    if count == "text":
+        return ""
+    note = f" Accuracy over {COUNT_LABELS[count]}."
+    if n_uncounted:
+        one = n_uncounted == 1
+        note += (f" {n_uncounted:,} {'entry' if one else 'entries'} without e's BOS prediction recorded "
+                 f"{'counts' if one else 'count'} N positions (`python -m core metrics` records it).")
+    return note
 
 
 @dataclass

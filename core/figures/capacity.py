@@ -12,6 +12,11 @@ from core.engine.reconstruct import PAPER_LAYOUT_NAMES
 from core.figures import hover_text, plotly_text
 
 
+def _positions(rows: pd.DataFrame) -> str:
+    # what C_tokens is "of": the positions counted (core.analyses.capacity.counted_rows), else the text's N tokens
+    return "positions" if "positions" in rows else "n_tokens"
+
+
 def ladder_figure(rows: pd.DataFrame, threshold: float) -> go.Figure:
     """Token accuracy against prefix length (log axis), one line per source; a failed length is an open marker."""
     fig = go.Figure()
@@ -21,7 +26,7 @@ def ladder_figure(rows: pd.DataFrame, threshold: float) -> go.Figure:
             x=part["length"], y=part["accuracy"], mode="lines+markers", name=plotly_text(source),
             line=dict(color=colour),
             marker=dict(size=9, symbol=["circle" if c else "circle-open" for c in part["converged"]]),
-            customdata=part[["c_tokens", "n_tokens", "steps"]].to_numpy(),
+            customdata=part[["c_tokens", _positions(part), "steps"]].to_numpy(),
             hovertemplate="%{x} tokens<br>accuracy %{y:.3f}<br>C_tokens %{customdata[0]} of %{customdata[1]}"
                           "<br>%{customdata[2]} steps<extra>%{fullData.name}</extra>")
     fig.add_hline(y=threshold, line=dict(dash="dot", color="grey"), annotation_text=f"threshold {threshold:g}")
@@ -41,7 +46,7 @@ def information_figure(table: pd.DataFrame, ladder_keys: set[str]) -> go.Figure:
             x=part["h_lm"], y=part["c_tokens"], mode="markers", name=name,
             marker=dict(size=8 if name == "ladder" else 6, opacity=0.9 if name == "ladder" else 0.5,
                         symbol=["circle" if c else "circle-open" for c in part["converged"]]),
-            text=[hover_text(t) for t in part["text"]], customdata=part[["n_tokens", "accuracy"]].to_numpy(),
+            text=[hover_text(t) for t in part["text"]], customdata=part[[_positions(part), "accuracy"]].to_numpy(),
             hovertemplate="H_LM %{x:.1f} nats<br>C_tokens %{y} of %{customdata[0]} (accuracy %{customdata[1]:.2f})"
                           "<br>%{text}<extra>%{fullData.name}</extra>")
     fig.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10), title="Tokens reconstructed against H_LM",

@@ -22,10 +22,10 @@ from typing import Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
-from core.analyses.noise import PAPER_ACCURACY, PAPER_PREFIX_REL, PAPER_SETTING
+from core.analyses.noise import PAPER_ACCURACY, PAPER_COUNT, PAPER_PREFIX_REL, PAPER_SETTING
 from core.engine.cache import CacheEntry, ProtoCache
 from core.engine.models import LoadedModel
-from core.engine.reconstruct import reconstruct
+from core.engine.reconstruct import COUNT_LABELS, count_note, reconstruct, stored_count
 from core.figures import publication_style
 from core.figures.reconstruct import curves_figure, tokens_html
 
@@ -126,11 +126,12 @@ def _references() -> str:
 
 
 def entry_report(lm: LoadedModel, entry: CacheEntry, cache: ProtoCache | None = None, *,
-                 publication: bool = False) -> str:
+                 publication: bool = False, count: str = "text") -> str:
     """The HTML report of one entry (see the module docstring). One forward pass (the reconstruction); the noise
-    and attention sections show what the cache holds for it, with the pages' default settings."""
+    and attention sections show what the cache holds for it, with the pages' default settings. count: how accuracy
+    and the correct prefix are counted (core.engine.reconstruct.COUNTS, the sidebar's choice)."""
     from core.analyses.attention import load_attention
-    from core.analyses.noise import NoiseSettings, load_noise, summarize_noise
+    from core.analyses.noise import NoiseSettings, counted_table, load_noise, summarize_noise
     from core.figures.attention import layer_position_figure
     from core.figures.noise import accuracy_figure, prefix_figure
 
@@ -140,11 +141,13 @@ def entry_report(lm: LoadedModel, entry: CacheEntry, cache: ProtoCache | None = 
     rec = reconstruct(lm, entry.e, entry.m, list(entry.token_ids), entry.layout)
     target = list(entry.token_ids)
     sections = [f'<h2>Text</h2><div class="text">{_esc(entry.text)}</div>']
-    metrics = rec.metrics
+    metrics = rec.counted(count)
+    over = (f"over {metrics.n_tokens} positions, e's BOS prediction first ({'right' if rec.bos_correct else 'wrong'})"
+            if metrics.n_tokens != rec.metrics.n_tokens else f"over the {metrics.n_tokens} text positions")
     sections.append(
         "<h2>One-pass reconstruction</h2>"
-        f"<p>Token accuracy {metrics.accuracy:.3f} ({metrics.c_tokens} of {metrics.n_tokens} tokens, C_tokens); "
-        f"correct prefix {metrics.correct_prefix} tokens. Green tokens are right, red wrong.</p>"
+        f"<p>Token accuracy {metrics.accuracy:.3f} ({metrics.c_tokens} of {metrics.n_tokens} correct, C_tokens, "
+        f"{over}); correct prefix {metrics.correct_prefix}. Green tokens are right, red wrong.</p>"
         + tokens_html(lm.token_strings(rec.token_ids), [p == t for p, t in zip(rec.token_ids, target)],
                       "reconstruction")
         + tokens_html(lm.token_strings(target), None, "target"))
@@ -165,10 +168,11 @@ def entry_report(lm: LoadedModel, entry: CacheEntry, cache: ProtoCache | None = 
                                                                    history["accuracy"], threshold)))
     noise = load_noise(lm, [entry], NoiseSettings(), cache) if cache is not None else None
     if noise is not None and len(noise):
-        summary = summarize_noise(noise)
+        summary = summarize_noise(counted_table(noise, count))
         sections.append("<h2>Noise on e</h2><p>The Noise page's default sweep (the seed paper's alphas and four "
-                        "noise types, this lab's protocol, counted over the N text positions), beside the seed "
-                        f"paper's curve ({_esc(PAPER_SETTING)}).</p>"
+                        f"noise types, this lab's protocol, counted over {_esc(COUNT_LABELS[count])}), beside the "
+                        f"seed paper's curve ({_esc(PAPER_SETTING)}, counted over "
+                        f"{_esc(COUNT_LABELS[PAPER_COUNT])}).</p>"
                         + figures.html(accuracy_figure(summary)) + figures.html(prefix_figure(summary)))
     else:
         sections.append('<h2>Noise on e</h2><p class="note">Not computed for this entry yet: run it on the Noise '
@@ -188,32 +192,35 @@ def entry_report(lm: LoadedModel, entry: CacheEntry, cache: ProtoCache | None = 
 
 
 def set_report(lm: LoadedModel, name: str, frame: pd.DataFrame, entries: Sequence[CacheEntry | None],
-               cache: ProtoCache | None = None, *, publication: bool = False) -> str:
-    """The HTML report of a set: frame (text, group, kind) and its entries, row for row (None: not fitted)."""
+               cache: ProtoCache | None = None, *, publication: bool = False, count: str = "text") -> str:
+    """The HTML report of a set: frame (text, group, kind) and its entries, row for row (None: not fitted); accuracy
+    counted in one of core.engine.reconstruct.COUNTS (stored_count)."""
     from core.analyses import embeddings as emb
 
     fitted = [e for e in entries if e is not None]
     if not fitted:
         raise ReportError(f"Nothing of the set {name!r} is fitted for {lm.name}: there is nothing to report.")
     figures = _Figures(publication)
+    counts = {e.key: stored_count(e.metrics, e.n_tokens, count) for e in fitted}
     table = pd.DataFrame([{
         "text": text, "group": group, "tokens": e.n_tokens if e else None,
-        "accuracy": e.metrics.get("accuracy") if e else None, "steps": e.metrics.get("steps") if e else None,
+        "accuracy": counts[e.key].accuracy if e else None, "steps": e.metrics.get("steps") if e else None,
         "status": e.metrics.get("status") if e else "not fitted", "key": e.key[:12] if e else "",
     } for text, group, e in zip(frame["text"], frame["group"], entries)])
     converged = sum(bool(e.metrics.get("converged")) for e in fitted)
     sections = [f"<h2>Set</h2><p>{len(frame)} texts, {len(fitted)} fitted, {converged} converged (token accuracy "
-                f">= 0.99), mean accuracy {sum(float(e.metrics.get('accuracy', 0)) for e in fitted) / len(fitted):.3f}"
-                ".</p>"]
+                f">= 0.99), mean accuracy {sum(c.accuracy for c in counts.values()) / len(fitted):.3f}."
+                + _esc(count_note(count, sum(c.count != count for c in counts.values()))) + "</p>"]
     scatter = go.Figure(go.Scatter(
-        x=[e.n_tokens for e in fitted], y=[float(e.metrics.get("accuracy", 0)) for e in fitted], mode="markers",
+        x=[e.n_tokens for e in fitted], y=[counts[e.key].accuracy for e in fitted], mode="markers",
         text=[html.escape(e.text[:80]) for e in fitted], hovertemplate="%{text}<br>%{x} tokens, accuracy %{y:.3f}"
                                                                       "<extra></extra>"))
     scatter.update_layout(title="Token accuracy against length", xaxis_title="tokens", yaxis_title="accuracy",
                           height=380, yaxis=dict(range=[-0.02, 1.04]))
     sections.append(figures.html(scatter))
     teacher = emb.load_teacher_embeddings(frame["text"].tolist(), cache) if cache is not None else None
-    vectors = emb.assemble_set(frame, list(entries), min_accuracy=emb.DEFAULT_MIN_ACCURACY, teacher=teacher)
+    vectors = emb.assemble_set(frame, list(entries), min_accuracy=emb.DEFAULT_MIN_ACCURACY, teacher=teacher,
+                               count=count)
     if vectors.n >= 3:
         maps = emb.load_projections(vectors, vectors.spaces, emb.DEFAULT_METHOD,
                                     perplexity=emb.DEFAULT_PERPLEXITY, cache=cache)

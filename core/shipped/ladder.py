@@ -19,9 +19,8 @@ from pathlib import Path
 from core.analyses.capacity import (ABLATION_LENGTH, ABLATION_STEPS, LadderSettings,
                                     load_long_texts, prefix, run_layouts, run_ladder, time_generation)
 from core.engine.cache import SHIPPED_ROOT, ProtoCache, read_json, write_json
-from core.engine.fit import FitConfig, FitProgress
+from core.engine.fit import FitConfig, FitProgress, complete_metrics
 from core.engine.models import LoadedModel
-from core.engine.reconstruct import information_content
 from core.engine.sets import compact_entry
 from core.shipped.prefit import examples_config
 
@@ -94,8 +93,9 @@ def ship_capacity_views(root: str | os.PathLike = SHIPPED_ROOT, *, lm: LoadedMod
                         quiet: bool = False) -> None:
     """What the Capacity page shows besides the ladder, with its default settings: the five layouts on the long
     texts' ABLATION_LENGTH-token prefixes (up to ABLATION_STEPS steps each), the one-pass against decoding timing of
-    the shipped ladder's reconstructed prefixes (measured on this machine), and H_LM in the metrics of every shipped
-    entry of the model that lacks it (metrics are not part of an entry's key)."""
+    the shipped ladder's reconstructed prefixes (measured on this machine), and the metrics
+    every entry of the model records that an older one lacks (core.engine.fit.complete_metrics: H_LM, e's BOS
+    prediction)."""
     from dataclasses import replace
 
     if lm is None:
@@ -112,12 +112,7 @@ def ship_capacity_views(root: str | os.PathLike = SHIPPED_ROOT, *, lm: LoadedMod
     for row in record.get("rows", []):
         if row.get("converged") and (entry := cache.get(row["key"], lm.hidden_size)) is not None:
             time_generation(lm, entry, cache)
-    added = 0
-    for listing in cache.list(lm.identity):
-        entry = cache.get(listing.key, lm.hidden_size)
-        if entry is not None and entry.metrics.get("h_lm") is None:
-            cache.put(replace(entry, metrics={**entry.metrics, "h_lm": information_content(lm, list(entry.token_ids))}))
-            added += 1
+    added = complete_metrics(lm, cache)
     if not quiet:
-        print(f"Capacity views stored in {time.perf_counter() - t0:.0f} s (H_LM added to {added} entries) into {root}",
+        print(f"Capacity views stored in {time.perf_counter() - t0:.0f} s (metrics completed in {added} entries) into {root}",
               file=sys.stderr)
