@@ -175,8 +175,8 @@ else:
                        f"{summary['curve_min_accuracy']:.2f}; mean loss {summary['line_mean_loss']:.3f} against "
                        f"{summary['curve_mean_loss']:.3f}. The curve took {path.steps} steps ({path.seconds:.0f} s). "
                        + (f"Accuracy over {COUNT_LABELS[count]}" if path_counted else
-                          "Accuracy over the N text positions (this path was stored before e's BOS prediction was "
-                          "recorded)") + "; hover a point for its reconstruction.")
+                          "Accuracy over the N text positions (e's BOS prediction is not recorded for this path: no "
+                          "BOS token or position, or stored before the lab recorded it)") + "; hover a point for its reconstruction.")
             table = path_table(path, lm.decode, count)
             path_fig = path_figure(table)
             st.plotly_chart(path_fig, key="geo_path")
@@ -212,8 +212,8 @@ else:
                f"{trajectory_accuracy[-1]:.2f} after {trajectory.steps[-1]} steps, {trajectory.seconds:.0f} s), "
                f"projected on the first principal components of [e, m]: the first two hold {two:.1%} of the variance "
                f"(Progressive Cramming: {CRAMMING_SHARE:.1%}, {CRAMMING_SETTING}).{start_note} Accuracy over "
-               + (COUNT_LABELS[count] if trajectory_counted else "the N text positions (this trajectory was stored "
-                  "before e's BOS prediction was recorded)") + ".")
+               + (COUNT_LABELS[count] if trajectory_counted else "the N text positions (e's BOS prediction is not "
+                  "recorded for this trajectory: no BOS token or position, or stored before the lab recorded it)") + ".")
     trajectory_table = trajectory.table(lm.decode, count)
     left, right = st.columns([3, 2])
     trajectory_fig = trajectory_figure(trajectory_table, shares)

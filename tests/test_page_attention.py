@@ -87,3 +87,18 @@ def test_empty_cache_shows_the_hint(app_cache):
     assert not at.exception
     assert any("Nothing fitted yet" in info.value for info in at.info)
     assert not at.get("plotly_chart")
+
+
+def test_the_caption_counts_es_bos_prediction_when_the_sidebar_asks(tiny_entry, app_cache):
+    import dataclasses
+
+    # an entry that records e's BOS prediction (the tiny tokenizer has none: set by hand, as a BOS model records it)
+    app_cache.put(dataclasses.replace(tiny_entry, metrics={**tiny_entry.metrics, "bos_correct": False}))
+    n = tiny_entry.n_tokens
+    lab = open_page("pages/attention.py", tiny_entry.key)
+    assert any(f"{n} tokens, layout e+m*N, accuracy {tiny_entry.metrics['accuracy']:.3f};" in c.value
+               for c in lab.caption)
+    seed = open_page("pages/attention.py", tiny_entry.key, session_state={"count": "bos"})
+    assert not seed.exception, seed.exception
+    expected = tiny_entry.metrics["accuracy"] * n / (n + 1)
+    assert any(f"accuracy {expected:.3f} over N + 1, e's BOS prediction included;" in c.value for c in seed.caption)

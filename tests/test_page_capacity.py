@@ -46,6 +46,11 @@ def test_a_short_ladder_is_fitted_from_the_page_then_drawn_from_the_cache(app_ca
     # the ladder's entries are in the H_LM scatter
     information = next(f for f in _figures(at) if "H_LM" in f["layout"]["title"]["text"])
     assert information["data"][0]["name"] == "ladder"
+    # the seed paper's count: the tiny tokenizer has no BOS token, so the N positions, and the captions say so
+    at.sidebar.radio(key="count").set_value("bos").run()
+    assert not at.exception, at.exception
+    assert any("Accuracy over N + 1" in c.value and "without e's BOS prediction recorded" in c.value
+               for c in at.caption)
     # a second visit draws the same ladder at once, without fitting
     again = open_page(PAGE, query={"cap_sources": "bread", "cap_max": "5"})
     assert not again.exception and any(f["layout"]["title"]["text"] == "Accuracy along the ladder"

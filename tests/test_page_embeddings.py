@@ -232,3 +232,15 @@ def test_the_seed_papers_group_selection_and_the_finding_line(shipped_syntax):
     at.slider(key="emb_min_acc").set_value(1.0).run()  # three steps reach no such accuracy: every group goes
     assert not at.exception
     assert any("Fewer than 2 texts" in w.value for w in at.warning)
+
+
+def test_the_sidebars_seed_paper_count_is_the_selections_and_says_what_it_could_not_count(shipped_syntax):
+    at = open_page()
+    shown = next(c.value for c in at.caption if c.value.startswith("Showing"))
+    assert "N + 1" not in shown
+    at.sidebar.radio(key="count").set_value("bos").run()
+    assert not at.exception, at.exception
+    shown = next(c.value for c in at.caption if c.value.startswith("Showing"))
+    # the tiny tokenizer has no BOS token: every fitted text keeps its N positions, and the caption says so
+    assert "Accuracy over N + 1, e's BOS prediction included" in shown
+    assert "without e's BOS prediction recorded count N positions" in shown

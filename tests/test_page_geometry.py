@@ -68,6 +68,12 @@ def test_the_page_draws_the_solutions_from_the_cache_and_the_button_fits_the_cur
     assert all(len(t["x"]) == 5 and t["x"][0] == 0 and t["x"][-1] == 1 for t in traces)
     assert any("Lowest accuracy along the line" in c for c in _texts(at.caption))
     assert not [b for b in at.button if b.key == "geo_fit_path"]  # nothing left to fit
+    # the seed paper's count: the tiny tokenizer has no BOS token, so the N positions, and the page says why
+    at.sidebar.radio(key="count").set_value("bos").run()
+    assert not at.exception, at.exception
+    captions = " ".join(_texts(at.caption))
+    assert "e's BOS prediction is not recorded for this path" in captions
+    assert "2 entries without e's BOS prediction recorded count N positions" in captions
 
     # A fresh session with the same settings draws the path from the cache without pressing anything.
     again = open_page(PAGE, entry_key, query=QUICK)

@@ -68,3 +68,8 @@ def test_small_sweep_ends_with_the_tradeoff_chart(app_cache, monkeypatch):
     assert not [b for b in at.button if b.key == "reg_fit"]  # nothing left to fit
     # The sweep can be taken away as a report (core.report.figures_report, tested in test_report.py).
     assert [b for b in at.get("download_button") if b.proto.label == "Report (HTML)"]
+    # the seed paper's count: the tiny tokenizer has no BOS token, so the N positions, and the page says so
+    at.sidebar.radio(key="count").set_value("bos").run()
+    assert not at.exception, at.exception
+    assert any("without e's BOS prediction recorded count N positions" in c.value for c in at.caption)
+    assert at.dataframe[0].value["accuracy"].tolist() == summary["accuracy"].tolist()

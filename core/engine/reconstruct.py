@@ -224,7 +224,8 @@ def count_note(count: str, n_uncounted: int = 0) -> str:
     if n_uncounted:
         one = n_uncounted == 1
         note += (f" {n_uncounted:,} {'entry' if one else 'entries'} without e's BOS prediction recorded "
-                 f"{'counts' if one else 'count'} N positions (`python -m core metrics` records it).")
+                 f"{'counts' if one else 'count'} N positions (no BOS token or position, or fitted before the lab "
+                 "recorded it: `python -m core metrics` records it).")
     return note
 
 
