@@ -16,6 +16,7 @@ What each page's default view is expected to show:
 | Embeddings   | the best-covered built-in set: the 2-D maps and the silhouettes   | 2      |
 | Regularisers | the shipped sweep: trade-off, silhouettes, maps with and without  | 3      |
 | Capacity     | the shipped ladder, C_tokens against H_LM, the layouts, the timing | 4      |
+| Geometry     | the default entry: the path, its training, the trajectory, shares | 4      |
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ DEFAULT_VIEWS = {
     "pages/embeddings.py": 2,
     "pages/regularisers.py": 3,
     "pages/capacity.py": 4,
+    "pages/geometry.py": 4,
 }
 
 
