@@ -309,8 +309,8 @@ def ship_demo_geometry(root: str | os.PathLike = SHIPPED_ROOT, *, lm: LoadedMode
     settings = GeometrySettings()
     t0 = time.perf_counter()
     solutions = run_solutions(lm, entry, settings, cache)
-    for solution in solutions.entries:  # the seeds' entries ship compact, like every pre-fitted one
-        if solution.snapshots:
+    for solution in solutions.entries:  # the other seeds' entries ship compact, like every pre-fitted one; the
+        if solution.key != entry.key and solution.snapshots:  # demo entry is an example and keeps its replay
             cache.put(compact_entry(solution))
     pair = default_pair(solutions)
     if pair is not None:
