@@ -215,7 +215,7 @@ else:
         speed_fig = speed_figure(frame)
         left, right = st.columns([3, 2])
         left.plotly_chart(speed_fig, key="cap_speed")
-        right.dataframe(frame.round(4), hide_index=True, width="stretch")
+        right.dataframe(frame.round({"one_pass_s": 3, "generate_s": 3, "ratio": 1}), hide_index=True, width="stretch")
         right.caption(f"Medians of 3 runs on {lm.device.type} (the shipped figures were measured on the lab's 2-core "
                       f"CPU); decoding is `generate` with the KV cache, greedy, N new tokens. The paper reports "
                       f"{PAPER_SPEEDUP:g}x the throughput on average on its GPUs.")

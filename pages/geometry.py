@@ -20,6 +20,7 @@ from core.analyses.geometry import (
     load_trajectory,
     parse_seeds,
     path_table,
+    path_verdict,
     solution_label,
 )
 from core.engine.reconstruct import COUNT_LABELS, count_note
@@ -177,6 +178,7 @@ else:
                        + (f"Accuracy over {COUNT_LABELS[count]}" if path_counted else
                           "Accuracy over the N text positions (e's BOS prediction is not recorded for this path: no "
                           "BOS token or position, or stored before the lab recorded it)") + "; hover a point for its reconstruction.")
+            st.caption(path_verdict(summary))
             table = path_table(path, lm.decode, count)
             path_fig = path_figure(table)
             st.plotly_chart(path_fig, key="geo_path")

@@ -357,3 +357,16 @@ def test_points_without_a_bos_token_are_counted_over_n(tiny_lm, fitted_path):
     assert path.line_bos is None and path.curve_bos is None
     line, _, counted = path.accuracies("bos")
     assert not counted and np.array_equal(line, path.line_accuracy)
+
+
+def test_the_path_verdict_says_whether_this_model_agrees_with_the_first_paper():
+    """Line below the hold level and curve above it agrees with the paper; a curve that dips says it does not hold,
+    with its lowest accuracy; a line that holds is said too."""
+    from core.analyses.geometry import PATH_HOLDS, path_verdict
+
+    agree = path_verdict({"line_min_accuracy": 0.0, "curve_min_accuracy": 0.95})
+    assert agree.startswith("Here the line collapses and the curve holds: as the first paper")
+    dips = path_verdict({"line_min_accuracy": 0.0, "curve_min_accuracy": 0.12})
+    assert "the curve does not hold everywhere (lowest 0.12" in dips and ": unlike the first paper" in dips
+    both = path_verdict({"line_min_accuracy": PATH_HOLDS, "curve_min_accuracy": PATH_HOLDS})
+    assert "the line holds too and the curve holds: unlike" in both

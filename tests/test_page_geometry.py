@@ -67,6 +67,7 @@ def test_the_page_draws_the_solutions_from_the_cache_and_the_button_fits_the_cur
     assert {t["name"] for t in traces} == {"straight line", "Bezier curve (trained control point)"}
     assert all(len(t["x"]) == 5 and t["x"][0] == 0 and t["x"][-1] == 1 for t in traces)
     assert any("Lowest accuracy along the line" in c for c in _texts(at.caption))
+    assert any(c.startswith("Here the line") and "the first paper" in c for c in _texts(at.caption))
     assert not [b for b in at.button if b.key == "geo_fit_path"]  # nothing left to fit
     # the seed paper's count: the tiny tokenizer has no BOS token, so the N positions, and the page says why
     at.sidebar.radio(key="count").set_value("bos").run()

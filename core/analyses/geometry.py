@@ -469,6 +469,21 @@ class PathResult:
                 "line_mean_loss": float(self.line_loss.mean()), "curve_mean_loss": float(self.curve_loss.mean())}
 
 
+PAPER_PATHS = ("the first paper (Mezentsev & Oseledets 2025, on its own models and texts): accuracy collapses along "
+               "the straight line, the trained Bezier curve keeps it high")
+PATH_HOLDS = 0.9  # a path "holds" when every point along it reconstructs at least this share of the text
+
+
+def path_verdict(summary: dict[str, float], holds: float = PATH_HOLDS) -> str:
+    """One line: what the line and the curve did here (PathResult.summary) against the first paper's finding."""
+    line = "the line collapses" if summary["line_min_accuracy"] < holds else "the line holds too"
+    curve = ("the curve holds" if summary["curve_min_accuracy"] >= holds else
+             f"the curve does not hold everywhere (lowest {summary['curve_min_accuracy']:.2f} < {holds:g}; "
+             f"more curve steps may train it further)")
+    agrees = summary["line_min_accuracy"] < holds <= summary["curve_min_accuracy"]
+    return f"Here {line} and {curve}: {'as' if agrees else 'unlike'} {PAPER_PATHS}."
+
+
 def path_table(result: PathResult, decode: Callable[[list[int]], str] | None = None, count: str = "text"
                ) -> pd.DataFrame:
     """The path in long form for figures and downloads: path ("line" / "curve"), t, accuracy (in one of COUNTS:

@@ -17,6 +17,13 @@ def _positions(rows: pd.DataFrame) -> str:
     return "positions" if "positions" in rows else "n_tokens"
 
 
+def _lengths_axis(title: str, lengths) -> dict:
+    """A log axis of token counts ticked at the lengths drawn (plotly's own log ticks read 2, 3, 4 ... within
+    each decade, which looks like a mislabelled axis)."""
+    values = sorted({int(v) for v in lengths})
+    return dict(title=title, type="log", tickvals=values, ticktext=[str(v) for v in values])
+
+
 def ladder_figure(rows: pd.DataFrame, threshold: float) -> go.Figure:
     """Token accuracy against prefix length (log axis), one line per source; a failed length is an open marker."""
     fig = go.Figure()
@@ -31,7 +38,8 @@ def ladder_figure(rows: pd.DataFrame, threshold: float) -> go.Figure:
                           "<br>%{customdata[2]} steps<extra>%{fullData.name}</extra>")
     fig.add_hline(y=threshold, line=dict(dash="dot", color="grey"), annotation_text=f"threshold {threshold:g}")
     fig.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10), title="Accuracy along the ladder",
-                      xaxis=dict(title="prefix length (tokens)", type="log"), yaxis=dict(range=[-0.02, 1.04]))
+                      xaxis=_lengths_axis("prefix length (tokens)", rows["length"]), yaxis=dict(range=[-0.02, 1.04]),
+                      legend=dict(orientation="h", y=-0.25))
     return fig
 
 
@@ -68,6 +76,9 @@ def layouts_figure(summary: pd.DataFrame) -> go.Figure:
     return fig
 
 
+_RATIO_TICKS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
+
+
 def speed_figure(timings: pd.DataFrame) -> go.Figure:
     """Decoding time over one-pass time against N, with the paper's average."""
     fig = go.Figure()
@@ -80,6 +91,7 @@ def speed_figure(timings: pd.DataFrame) -> go.Figure:
     fig.add_scatter(x=ends, y=[PAPER_SPEEDUP] * 2, mode="lines", line=dict(dash="dash", color="black"),
                     name=f"paper: {PAPER_SPEEDUP:g}x on average (their GPUs)", hoverinfo="name")
     fig.update_layout(height=340, margin=dict(l=10, r=10, t=40, b=10), title="Greedy decoding time / one-pass time",
-                      xaxis=dict(title="N (tokens)", type="log"), yaxis=dict(title="ratio", type="log"),
+                      xaxis=_lengths_axis("N (tokens)", timings["n_tokens"]),
+                      yaxis=dict(title="ratio", type="log", tickvals=_RATIO_TICKS, ticktext=[f"{v:g}x" for v in _RATIO_TICKS]),
                       legend=dict(orientation="h", y=-0.25))
     return fig
