@@ -169,6 +169,27 @@ def test_the_built_in_long_texts_are_long(embedded_lm):
         assert 44 <= len(embedded_lm.encode(piece)) <= 45
 
 
+@pytest.mark.embedded
+def test_a_short_ladder_on_the_embedded_model_reconstructs_a_built_in_source(embedded_lm, tmp_path):
+    """The ladder end to end on the real model: a built-in source's 4- and 5-token prefixes, fitted in order, each
+    reconstructed in one pass, with C_tokens and H_LM recorded, and read back from the cache without fitting."""
+    from core.engine.cache import ProtoCache
+
+    cache = ProtoCache(tmp_path / "cache")
+    source = cap.load_long_texts()[0]
+    settings, config = cap.LadderSettings(max_length=5), preset("fast", max_steps=300)
+    ran = cap.run_ladder(embedded_lm, {source.name: source.text}, settings, config, cache)
+    assert ran.complete and ran.longest == {source.name: 5}
+    assert ran.rows["length"].tolist() == [4, 5] and ran.rows["converged"].all()
+    assert (ran.rows["c_tokens"] == ran.rows["length"]).all()
+    for key, n in zip(ran.rows["key"], ran.rows["length"]):
+        entry = cache.get(key, embedded_lm.hidden_size)
+        assert reconstruct(embedded_lm, entry.e, entry.m, entry.token_ids, entry.layout).metrics.accuracy == 1.0
+        assert len(entry.token_ids) == n and entry.metrics["h_lm"] > 0
+    loaded = cap.load_ladder(embedded_lm, {source.name: source.text}, settings, config, cache)
+    assert loaded.complete and loaded.rows["key"].tolist() == ran.rows["key"].tolist()
+
+
 def test_the_shipped_ladder_is_recorded_compact_and_resumes(tiny_lm, tmp_path):
     from core.engine.cache import ProtoCache
     from core.shipped.ladder import load_ladder_record, ship_ladder
